@@ -1,0 +1,50 @@
+"""Defaults and the small pieces of configuration shared by the queue, worker and CLI.
+
+Every default here can be overridden by a constructor argument; the URL also by
+the ``DTQ_URL`` environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+
+DEFAULT_URL = "redis://localhost:6379/0"
+DEFAULT_NAMESPACE = "default"
+DEFAULT_PREFIX = "dtq"
+
+#: How long a worker holds a job before another may take it, unless renewed.
+DEFAULT_LEASE_S = 30.0
+#: How many times a job may lose its lease (its worker died) before it is dead.
+DEFAULT_MAX_LOST_LEASES = 3
+#: How long a succeeded job's record and result are kept.
+DEFAULT_RESULT_TTL_S = 24 * 3600
+#: How long a failed or dead job's record is kept.
+DEFAULT_FAILURE_TTL_S = 7 * 24 * 3600
+#: Largest encoded payload accepted by ``append``.
+DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024
+#: Highest and lowest job priority.
+MAX_PRIORITY = 4095
+
+
+def url_from_env(url: str | None = None) -> str:
+    """``url`` if given, else ``$DTQ_URL``, else :data:`DEFAULT_URL`."""
+    return url or os.environ.get("DTQ_URL") or DEFAULT_URL
+
+
+def namespace_from_env(namespace: str | None = None) -> str:
+    """``namespace`` if given, else ``$DTQ_NAMESPACE``, else :data:`DEFAULT_NAMESPACE`."""
+    return namespace or os.environ.get("DTQ_NAMESPACE") or DEFAULT_NAMESPACE
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe to log or print."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,137 @@
+"""The engine contract: the small set of atomic operations the queue and worker need.
+
+An engine stores jobs and performs every state change of a job as one atomic
+step. Nothing above this interface knows which storage is underneath. Engines
+are found by URL scheme in the ``dtq.engines`` entry-point group; dtq registers
+its own there exactly as a third party would.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from dtq_core.config import url_from_env
+from dtq_core.errors import UnknownEngine, UnknownPlugin
+from dtq_core.job import ErrorInfo, Job, JobStatus
+from dtq_core.plugin import ENGINE_GROUP, load_entry_point
+
+
+class AppendOutcome(enum.Enum):
+    """What :meth:`Engine.append` did."""
+
+    CREATED = "created"
+    #: The id exists with the same plugin and data: nothing was written.
+    EXISTS = "exists"
+    #: The id exists with a different plugin or data: nothing was written.
+    CONFLICT = "conflict"
+
+
+@attrs.frozen
+class Lease:
+    """A job handed to one worker, and the fencing token that proves it holds it."""
+
+    job: Job
+    token: str
+
+
+@attrs.frozen
+class Outcome:
+    """What a worker reports when an attempt ends."""
+
+    status: JobStatus
+    result_json: str | None = None
+    error: ErrorInfo | None = None
+
+
+class Engine(abc.ABC):
+    """Storage for one namespace of jobs.
+
+    Every method that changes a job does so atomically: a process killed at any
+    instant leaves each job either before or after the change, never between.
+    Times (leases, timestamps) come from the engine's own clock so that workers
+    with skewed clocks agree.
+    """
+
+    @classmethod
+    @abc.abstractmethod
+    def from_url(cls, url: str, **options: Any) -> Engine:
+        """Create the engine for ``url``; ``options`` are engine attributes to override."""
+
+    @abc.abstractmethod
+    def append(self, job: Job, payload: str) -> AppendOutcome:
+        """Queue ``job`` unless its id exists. ``payload`` is its canonical JSON."""
+
+    @abc.abstractmethod
+    def fetch(self, plugins: Sequence[str], *, count: int, lease_s: float, worker_id: str) -> list[Lease]:
+        """Take up to ``count`` queued jobs of ``plugins`` (in that order) and lease them."""
+
+    @abc.abstractmethod
+    def wait_for_jobs(self, plugins: Sequence[str], timeout_s: float) -> None:
+        """Block until a job of ``plugins`` may have been queued, or ``timeout_s`` passes."""
+
+    @abc.abstractmethod
+    def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
+        """Record the outcome if ``lease`` still holds; False (nothing written) otherwise."""
+
+    @abc.abstractmethod
+    def renew(self, leases: Sequence[Lease], lease_s: float) -> list[str]:
+        """Extend ``leases`` by ``lease_s``; return the ids whose lease was lost."""
+
+    @abc.abstractmethod
+    def recover(self, plugin: str, *, max_lost_leases: int, ttl_s: float, limit: int = 100) -> int:
+        """Requeue (or bury as dead) jobs of ``plugin`` whose lease expired; return how many."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str) -> Job | None:
+        """The job's current record, or None if unknown or expired."""
+
+    @abc.abstractmethod
+    def wait_for_final(self, job_id: str, timeout_s: float) -> Job | None:
+        """Block until the job is final or ``timeout_s`` passes; return its record then."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise :class:`~dtq_core.errors.EngineUnavailable` unless the storage answers."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+
+def open_engine(url: str, **options: Any) -> Engine:
+    """The engine registered in ``dtq.engines`` for ``url``'s scheme, created from ``url``.
+
+    Raises:
+        UnknownEngine: no engine is registered for the scheme.
+    """
+    scheme = urllib.parse.urlsplit(url).scheme
+    if not scheme:
+        raise UnknownEngine(f"engine URL {url!r} has no scheme; expected e.g. redis://localhost:6379/0")
+    try:
+        cls = load_entry_point(ENGINE_GROUP, scheme)
+    except UnknownPlugin as exc:
+        raise UnknownEngine(f"{exc}; check the URL's scheme or install the engine's distribution") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Engine)):
+        raise UnknownEngine(f"engine {scheme!r} does not derive from dtq_core.Engine")
+    return cls.from_url(url, **options)
+
+
+def resolve_engine(engine: Engine | type[Engine] | None, url: str | None, **options: Any) -> Engine:
+    """The engine a queue or worker uses.
+
+    ``engine`` may be a ready instance (used as is), an :class:`Engine` subclass
+    (created with ``from_url``), or None (chosen by the URL's scheme). The URL
+    defaults to ``$DTQ_URL``, then ``redis://localhost:6379/0``.
+    """
+    if isinstance(engine, Engine):
+        return engine
+    resolved_url = url_from_env(url)
+    if engine is not None:
+        return engine.from_url(resolved_url, **options)
+    return open_engine(resolved_url, **options)

@@ -1,0 +1,1 @@
+"""Storage engines; each is registered in the ``dtq.engines`` entry-point group."""

@@ -1,0 +1,99 @@
+"""The one exception hierarchy of dtq.
+
+Every error dtq raises on purpose derives from :class:`DtqError`, so callers can
+catch everything dtq-specific with one ``except``. Each message says what is
+wrong and how to fix it; the CLI prints it as it is, without a traceback.
+
+Transport errors (redis-py, sqlite3, ...) are translated at the engine boundary
+with ``raise ... from exc`` so the original cause stays on ``__cause__``.
+"""
+
+from __future__ import annotations
+
+
+class DtqError(Exception):
+    """Base class of every error raised by dtq."""
+
+
+# --- bad input -----------------------------------------------------------------
+
+
+class InvalidJob(DtqError, ValueError):
+    """A job (dict, id, data or options) is malformed; nothing was queued."""
+
+
+class ValidationError(InvalidJob):
+    """A plugin's ``validate`` refused a job; raise it with a message that says why."""
+
+
+class PayloadTooLarge(InvalidJob):
+    """A job's encoded payload is larger than the queue's ``max_payload_bytes``."""
+
+
+class DuplicateJob(DtqError):
+    """A job with this id already exists with a different plugin or data."""
+
+    def __init__(self, message: str, *, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+# --- plugins -------------------------------------------------------------------
+
+
+class PluginError(DtqError):
+    """A plugin cannot be used: unknown, not allowed, broken or ambiguous."""
+
+    def __init__(self, message: str, *, plugin: str) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+
+
+class UnknownPlugin(PluginError):
+    """No installed distribution registers a plugin under this name."""
+
+
+class PluginNotAllowed(PluginError):
+    """The plugin is not on the allow-list of this queue or worker."""
+
+
+class PluginLoadError(PluginError):
+    """The plugin's entry point exists but importing or creating it failed."""
+
+
+class DuplicatePlugin(PluginError):
+    """Two or more distributions register the same plugin name."""
+
+
+# --- engines -------------------------------------------------------------------
+
+
+class EngineError(DtqError):
+    """The storage engine failed or cannot be configured."""
+
+
+class EngineUnavailable(EngineError):
+    """The storage engine cannot be reached (server down, wrong URL, network)."""
+
+
+class UnknownEngine(EngineError):
+    """No engine is registered for a URL scheme."""
+
+
+# --- jobs at run time ----------------------------------------------------------
+
+
+class JobNotFound(DtqError, LookupError):
+    """No job with this id exists (never appended, or its record expired)."""
+
+
+class JobFailed(DtqError):
+    """The job ended without a result (failed or dead); ``job`` holds its record."""
+
+    def __init__(self, message: str, *, job: object) -> None:
+        super().__init__(message)
+        self.job = job
+
+
+class ResultTimeout(DtqError, TimeoutError):
+    """The job did not finish within the time the caller was willing to wait."""

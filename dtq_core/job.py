@@ -1,0 +1,286 @@
+"""Jobs as values: the wire format, its validation, and JSON encoding.
+
+A job is what an application appends::
+
+    {"id": "test_job_one",
+     "job": {"plugin": "test_only", "data": {"text": "To be processed!"}}}
+
+:class:`Job` models it together with what dtq records about it (status,
+attempts, result or error, timestamps). A ``Job`` never holds a connection and
+never changes: engines return new values. JSON is the only encoding, both on the
+wire and in storage; nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import traceback
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+
+from dtq_core.errors import InvalidJob
+
+MAX_ID_LENGTH = 256
+_TOP_LEVEL_KEYS = frozenset({"id", "job"})
+_JOB_KEYS = frozenset({"plugin", "data"})
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its life. ``succeeded``, ``failed`` and ``dead`` are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+
+    @property
+    def is_final(self) -> bool:
+        """True once the job will not run again by itself."""
+        return self in _FINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD})
+
+
+@attrs.frozen
+class ErrorInfo:
+    """Why an attempt failed: exception type, message and formatted traceback."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        """Capture ``exc`` (with its traceback) as plain strings."""
+        formatted = "".join(traceback.format_exception(exc))
+        return cls(type=type(exc).__qualname__, message=str(exc), traceback=formatted)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ErrorInfo:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            type=str(raw.get("type", "")),
+            message=str(raw.get("message", "")),
+            traceback=str(raw.get("traceback", "")),
+        )
+
+    def to_dict(self) -> dict[str, str]:
+        """The JSON shape: ``{"type", "message", "traceback"}``."""
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+
+@attrs.frozen
+class Job:
+    """One job and everything dtq knows about it.
+
+    ``id``, ``plugin`` and ``data`` are what the application appended; the other
+    fields are written by dtq as the job moves through its life. ``attempts``
+    counts deliveries to a worker (a worker killed mid-job still used one);
+    ``lost_leases`` counts the deliveries whose worker stopped renewing its lease.
+    """
+
+    id: str
+    plugin: str
+    data: dict[str, Any]
+    status: JobStatus = JobStatus.QUEUED
+    result: Any = None
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    lost_leases: int = 0
+    priority: int = 0
+    worker: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job in the original design's shape plus dtq's bookkeeping.
+
+        ``{"id", "job": {"plugin", "data"}, "status", "attempts", "result",
+        "error", ...}`` with timestamps as ISO 8601 strings in UTC.
+        """
+        return {
+            "id": self.id,
+            "job": {"plugin": self.plugin, "data": self.data},
+            "status": self.status.value,
+            "result": self.result,
+            "error": None if self.error is None else self.error.to_dict(),
+            "attempts": self.attempts,
+            "lost_leases": self.lost_leases,
+            "priority": self.priority,
+            "worker": self.worker,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Job:
+        """Rebuild a job from :meth:`to_dict` output (the inverse, field by field)."""
+        job = parse_job({"id": raw["id"], "job": raw["job"]})
+        error = raw.get("error")
+        return attrs.evolve(
+            job,
+            status=JobStatus(raw.get("status", "queued")),
+            result=raw.get("result"),
+            error=None if error is None else ErrorInfo.from_dict(error),
+            attempts=int(raw.get("attempts", 0)),
+            lost_leases=int(raw.get("lost_leases", 0)),
+            priority=int(raw.get("priority", 0)),
+            worker=raw.get("worker"),
+            created_at=_parse_iso(raw.get("created_at")),
+            started_at=_parse_iso(raw.get("started_at")),
+            finished_at=_parse_iso(raw.get("finished_at")),
+        )
+
+
+def new_job_id() -> str:
+    """A fresh random job id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def parse_job(raw: object) -> Job:
+    """Validate an appended job dict and return it as a queued :class:`Job`.
+
+    Accepts ``{"id": ..., "job": {"plugin": ..., "data": {...}}}``; ``id`` may be
+    omitted (one is generated) and may be a string or an integer.
+
+    Raises:
+        InvalidJob: the shape, id, plugin name or data is wrong; the message says
+            which part and what is expected.
+    """
+    if not isinstance(raw, Mapping):
+        raise InvalidJob(
+            f"a job must be a dict like {{'id': ..., 'job': {{'plugin': ..., 'data': {{...}}}}}}, "
+            f"got {type(raw).__name__}"
+        )
+    _reject_unknown_keys(raw, _TOP_LEVEL_KEYS, "job")
+    body = raw.get("job")
+    if not isinstance(body, Mapping):
+        raise InvalidJob(
+            "a job needs a 'job' dict holding 'plugin' and 'data', "
+            f"got {'nothing' if body is None else type(body).__name__}"
+        )
+    _reject_unknown_keys(body, _JOB_KEYS, "job['job']")
+    return Job(
+        id=normalise_id(raw.get("id")),
+        plugin=check_plugin_name(body.get("plugin")),
+        data=check_data(body.get("data")),
+    )
+
+
+def normalise_id(value: object) -> str:
+    """Return the job id as a string, generating one when ``value`` is None.
+
+    Raises:
+        InvalidJob: the id is not a non-empty string or an integer, or is too long.
+    """
+    if value is None:
+        return new_job_id()
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidJob(f"a job id must be a string or an integer, got {type(value).__name__}")
+    text = str(value)
+    if not text or len(text) > MAX_ID_LENGTH or not text.isprintable():
+        raise InvalidJob(f"a job id must be 1 to {MAX_ID_LENGTH} printable characters, got {text[:40]!r}")
+    return text
+
+
+def check_plugin_name(value: object) -> str:
+    """Return ``value`` if it is a usable plugin name.
+
+    Raises:
+        InvalidJob: the name is missing, not a string, or has characters that an
+            entry-point name cannot have.
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidJob(
+            f"a job must name its plugin: job['job']['plugin'] must be a non-empty string, got {value!r}"
+        )
+    if not value.isprintable() or any(ch.isspace() or ch in "=[]" for ch in value):
+        raise InvalidJob(
+            f"plugin name {value!r} is not a valid entry-point name (no spaces, '=', '[' or ']')"
+        )
+    return value
+
+
+def check_data(value: object) -> dict[str, Any]:
+    """Return ``value`` if it is a JSON object whose round trip is lossless.
+
+    Raises:
+        InvalidJob: data is not a dict, has non-string keys, or holds values JSON
+            cannot carry (sets, objects, NaN, ...).
+    """
+    if not isinstance(value, Mapping):
+        raise InvalidJob(
+            "job['job']['data'] must be a dict (a JSON object) holding everything the "
+            f"plugin needs, got {'nothing' if value is None else type(value).__name__}"
+        )
+    _check_keys_are_strings(value, "data")
+    try:
+        decoded = json.loads(dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise InvalidJob(
+            f"job data must be JSON-serialisable (dicts, lists, strings, numbers, booleans, null): {exc}"
+        ) from exc
+    return dict(decoded)
+
+
+def dumps(value: Any) -> str:
+    """Encode ``value`` as compact, canonical JSON (sorted keys, no NaN)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode_payload(job: Job) -> str:
+    """The stored form of what the application appended: ``{"data", "plugin"}``.
+
+    Canonical, so two appends of the same job encode to the same string (which is
+    how a repeated append is told apart from a conflicting one).
+    """
+    return dumps({"plugin": job.plugin, "data": job.data})
+
+
+def from_ms(value: object) -> datetime | None:
+    """Milliseconds since the epoch (as stored by engines) to an aware UTC datetime."""
+    if value is None or value == "":
+        return None
+    return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)  # type: ignore[call-overload]
+
+
+def _reject_unknown_keys(raw: Mapping[Any, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = sorted(str(key) for key in raw if key not in allowed)
+    if unknown:
+        raise InvalidJob(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _check_keys_are_strings(value: object, path: str) -> None:
+    # json.dumps would silently turn {1: "a"} into {"1": "a"}: the worker would
+    # see different data than was appended, so refuse instead.
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidJob(f"{path} has a non-string key {key!r}; JSON object keys must be strings")
+            _check_keys_are_strings(item, f"{path}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_keys_are_strings(item, f"{path}[{index}]")
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _parse_iso(text: object) -> datetime | None:
+    return None if not text else datetime.fromisoformat(str(text))

@@ -1,0 +1,36 @@
+"""Sessions: ``nox`` runs tests, lint and typecheck; ``nox -s tests`` runs one.
+
+The tests install the project as a user would (not editable), so they run
+against the built package; tests/e2e also builds wheels and installs them into
+a fresh virtual environment of its own.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """pytest against a private redis-server (needs the redis-server binary on PATH)."""
+    session.install(".[test]", "./dtq_plugins_testonly")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on dtq_core."""
+    session.install("mypy>=1.10", ".")
+    session.run("mypy")

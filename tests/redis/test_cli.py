@@ -1,0 +1,145 @@
+"""The installed ``dtq`` command, run as a subprocess against the private Redis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+
+from dtqtest import FakeSite, free_port, unique_module
+
+RunDtq = Callable[..., subprocess.CompletedProcess[str]]
+SEED_DATA = '{"text": "To be processed!", "action": "duplicate_text"}'
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
+    """A one-line message on stderr, the expected exit code, and no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("dtq: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for fragment in fragments:
+        assert fragment in proc.stderr
+
+
+def test_seed_example_through_the_cli(run_dtq: RunDtq) -> None:
+    enqueued = run_dtq("enqueue", "test_only", "--id", "test_job_one", "--data", SEED_DATA)
+    assert enqueued.returncode == 0, enqueued.stderr
+    assert enqueued.stdout.strip() == "test_job_one"
+    worked = run_dtq("worker", "--plugins", "test_only", "--burst")
+    assert worked.returncode == 0, worked.stderr
+    shown = run_dtq("status", "test_job_one", "--json")
+    assert shown.returncode == 0, shown.stderr
+    record = json.loads(shown.stdout)
+    assert record["id"] == "test_job_one"
+    assert record["job"] == {"plugin": "test_only", "data": json.loads(SEED_DATA)}
+    assert (record["status"], record["result"], record["attempts"]) == (
+        "succeeded",
+        "To be processed!To be processed!",
+        1,
+    )
+    human = run_dtq("status", "test_job_one")
+    assert "status: succeeded" in human.stdout
+    assert "result: To be processed!To be processed!" in human.stdout
+    result = run_dtq("result", "test_job_one", "--wait", "--timeout", "5")
+    assert json.loads(result.stdout) == "To be processed!To be processed!"
+
+
+def test_enqueue_generates_an_id_when_none_is_given(run_dtq: RunDtq) -> None:
+    proc = run_dtq("enqueue", "test_only", "--data", '{"action": "echo"}')
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip()) == 32
+
+
+def test_plugins_lists_distribution_version_and_status(run_dtq: RunDtq) -> None:
+    proc = run_dtq("plugins", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["name"]: row for row in json.loads(proc.stdout)}
+    assert rows["test_only"]["distribution"] == "dtq-plugins-testonly"
+    assert rows["test_only"]["status"] == "ok"
+    assert rows["test_only"]["version"]
+    table = run_dtq("plugins")
+    assert "test_only" in table.stdout and "dtq-plugins-testonly" in table.stdout
+
+
+def test_broken_plugin_is_listed_with_its_error_and_others_keep_working(
+    run_dtq: RunDtq, dtq_env: dict[str, str], fake_site: FakeSite
+) -> None:
+    module = unique_module()
+    fake_site.add("dtq-plugin-broken", "0.3", {"broken": f"{module}:B"}, {module: "import missing_dep_q\n"})
+    env = dict(dtq_env, PYTHONPATH=str(fake_site.root))
+    listing = run_dtq("plugins", "--json", env=env)
+    rows = {row["name"]: row for row in json.loads(listing.stdout)}
+    assert rows["broken"]["status"] == "import error"
+    assert "missing_dep_q" in rows["broken"]["error"]
+    assert rows["test_only"]["status"] == "ok"
+    refused = run_dtq("enqueue", "broken", "--data", "{}", env=env)
+    assert_clean_error(refused, 1, "'broken' from dtq-plugin-broken 0.3 failed to import", "missing_dep_q")
+    worker = run_dtq("worker", "--plugins", "broken", "--burst", env=env)
+    assert_clean_error(worker, 1, "failed to import")
+    fine = run_dtq("enqueue", "test_only", "--data", '{"action": "echo"}', env=env)
+    assert fine.returncode == 0, fine.stderr
+
+
+def test_duplicate_plugin_name_is_refused_naming_both_distributions(
+    run_dtq: RunDtq, dtq_env: dict[str, str], fake_site: FakeSite
+) -> None:
+    source = "from dtq_core import Plugin\nclass P(Plugin):\n    def process(self, job):\n        return 1\n"
+    first, second = unique_module(), unique_module()
+    fake_site.add("dtq-plugin-one", "1.0", {"twin": f"{first}:P"}, {first: source})
+    fake_site.add("dtq-plugin-two", "1.0", {"twin": f"{second}:P"}, {second: source})
+    env = dict(dtq_env, PYTHONPATH=str(fake_site.root))
+    proc = run_dtq("enqueue", "twin", "--data", "{}", env=env)
+    assert_clean_error(proc, 1, "dtq-plugin-one 1.0", "dtq-plugin-two 1.0", "more than one distribution")
+
+
+def test_unknown_plugin(run_dtq: RunDtq) -> None:
+    proc = run_dtq("enqueue", "no_such_plugin", "--data", "{}")
+    assert_clean_error(proc, 1, "no plugin named 'no_such_plugin' is installed", "--plugins")
+
+
+def test_plugin_not_on_the_allow_list(run_dtq: RunDtq) -> None:
+    proc = run_dtq("enqueue", "test_only", "--plugins", "other", "--data", '{"action": "echo"}')
+    assert_clean_error(proc, 1, "'test_only' is not on the allow-list (other)")
+
+
+def test_non_json_data(run_dtq: RunDtq) -> None:
+    proc = run_dtq("enqueue", "test_only", "--data", "{text: hi}")
+    assert_clean_error(proc, 1, "--data is not valid JSON", "e.g. --data")
+
+
+def test_malformed_job_data(run_dtq: RunDtq) -> None:
+    proc = run_dtq("enqueue", "test_only", "--data", "[1, 2]")
+    assert_clean_error(proc, 1, "must be a dict (a JSON object)")
+    invalid = run_dtq("enqueue", "test_only", "--data", '{"action": "sleep"}')
+    assert_clean_error(invalid, 1, "needs data.seconds")
+
+
+def test_unreachable_redis_names_the_url_and_exits_3(run_dtq: RunDtq, dtq_env: dict[str, str]) -> None:
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    env = dict(dtq_env, DTQ_URL=url)
+    for args in (
+        ("enqueue", "test_only", "--data", '{"action": "echo"}'),
+        ("status", "x"),
+        ("worker", "--burst"),
+    ):
+        proc = run_dtq(*args, env=env)
+        assert_clean_error(proc, 3, "cannot reach Redis at redis://:***@127.0.0.1")
+        assert "s3cret" not in proc.stderr
+
+
+def test_status_of_unknown_job(run_dtq: RunDtq) -> None:
+    proc = run_dtq("status", "never-there")
+    assert_clean_error(proc, 5, "no job with id 'never-there'")
+
+
+def test_result_of_a_failed_job_exits_4(run_dtq: RunDtq) -> None:
+    run_dtq("enqueue", "test_only", "--id", "f", "--data", '{"action": "fail", "message": "nope"}')
+    run_dtq("worker", "--burst")
+    proc = run_dtq("result", "f", "--wait", "--timeout", "5")
+    assert_clean_error(proc, 4, "RuntimeError: nope")
+
+
+def test_help_shows_examples(run_dtq: RunDtq) -> None:
+    proc = run_dtq("enqueue", "--help")
+    assert proc.returncode == 0
+    assert "dtq enqueue test_only" in proc.stdout

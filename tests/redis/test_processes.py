@@ -1,0 +1,118 @@
+"""Real worker processes killed at the worst moment: no job is lost.
+
+Workers run as ``dtq worker`` subprocesses with short leases; the tests SIGKILL
+them mid-job (or the job kills its own worker) and check that the job still
+ends in exactly one final state.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from dtqtest import dtq_command, wait_for
+
+from dtq_core import JobStatus, Queue
+from dtq_core.engines.redis import Keys
+
+StartWorker = Callable[..., subprocess.Popen[str]]
+
+
+@pytest.fixture
+def start_worker(dtq_env: dict[str, str], tmp_path: Path) -> Iterator[StartWorker]:
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        command = [*dtq_command(), "worker", "--plugins", "test_only", "--lease", "1", *args]
+        process = subprocess.Popen(
+            command, env=dtq_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+def assert_settled_once(redis_url: str, keys: Keys, job_id: str) -> None:
+    """The job has one final record and no copy left queued or leased."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert client.exists(keys.done(job_id)) == 1
+        assert client.hexists(keys.jobs, job_id) == 0
+        assert client.zscore(keys.ready("test_only"), job_id) is None
+        assert client.zscore(keys.active("test_only"), job_id) is None
+    finally:
+        client.close()
+
+
+def is_running(queue: Queue, job_id: str) -> bool:
+    job = queue.get(job_id)
+    return job is not None and job.status is JobStatus.RUNNING
+
+
+def test_worker_killed_mid_job_loses_nothing(
+    queue: Queue, start_worker: StartWorker, redis_url: str, keys: Keys
+) -> None:
+    queue.enqueue("test_only", {"action": "sleep", "seconds": 1.5}, id="survivor")
+    victim = start_worker()
+    wait_for(lambda: is_running(queue, "survivor"))
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(10)
+    rescuer = start_worker()
+    assert queue.result("survivor", timeout=30) == {"slept": 1.5}
+    rescuer.terminate()
+    assert rescuer.wait(15) == 0
+    final = queue.get("survivor")
+    assert final is not None
+    assert (final.status, final.attempts, final.lost_leases) == (JobStatus.SUCCEEDED, 2, 1)
+    assert_settled_once(redis_url, keys, "survivor")
+
+
+def test_job_that_kills_its_own_worker_is_redelivered(
+    queue: Queue, start_worker: StartWorker, redis_url: str, keys: Keys
+) -> None:
+    queue.enqueue("test_only", {"action": "crash", "crashes": 1}, id="phoenix")
+    first = start_worker()
+    assert first.wait(20) == -signal.SIGKILL
+    second = start_worker()
+    assert queue.result("phoenix", timeout=30) == {"survived": 2}
+    second.terminate()
+    second.wait(15)
+    assert_settled_once(redis_url, keys, "phoenix")
+
+
+def test_job_that_always_kills_its_worker_ends_dead(queue: Queue, start_worker: StartWorker) -> None:
+    queue.enqueue("test_only", {"action": "crash"}, id="poison")
+    for _ in range(10):
+        job = queue.get("poison")
+        assert job is not None
+        if job.status.is_final:
+            break
+        start_worker("--burst").wait(20)
+        time.sleep(1.1)  # the killed worker's 1 s lease runs out; the next burst worker recovers it
+    final = queue.get("poison")
+    assert final is not None and final.error is not None
+    assert (final.status, final.lost_leases, final.error.type) == (JobStatus.DEAD, 3, "LeaseLost")
+
+
+def test_sigterm_finishes_the_job_in_hand_then_exits_cleanly(queue: Queue, start_worker: StartWorker) -> None:
+    queue.enqueue("test_only", {"action": "sleep", "seconds": 1.0}, id="in-hand")
+    queue.enqueue("test_only", {"action": "echo"}, id="next")
+    worker = start_worker()
+    wait_for(lambda: is_running(queue, "in-hand"))
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    finished = queue.get("in-hand")
+    assert finished is not None and finished.status is JobStatus.SUCCEEDED
+    untouched = queue.get("next")
+    assert untouched is not None and untouched.status is JobStatus.QUEUED

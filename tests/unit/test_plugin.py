@@ -1,0 +1,129 @@
+"""The plugin loader: allow-list, unknown names, import failures, duplicates, late installs.
+
+Plugins here are real distributions: metadata written to a directory on
+sys.path, read by importlib.metadata and imported by stevedore.
+"""
+
+from __future__ import annotations
+
+import pytest
+from dtqtest import FakeSite, unique_module
+
+from dtq_core import (
+    DuplicatePlugin,
+    Plugin,
+    PluginLoadError,
+    PluginNotAllowed,
+    UnknownPlugin,
+)
+from dtq_core.plugin import PluginRegistry
+
+GOOD = """
+from dtq_core import Plugin
+
+class Good(Plugin):
+    description = "a fine plugin"
+
+    def process(self, job):
+        return "good"
+"""
+
+
+def test_installed_test_only_plugin_loads_by_entry_point_name() -> None:
+    plugin = PluginRegistry(["test_only"]).get("test_only")
+    assert isinstance(plugin, Plugin)
+    assert type(plugin).__module__ == "dtq_plugins_testonly"
+
+
+def test_loaded_plugin_is_created_once_and_kept() -> None:
+    registry = PluginRegistry(["test_only"])
+    assert registry.get("test_only") is registry.get("test_only")
+
+
+def test_plugin_outside_the_allow_list_is_refused_without_importing(fake_site: FakeSite) -> None:
+    module = unique_module()
+    fake_site.add(
+        "dtq-plugin-bomb", "1.0", {"bomb": f"{module}:Bomb"}, {module: "raise SystemExit('imported!')"}
+    )
+    registry = PluginRegistry(["test_only"])
+    with pytest.raises(PluginNotAllowed) as caught:
+        registry.get("bomb")
+    assert "'bomb' is not on the allow-list (test_only)" in str(caught.value)
+
+
+def test_unknown_plugin_names_what_is_installed_and_suggests_a_fix() -> None:
+    with pytest.raises(UnknownPlugin) as caught:
+        PluginRegistry().get("test_onyl")
+    message = str(caught.value)
+    assert "no plugin named 'test_onyl' is installed" in message
+    assert "Did you mean 'test_only'?" in message
+    assert "allow-list" in message
+
+
+def test_plugin_that_fails_to_import_names_plugin_distribution_and_cause(fake_site: FakeSite) -> None:
+    module = unique_module()
+    fake_site.add(
+        "dtq-plugin-broken",
+        "2.3",
+        {"broken": f"{module}:Broken"},
+        {module: "import no_such_dependency_xyz\n"},
+    )
+    registry = PluginRegistry()
+    with pytest.raises(PluginLoadError) as caught:
+        registry.get("broken")
+    message = str(caught.value)
+    assert "'broken' from dtq-plugin-broken 2.3 failed to import" in message
+    assert "ModuleNotFoundError" in message and "no_such_dependency_xyz" in message
+    # the others keep working
+    assert registry.get("test_only") is not None
+
+
+def test_statuses_list_a_broken_plugin_beside_working_ones(fake_site: FakeSite) -> None:
+    module = unique_module()
+    fake_site.add("dtq-plugin-broken", "2.3", {"broken": f"{module}:Broken"}, {module: "1/0\n"})
+    rows = {row.name: row for row in PluginRegistry().statuses()}
+    assert rows["test_only"].status == "ok"
+    assert rows["test_only"].distribution == "dtq-plugins-testonly"
+    assert rows["broken"].status == "import error"
+    assert rows["broken"].error is not None and "ZeroDivisionError" in rows["broken"].error
+
+
+def test_two_distributions_registering_one_name_are_refused_naming_both(fake_site: FakeSite) -> None:
+    first, second = unique_module(), unique_module()
+    fake_site.add("dtq-plugin-alpha", "1.0", {"twin": f"{first}:Good"}, {first: GOOD})
+    fake_site.add("dtq-plugin-beta", "2.0", {"twin": f"{second}:Good"}, {second: GOOD})
+    with pytest.raises(DuplicatePlugin) as caught:
+        PluginRegistry().get("twin")
+    message = str(caught.value)
+    assert "dtq-plugin-alpha 1.0" in message and "dtq-plugin-beta 2.0" in message
+    assert "will not guess" in message
+    statuses = [row for row in PluginRegistry().statuses() if row.name == "twin"]
+    assert {row.status for row in statuses} == {"duplicate"}
+    assert len(statuses) == 2
+
+
+def test_entry_point_that_is_not_a_plugin_class_is_refused(fake_site: FakeSite) -> None:
+    module = unique_module()
+    fake_site.add("dtq-plugin-odd", "1.0", {"odd": f"{module}:thing"}, {module: "thing = 42\n"})
+    with pytest.raises(PluginLoadError) as caught:
+        PluginRegistry().get("odd")
+    assert "not a subclass of dtq_core.Plugin" in str(caught.value)
+
+
+def test_plugin_whose_constructor_fails_is_reported(fake_site: FakeSite) -> None:
+    module = unique_module()
+    source = GOOD + "\n    def __init__(self):\n        raise RuntimeError('no config')\n"
+    fake_site.add("dtq-plugin-cranky", "1.0", {"cranky": f"{module}:Good"}, {module: source})
+    with pytest.raises(PluginLoadError) as caught:
+        PluginRegistry().get("cranky")
+    assert "failed to start: RuntimeError: no config" in str(caught.value)
+
+
+def test_plugin_installed_after_the_registry_looked_is_found(fake_site: FakeSite) -> None:
+    registry = PluginRegistry()
+    registry.get("test_only")  # fills dtq's scan and stevedore's caches
+    with pytest.raises(UnknownPlugin):
+        registry.get("late")
+    module = unique_module()
+    fake_site.add("dtq-plugin-late", "1.0", {"late": f"{module}:Good"}, {module: GOOD})
+    assert registry.get("late").process(None) == "good"  # type: ignore[arg-type]
