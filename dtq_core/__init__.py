@@ -9,8 +9,20 @@ Applications append jobs with :class:`Queue`; workers process them with
 ``dtq.plugins`` entry-point group.
 """
 
-from dtq_core.engine import AppendOutcome, Engine, Lease, Outcome, open_engine
+from dtq_core.caller import Caller
+from dtq_core.engine import (
+    AppendOutcome,
+    Batch,
+    CancelOutcome,
+    Engine,
+    Lease,
+    Outcome,
+    ReleaseOutcome,
+    Renewal,
+    open_engine,
+)
 from dtq_core.errors import (
+    Cancelled,
     DtqError,
     DuplicateJob,
     DuplicatePlugin,
@@ -20,10 +32,12 @@ from dtq_core.errors import (
     JobFailed,
     JobNotFound,
     PayloadTooLarge,
+    Permanent,
     PluginError,
     PluginLoadError,
     PluginNotAllowed,
     ResultTimeout,
+    Retry,
     UnknownEngine,
     UnknownPlugin,
     ValidationError,
@@ -31,11 +45,16 @@ from dtq_core.errors import (
 from dtq_core.job import ErrorInfo, Job, JobStatus
 from dtq_core.plugin import PLUGIN_API_VERSION, Plugin
 from dtq_core.queue import Queue
+from dtq_core.retry import RetryPolicy
 from dtq_core.worker import Worker
 
 __all__ = [
     "PLUGIN_API_VERSION",
     "AppendOutcome",
+    "Batch",
+    "Caller",
+    "CancelOutcome",
+    "Cancelled",
     "DtqError",
     "DuplicateJob",
     "DuplicatePlugin",
@@ -51,12 +70,17 @@ __all__ = [
     "Lease",
     "Outcome",
     "PayloadTooLarge",
+    "Permanent",
     "Plugin",
     "PluginError",
     "PluginLoadError",
     "PluginNotAllowed",
     "Queue",
+    "ReleaseOutcome",
+    "Renewal",
     "ResultTimeout",
+    "Retry",
+    "RetryPolicy",
     "UnknownEngine",
     "UnknownPlugin",
     "ValidationError",

@@ -12,17 +12,21 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any, NoReturn, TypeVar
 
 import click
 
 from dtq_core.config import DEFAULT_LEASE_S, DEFAULT_NAMESPACE, DEFAULT_URL
 from dtq_core.errors import DtqError, EngineUnavailable, JobFailed, JobNotFound, ResultTimeout
+from dtq_core.job import JobStatus
 from dtq_core.plugin import PluginRegistry
 from dtq_core.queue import Queue
 from dtq_core.worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_ETA_FORMATS = ["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 
 EXIT_ERROR = 1
 EXIT_UNREACHABLE = 3
@@ -118,6 +122,16 @@ def plugins(as_json: bool, allow: str | None) -> None:
 @click.option("--data", "data_text", required=True, help="The job's data: a JSON object.")
 @click.option("--id", "job_id", help="The job id (default: generated).")
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
+@click.option("--delay", "delay_s", type=float, help="Run no sooner than this many seconds from now.")
+@click.option(
+    "--eta",
+    type=click.DateTime(_ETA_FORMATS),
+    help="Run no sooner than this time (UTC unless an offset is given).",
+)
+@click.option(
+    "--max-retries", type=click.IntRange(min=0), help="Retries after a failure (default: the plugin's)."
+)
+@click.option("--timeout", "timeout_s", type=float, help="Time limit of one attempt in seconds.")
 @click.option(
     "--plugins",
     "allow",
@@ -130,6 +144,10 @@ def enqueue(
     data_text: str,
     job_id: str | None,
     priority: int,
+    delay_s: float | None,
+    eta: datetime | None,
+    max_retries: int | None,
+    timeout_s: float | None,
     allow: str | None,
     url: str,
     namespace: str,
@@ -137,8 +155,9 @@ def enqueue(
     """Append one job and print its id.
 
     \b
-    Example:
+    Examples:
       dtq enqueue test_only --id job-1 --data '{"text": "hi", "action": "duplicate_text"}'
+      dtq enqueue test_only --delay 60 --max-retries 3 --data '{"action": "echo"}'
     """
     try:
         data = json.loads(data_text)
@@ -148,7 +167,16 @@ def enqueue(
             """e.g. --data '{"text": "hi"}'"""
         )
     with Queue(_plugin_list(allow), url, namespace=namespace) as queue:
-        job = queue.enqueue(plugin, data, id=job_id, priority=priority)
+        job = queue.enqueue(
+            plugin,
+            data,
+            id=job_id,
+            priority=priority,
+            delay_s=delay_s,
+            eta=None if eta is None or eta.tzinfo else eta.replace(tzinfo=timezone.utc),
+            max_retries=max_retries,
+            timeout_s=timeout_s,
+        )
     click.echo(job.id)
 
 
@@ -156,23 +184,63 @@ def enqueue(
 @click.option("--plugins", "allow", help="Plugins to serve (comma-separated); default: every installed one.")
 @click.option("--burst", is_flag=True, help="Process the jobs queued now, then exit.")
 @click.option(
+    "-c", "--concurrency", type=click.IntRange(min=1), default=1, show_default=True, help="Jobs at once."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["process", "thread"]),
+    default="process",
+    show_default=True,
+    help="Run each job in a child process (isolated, stoppable) or in a thread.",
+)
+@click.option(
     "--lease", "lease_s", type=float, default=DEFAULT_LEASE_S, show_default=True, help="Lease in seconds."
+)
+@click.option(
+    "--grace",
+    "grace_s",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Shutdown grace period in seconds.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log every job at INFO level.")
 @_engine_options
 @_friendly
-def worker(allow: str | None, burst: bool, lease_s: float, verbose: bool, url: str, namespace: str) -> None:
+def worker(
+    allow: str | None,
+    burst: bool,
+    concurrency: int,
+    mode: str,
+    lease_s: float,
+    grace_s: float,
+    verbose: bool,
+    url: str,
+    namespace: str,
+) -> None:
     """Run a worker until SIGTERM or SIGINT (or, with --burst, until no job is left).
 
+    On SIGTERM or SIGINT it stops taking jobs, lets those in hand finish within
+    the grace period, and hands the rest back to the queue.
+
     \b
-    Example:
+    Examples:
       dtq worker --plugins test_only
+      dtq worker -c 4 --mode thread
     """
     logging.basicConfig(
         level=logging.INFO if verbose or not burst else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    runner = Worker(_plugin_list(allow), url, namespace=namespace, lease_s=lease_s)
+    runner = Worker(
+        _plugin_list(allow),
+        url,
+        namespace=namespace,
+        concurrency=concurrency,
+        mode=mode,
+        lease_s=lease_s,
+        grace_s=grace_s,
+    )
     runner.engine.ping()
     runner.work(burst=burst)
 
@@ -209,6 +277,86 @@ def result(job_id: str, wait: bool, timeout: float | None, url: str, namespace: 
     with Queue(None, url, namespace=namespace) as queue:
         value = queue.result(job_id, timeout=timeout if wait else 0)
     click.echo(json.dumps(value, ensure_ascii=False))
+
+
+@main.command()
+@click.argument("job_id")
+@_engine_options
+@_friendly
+def cancel(job_id: str, url: str, namespace: str) -> None:
+    """Cancel a job: a queued or scheduled one never runs; a running one is stopped."""
+    with Queue(None, url, namespace=namespace) as queue:
+        outcome = queue.cancel(job_id)
+    click.echo(f"{job_id}: {outcome.value}")
+
+
+@main.group()
+def dead() -> None:
+    """Dead letters: jobs dtq gave up on (retries exhausted, lost leases, unrunnable)."""
+
+
+@dead.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+@_engine_options
+@_friendly
+def dead_list(limit: int, as_json: bool, url: str, namespace: str) -> None:
+    """List dead jobs, newest first, with the reason."""
+    with Queue(None, url, namespace=namespace) as queue:
+        jobs = queue.dead(limit=limit)
+    if as_json:
+        click.echo(json.dumps([job.to_dict() for job in jobs], indent=2, ensure_ascii=False))
+        return
+    for job in jobs:
+        reason = "" if job.error is None else f"{job.error.type}: {job.error.message}"
+        click.echo(f"{job.id}  {job.plugin}  attempts={job.attempts}  {reason}")
+
+
+@dead.command("requeue")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Requeue every dead job.")
+@_engine_options
+@_friendly
+def dead_requeue(job_ids: tuple[str, ...], everything: bool, url: str, namespace: str) -> None:
+    """Put dead jobs back in their queue for a fresh set of attempts."""
+    if not job_ids and not everything:
+        _fail("name the jobs to requeue, or pass --all")
+    with Queue(None, url, namespace=namespace) as queue:
+        ids = list(job_ids) or [job.id for job in queue.dead(limit=10_000)]
+        for job_id in ids:
+            queue.requeue(job_id)
+            click.echo(f"{job_id}: requeued")
+
+
+@dead.command("purge")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_engine_options
+@_friendly
+def dead_purge(yes: bool, url: str, namespace: str) -> None:
+    """Delete every dead job."""
+    if not yes and not click.confirm("Delete every dead job?", default=False):
+        _fail("nothing deleted")
+    with Queue(None, url, namespace=namespace) as queue:
+        click.echo(f"purged {queue.purge(JobStatus.DEAD)} dead job(s)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_engine_options
+@_friendly
+def workers(as_json: bool, url: str, namespace: str) -> None:
+    """List live workers: host, pid, plugins, concurrency, jobs in hand, last heartbeat."""
+    with Queue(None, url, namespace=namespace) as queue:
+        rows = queue.workers()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        in_hand = row.get("in_hand") or "-"
+        click.echo(
+            f"{row['id']}  plugins={row.get('plugins', '')}  concurrency={row.get('concurrency', '?')}"
+            f"  mode={row.get('mode', '?')}  in_hand={in_hand}"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,8 +23,6 @@ DEFAULT_RESULT_TTL_S = 24 * 3600
 DEFAULT_FAILURE_TTL_S = 7 * 24 * 3600
 #: Largest encoded payload accepted by ``append``.
 DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024
-#: Highest and lowest job priority.
-MAX_PRIORITY = 4095
 
 
 def url_from_env(url: str | None = None) -> str:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import abc
 import enum
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -32,6 +33,27 @@ class AppendOutcome(enum.Enum):
     CONFLICT = "conflict"
 
 
+class CancelOutcome(enum.Enum):
+    """What :meth:`Engine.cancel` did."""
+
+    #: The job was queued or scheduled; it is now cancelled and will never run.
+    CANCELLED = "cancelled"
+    #: The job is running; its worker and plugin are asked to stop it.
+    REQUESTED = "requested"
+    ALREADY_FINAL = "already final"
+    NOT_FOUND = "not found"
+
+
+class ReleaseOutcome(enum.Enum):
+    """What :meth:`Engine.release` did with a leased job."""
+
+    REQUEUED = "requeued"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+    #: The caller no longer held the lease; nothing changed.
+    NOT_HELD = "not held"
+
+
 @attrs.frozen
 class Lease:
     """A job handed to one worker, and the fencing token that proves it holds it."""
@@ -41,12 +63,32 @@ class Lease:
 
 
 @attrs.frozen
+class Batch:
+    """What one :meth:`Engine.fetch` took, and how long until a delayed job is due."""
+
+    leases: list[Lease]
+    next_due_s: float | None = None
+
+
+@attrs.frozen
+class Renewal:
+    """What :meth:`Engine.renew` found: leases lost, and jobs asked to cancel."""
+
+    lost: list[str] = attrs.field(factory=list)
+    cancel: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen
 class Outcome:
-    """What a worker reports when an attempt ends."""
+    """What a worker reports when an attempt ends.
+
+    ``status`` is final, or SCHEDULED for a retry ``retry_in_s`` from now.
+    """
 
     status: JobStatus
     result_json: str | None = None
     error: ErrorInfo | None = None
+    retry_in_s: float = 0.0
 
 
 class Engine(abc.ABC):
@@ -54,8 +96,9 @@ class Engine(abc.ABC):
 
     Every method that changes a job does so atomically: a process killed at any
     instant leaves each job either before or after the change, never between.
-    Times (leases, timestamps) come from the engine's own clock so that workers
-    with skewed clocks agree.
+    Times (leases, due times, timestamps) come from the engine's own clock so
+    that workers with skewed clocks agree. ``ttl_s`` arguments are how long a
+    final record is kept.
     """
 
     @classmethod
@@ -63,29 +106,16 @@ class Engine(abc.ABC):
     def from_url(cls, url: str, **options: Any) -> Engine:
         """Create the engine for ``url``; ``options`` are engine attributes to override."""
 
-    @abc.abstractmethod
-    def append(self, job: Job, payload: str) -> AppendOutcome:
-        """Queue ``job`` unless its id exists. ``payload`` is its canonical JSON."""
+    # --- producers ---------------------------------------------------------
 
     @abc.abstractmethod
-    def fetch(self, plugins: Sequence[str], *, count: int, lease_s: float, worker_id: str) -> list[Lease]:
-        """Take up to ``count`` queued jobs of ``plugins`` (in that order) and lease them."""
+    def append(
+        self, job: Job, payload: str, *, delay_s: float = 0.0, eta: datetime | None = None
+    ) -> AppendOutcome:
+        """Queue ``job`` (or schedule it, with a delay or ETA) unless its id exists.
 
-    @abc.abstractmethod
-    def wait_for_jobs(self, plugins: Sequence[str], timeout_s: float) -> None:
-        """Block until a job of ``plugins`` may have been queued, or ``timeout_s`` passes."""
-
-    @abc.abstractmethod
-    def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
-        """Record the outcome if ``lease`` still holds; False (nothing written) otherwise."""
-
-    @abc.abstractmethod
-    def renew(self, leases: Sequence[Lease], lease_s: float) -> list[str]:
-        """Extend ``leases`` by ``lease_s``; return the ids whose lease was lost."""
-
-    @abc.abstractmethod
-    def recover(self, plugin: str, *, max_lost_leases: int, ttl_s: float, limit: int = 100) -> int:
-        """Requeue (or bury as dead) jobs of ``plugin`` whose lease expired; return how many."""
+        ``payload`` is its canonical JSON; the job's options go with it.
+        """
 
     @abc.abstractmethod
     def get(self, job_id: str) -> Job | None:
@@ -94,6 +124,68 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def wait_for_final(self, job_id: str, timeout_s: float) -> Job | None:
         """Block until the job is final or ``timeout_s`` passes; return its record then."""
+
+    @abc.abstractmethod
+    def cancel(self, job: Job, *, ttl_s: float) -> CancelOutcome:
+        """Cancel a queued or scheduled job, or ask a running one to stop."""
+
+    # --- workers -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def fetch(self, plugins: Sequence[str], *, count: int, lease_s: float, worker_id: str) -> Batch:
+        """Promote due delayed jobs, then take up to ``count`` queued jobs and lease them."""
+
+    @abc.abstractmethod
+    def wait_for_jobs(self, plugins: Sequence[str], timeout_s: float) -> None:
+        """Block until a job of ``plugins`` may have been queued, or ``timeout_s`` passes."""
+
+    @abc.abstractmethod
+    def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
+        """Record an attempt's outcome if ``lease`` still holds; False (nothing written) otherwise."""
+
+    @abc.abstractmethod
+    def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:
+        """Extend ``leases`` by ``lease_s``; report the lost ones and those asked to cancel."""
+
+    @abc.abstractmethod
+    def progress(self, lease: Lease, progress: float | None, message: str | None) -> tuple[bool, bool]:
+        """Record a running job's progress; return (lease held, cancellation requested)."""
+
+    @abc.abstractmethod
+    def release(self, lease: Lease, *, lost: bool, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
+        """Give a held job back to its queue; ``lost`` counts it as a lost lease (its process died)."""
+
+    @abc.abstractmethod
+    def recover(self, plugin: str, *, max_lost_leases: int, ttl_s: float, limit: int = 100) -> int:
+        """Requeue (or bury as dead) jobs of ``plugin`` whose lease expired; return how many."""
+
+    @abc.abstractmethod
+    def heartbeat(self, worker_id: str, info: Mapping[str, str], ttl_s: float) -> None:
+        """Register a live worker (or refresh it) for ``ttl_s`` seconds."""
+
+    @abc.abstractmethod
+    def unregister(self, worker_id: str) -> None:
+        """Remove a worker's registration (it is stopping)."""
+
+    @abc.abstractmethod
+    def workers(self) -> list[dict[str, str]]:
+        """The live workers' descriptions (with ``id`` and ``last_seen`` in ms)."""
+
+    # --- final jobs --------------------------------------------------------
+
+    @abc.abstractmethod
+    def final_ids(self, status: JobStatus, *, limit: int = 100, offset: int = 0) -> list[str]:
+        """Ids of dead (or failed) jobs, newest first."""
+
+    @abc.abstractmethod
+    def requeue(self, job: Job) -> bool:
+        """Queue a final job again for a fresh set of attempts; False if its record is gone."""
+
+    @abc.abstractmethod
+    def purge(self, status: JobStatus) -> int:
+        """Delete every dead (or failed) job's record; return how many."""
+
+    # --- plumbing ----------------------------------------------------------
 
     @abc.abstractmethod
     def ping(self) -> None:

@@ -97,3 +97,32 @@ class JobFailed(DtqError):
 
 class ResultTimeout(DtqError, TimeoutError):
     """The job did not finish within the time the caller was willing to wait."""
+
+
+# --- signals a plugin raises to steer its job (not errors, not DtqError) -------
+
+
+class JobSignal(Exception):
+    """Base of the exceptions a plugin raises to tell the worker what to do next."""
+
+
+class Retry(JobSignal):
+    """Ask for another attempt, ``after`` seconds from now (default: the backoff).
+
+    Counts against the job's ``max_retries``; when none is left the job is dead.
+    """
+
+    def __init__(self, reason: str = "the plugin asked for a retry", *, after: float | None = None) -> None:
+        super().__init__(reason)
+        self.after = after
+
+
+class Permanent(JobSignal):
+    """Fail the job now, without retrying: another attempt cannot help.
+
+    Raise it with the reason (``raise Permanent("no such user") from exc``).
+    """
+
+
+class Cancelled(JobSignal):
+    """Raised by ``caller.check_cancelled()`` when the job's cancellation was requested."""

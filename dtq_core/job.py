@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import traceback
 import uuid
 from collections.abc import Mapping
@@ -26,18 +27,25 @@ import attrs
 from dtq_core.errors import InvalidJob
 
 MAX_ID_LENGTH = 256
-_TOP_LEVEL_KEYS = frozenset({"id", "job"})
+MAX_PRIORITY = 4095
+_TOP_LEVEL_KEYS = frozenset({"id", "job", "options"})
 _JOB_KEYS = frozenset({"plugin", "data"})
+_OPTION_KEYS = frozenset({"priority", "max_retries", "retry_backoff_s", "timeout_s", "delay_s", "eta"})
 
 
 class JobStatus(str, enum.Enum):
     """Where a job is in its life. ``succeeded``, ``failed`` and ``dead`` are final."""
 
+    #: Waiting for a delay, an ETA or a retry's backoff.
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
+    #: Failed with no retry left to try (none configured, or a permanent error).
     FAILED = "failed"
+    #: dtq gave up: retries exhausted, too many lost leases, or unrunnable.
     DEAD = "dead"
+    CANCELLED = "cancelled"
 
     @property
     def is_final(self) -> bool:
@@ -48,7 +56,7 @@ class JobStatus(str, enum.Enum):
         return self.value
 
 
-_FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD})
+_FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED})
 
 
 @attrs.frozen
@@ -83,10 +91,14 @@ class ErrorInfo:
 class Job:
     """One job and everything dtq knows about it.
 
-    ``id``, ``plugin`` and ``data`` are what the application appended; the other
-    fields are written by dtq as the job moves through its life. ``attempts``
-    counts deliveries to a worker (a worker killed mid-job still used one);
-    ``lost_leases`` counts the deliveries whose worker stopped renewing its lease.
+    ``id``, ``plugin`` and ``data`` are what the application appended, with
+    its options (``priority``, ``max_retries``, ``retry_backoff_s``,
+    ``timeout_s``; None means the plugin's default). The other fields are
+    written by dtq as the job moves through its life: ``attempts`` counts
+    deliveries to a worker (a worker killed mid-job still used one);
+    ``lost_leases`` counts the deliveries whose worker stopped renewing its
+    lease; ``errors`` holds each failed attempt's error, oldest first, and
+    ``error`` the last one; ``eta`` is when a scheduled job is due.
     """
 
     id: str
@@ -95,13 +107,31 @@ class Job:
     status: JobStatus = JobStatus.QUEUED
     result: Any = None
     error: ErrorInfo | None = None
+    errors: tuple[ErrorInfo, ...] = ()
     attempts: int = 0
     lost_leases: int = 0
     priority: int = 0
+    max_retries: int | None = None
+    retry_backoff_s: float | None = None
+    timeout_s: float | None = None
+    progress: float | None = None
+    message: str | None = None
+    cancel_requested: bool = False
     worker: str | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    eta: datetime | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The per-job options that differ from the plugin's defaults."""
+        chosen = {
+            "priority": self.priority,
+            "max_retries": self.max_retries,
+            "retry_backoff_s": self.retry_backoff_s,
+            "timeout_s": self.timeout_s,
+        }
+        return {key: value for key, value in chosen.items() if value is not None}
 
     def to_dict(self) -> dict[str, Any]:
         """The job in the original design's shape plus dtq's bookkeeping.
@@ -115,13 +145,21 @@ class Job:
             "status": self.status.value,
             "result": self.result,
             "error": None if self.error is None else self.error.to_dict(),
+            "errors": [error.to_dict() for error in self.errors],
             "attempts": self.attempts,
             "lost_leases": self.lost_leases,
             "priority": self.priority,
+            "max_retries": self.max_retries,
+            "retry_backoff_s": self.retry_backoff_s,
+            "timeout_s": self.timeout_s,
+            "progress": self.progress,
+            "message": self.message,
+            "cancel_requested": self.cancel_requested,
             "worker": self.worker,
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
+            "eta": _iso(self.eta),
         }
 
     @classmethod
@@ -134,13 +172,21 @@ class Job:
             status=JobStatus(raw.get("status", "queued")),
             result=raw.get("result"),
             error=None if error is None else ErrorInfo.from_dict(error),
+            errors=tuple(ErrorInfo.from_dict(e) for e in raw.get("errors") or ()),
             attempts=int(raw.get("attempts", 0)),
             lost_leases=int(raw.get("lost_leases", 0)),
             priority=int(raw.get("priority", 0)),
+            max_retries=raw.get("max_retries"),
+            retry_backoff_s=raw.get("retry_backoff_s"),
+            timeout_s=raw.get("timeout_s"),
+            progress=raw.get("progress"),
+            message=raw.get("message"),
+            cancel_requested=bool(raw.get("cancel_requested", False)),
             worker=raw.get("worker"),
             created_at=_parse_iso(raw.get("created_at")),
             started_at=_parse_iso(raw.get("started_at")),
             finished_at=_parse_iso(raw.get("finished_at")),
+            eta=_parse_iso(raw.get("eta")),
         )
 
 
@@ -172,11 +218,84 @@ def parse_job(raw: object) -> Job:
             f"got {'nothing' if body is None else type(body).__name__}"
         )
     _reject_unknown_keys(body, _JOB_KEYS, "job['job']")
-    return Job(
+    job = Job(
         id=normalise_id(raw.get("id")),
         plugin=check_plugin_name(body.get("plugin")),
         data=check_data(body.get("data")),
     )
+    options = raw.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise InvalidJob(f"job['options'] must be a dict, got {type(options).__name__}")
+    _reject_unknown_keys(options, _OPTION_KEYS, "job['options']")
+    return with_options(job, **{k: v for k, v in options.items() if k not in ("delay_s", "eta")})
+
+
+def with_options(
+    job: Job,
+    *,
+    priority: object = 0,
+    max_retries: object = None,
+    retry_backoff_s: object = None,
+    timeout_s: object = None,
+) -> Job:
+    """``job`` with its options checked and set.
+
+    Raises:
+        InvalidJob: an option has the wrong type or is out of range.
+    """
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
+        raise InvalidJob(
+            f"priority must be an integer from {-MAX_PRIORITY} to {MAX_PRIORITY}, got {priority!r}"
+        )
+    return attrs.evolve(
+        job,
+        priority=priority,
+        max_retries=_optional_count("max_retries", max_retries),
+        retry_backoff_s=_optional_seconds("retry_backoff_s", retry_backoff_s),
+        timeout_s=_optional_seconds("timeout_s", timeout_s),
+    )
+
+
+def schedule_of(options: Mapping[str, Any]) -> tuple[float, datetime | None]:
+    """The ``delay_s`` and ``eta`` of an appended job's options, checked.
+
+    Raises:
+        InvalidJob: the delay is negative or not a number, or the ETA is not an
+            aware datetime (or ISO 8601 string with a UTC offset).
+    """
+    delay = _optional_seconds("delay_s", options.get("delay_s")) or 0.0
+    eta = options.get("eta")
+    if isinstance(eta, str):
+        try:
+            eta = datetime.fromisoformat(eta)
+        except ValueError as exc:
+            raise InvalidJob(f"eta must be an ISO 8601 time, got {eta!r}") from exc
+    if eta is not None and (not isinstance(eta, datetime) or eta.tzinfo is None):
+        raise InvalidJob(
+            f"eta must be a timezone-aware datetime (e.g. datetime.now(timezone.utc)), got {eta!r}"
+        )
+    return delay, eta
+
+
+def _optional_count(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidJob(f"{name} must be a whole number from 0 up, got {value!r}")
+    return value
+
+
+def _optional_seconds(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InvalidJob(f"{name} must be a number of seconds from 0 up, got {value!r}")
+    return float(value)
 
 
 def normalise_id(value: object) -> str:

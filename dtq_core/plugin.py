@@ -59,6 +59,16 @@ class Plugin:
     api_version: ClassVar[int] = PLUGIN_API_VERSION
     #: One line shown by ``dtq plugins``.
     description: ClassVar[str] = ""
+    #: Attempts after the first when ``process`` raises (a job's own
+    #: ``max_retries`` wins). 0: a failure is final.
+    max_retries: ClassVar[int] = 0
+    #: Delay before the first retry, doubled for each further one (with jitter).
+    retry_backoff_s: ClassVar[float] = 1.0
+    #: Cap on that delay.
+    retry_backoff_max_s: ClassVar[float] = 600.0
+    #: Time limit of one attempt in seconds (a job's own ``timeout_s`` wins);
+    #: None for no limit. Over it, the attempt is stopped and counts as failed.
+    timeout_s: ClassVar[float | None] = None
 
     def validate(self, job: Job) -> None:
         """Check a job when it is appended, where the plugin is installed.
@@ -70,7 +80,11 @@ class Plugin:
     def process(self, job: Job) -> Any:
         """Run the job on a worker; the JSON-serialisable return value becomes its result.
 
-        An exception marks the attempt failed and is stored on the job.
+        An exception marks the attempt failed and is stored on the job; raise
+        :class:`dtq_core.Retry` to ask for another attempt, or
+        :class:`dtq_core.Permanent` to fail without retrying. Declare it as
+        ``process(self, job, caller)`` to receive the :class:`dtq_core.Caller`
+        (progress, cancellation, follow-up jobs); ``async def`` works too.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement process(self, job)")
 

@@ -5,20 +5,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import attrs
 
 from dtq_core.config import (
+    DEFAULT_FAILURE_TTL_S,
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_PREFIX,
-    MAX_PRIORITY,
     namespace_from_env,
 )
-from dtq_core.engine import AppendOutcome, Engine, resolve_engine
+from dtq_core.engine import AppendOutcome, CancelOutcome, Engine, resolve_engine
 from dtq_core.errors import (
     DuplicateJob,
-    InvalidJob,
     JobFailed,
     JobNotFound,
     PayloadTooLarge,
@@ -27,11 +27,10 @@ from dtq_core.errors import (
 from dtq_core.job import (
     Job,
     JobStatus,
-    check_data,
-    check_plugin_name,
     encode_payload,
     normalise_id,
     parse_job,
+    schedule_of,
 )
 from dtq_core.plugin import PluginRegistry
 
@@ -54,6 +53,7 @@ class Queue:
             Default ``$DTQ_NAMESPACE``, then ``default``.
         prefix: first part of every storage key.
         max_payload_bytes: largest encoded job accepted.
+        failure_ttl_s: how long a cancelled job's record is kept.
         engine_options: further engine attributes to override.
     """
 
@@ -66,6 +66,7 @@ class Queue:
         namespace: str | None = None,
         prefix: str = DEFAULT_PREFIX,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        failure_ttl_s: float = DEFAULT_FAILURE_TTL_S,
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.registry = PluginRegistry(plugins)
@@ -73,9 +74,14 @@ class Queue:
             engine, url, prefix=prefix, namespace=namespace_from_env(namespace), **dict(engine_options or {})
         )
         self.max_payload_bytes = max_payload_bytes
+        self.failure_ttl_s = failure_ttl_s
 
     def append(self, job: Mapping[str, Any]) -> Job:
         """Queue a job given in the wire format ``{"id", "job": {"plugin", "data"}}``.
+
+        An optional ``"options"`` dict holds ``priority``, ``max_retries``,
+        ``retry_backoff_s``, ``timeout_s``, ``delay_s`` and ``eta`` (see
+        :meth:`enqueue`).
 
         Appending an id that already exists never creates a second job: with the
         same plugin and data it returns the existing job as it is now (so a retried
@@ -90,7 +96,10 @@ class Queue:
             DuplicateJob: the id exists with different contents.
             EngineUnavailable: the engine cannot be reached.
         """
-        return self._append(parse_job(job))
+        parsed = parse_job(job)
+        options = job.get("options") or {}
+        delay_s, eta = schedule_of(options)
+        return self._append(parsed, delay_s, eta)
 
     def enqueue(
         self,
@@ -99,14 +108,31 @@ class Queue:
         *,
         id: str | int | None = None,  # noqa: A002 - the wire format's own name
         priority: int = 0,
+        delay_s: float | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+        retry_backoff_s: float | None = None,
+        timeout_s: float | None = None,
     ) -> Job:
         """Queue a job from keyword arguments; see :meth:`append` for behaviour and errors.
 
-        ``priority``: an integer in [-4095, 4095]; higher runs first, first in
-        first out among equals.
+        Args:
+            priority: an integer in [-4095, 4095]; higher runs first, first in
+                first out among equals.
+            delay_s: run no sooner than this many seconds from now.
+            eta: run no sooner than this aware datetime (wins over ``delay_s``).
+            max_retries, retry_backoff_s, timeout_s: override the plugin's.
         """
-        job = Job(id=normalise_id(id), plugin=check_plugin_name(plugin), data=check_data(data))
-        return self._append(attrs.evolve(job, priority=_check_priority(priority)))
+        options = {
+            "priority": priority,
+            "delay_s": delay_s,
+            "eta": eta,
+            "max_retries": max_retries,
+            "retry_backoff_s": retry_backoff_s,
+            "timeout_s": timeout_s,
+        }
+        chosen = {key: value for key, value in options.items() if value is not None}
+        return self.append({"id": id, "job": {"plugin": plugin, "data": data}, "options": chosen})
 
     def get(self, job_id: str | int) -> Job | None:
         """The job's current record, or None if no such job exists (or it expired)."""
@@ -138,6 +164,53 @@ class Queue:
             raise JobFailed(_failure_message(job), job=job)
         raise ResultTimeout(f"job {key!r} is still {job.status.value} after {timeout} s")
 
+    def cancel(self, job_id: str | int) -> CancelOutcome:
+        """Cancel a job.
+
+        A queued or scheduled job is cancelled at once and never runs. A running
+        job is asked to stop: in process mode its worker stops it; in thread mode
+        the plugin sees ``caller.cancelled``. It ends ``cancelled``.
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        job = self._existing(job_id)
+        outcome = self.engine.cancel(job, ttl_s=self.failure_ttl_s)
+        if outcome is CancelOutcome.NOT_FOUND:
+            raise JobNotFound(f"no job with id {job.id!r} (it expired meanwhile)")
+        return outcome
+
+    def dead(self, *, limit: int = 100, offset: int = 0) -> list[Job]:
+        """Dead jobs (the dead letters), newest first."""
+        return self._final(JobStatus.DEAD, limit, offset)
+
+    def failed(self, *, limit: int = 100, offset: int = 0) -> list[Job]:
+        """Failed jobs, newest first."""
+        return self._final(JobStatus.FAILED, limit, offset)
+
+    def requeue(self, job_id: str | int) -> Job:
+        """Queue a dead, failed or cancelled job again for a fresh set of attempts.
+
+        Raises:
+            JobNotFound: no such job, or it is not final.
+        """
+        job = self._existing(job_id)
+        if not job.status.is_final or job.status is JobStatus.SUCCEEDED:
+            raise JobNotFound(
+                f"job {job.id!r} is {job.status.value}; only dead, failed or cancelled jobs requeue"
+            )
+        if not self.engine.requeue(job):
+            raise JobNotFound(f"job {job.id!r} was requeued or expired meanwhile")
+        return self.engine.get(job.id) or job
+
+    def purge(self, status: JobStatus = JobStatus.DEAD) -> int:
+        """Delete every dead (or failed) job; return how many were deleted."""
+        return self.engine.purge(status)
+
+    def workers(self) -> list[dict[str, str]]:
+        """The live workers: id, host, pid, plugins, concurrency, mode, jobs in hand, last heartbeat."""
+        return self.engine.workers()
+
     def close(self) -> None:
         """Release the engine's connections."""
         self.engine.close()
@@ -148,7 +221,19 @@ class Queue:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _append(self, job: Job) -> Job:
+    def _existing(self, job_id: str | int) -> Job:
+        job = self.engine.get(normalise_id(job_id))
+        if job is None:
+            raise JobNotFound(f"no job with id {str(job_id)!r} (never appended, or its record expired)")
+        return job
+
+    def _final(self, status: JobStatus, limit: int, offset: int) -> list[Job]:
+        jobs = (
+            self.engine.get(job_id) for job_id in self.engine.final_ids(status, limit=limit, offset=offset)
+        )
+        return [job for job in jobs if job is not None and job.status is status]
+
+    def _append(self, job: Job, delay_s: float = 0.0, eta: datetime | None = None) -> Job:
         self.registry.check_allowed(job.plugin)
         self._validate(job)
         payload = encode_payload(job)
@@ -159,7 +244,7 @@ class Queue:
                 f"{self.max_payload_bytes} (max_payload_bytes); keep large inputs elsewhere "
                 "(a file, a database, object storage) and put their location in data"
             )
-        outcome = self.engine.append(job, payload)
+        outcome = self.engine.append(job, payload, delay_s=delay_s, eta=eta)
         if outcome is AppendOutcome.CONFLICT:
             raise DuplicateJob(
                 f"a job with id {job.id!r} already exists with a different plugin or data; "
@@ -168,7 +253,7 @@ class Queue:
             )
         if outcome is AppendOutcome.EXISTS:
             return self.engine.get(job.id) or job
-        return job
+        return job if not (delay_s or eta) else attrs.evolve(job, status=JobStatus.SCHEDULED)
 
     def _validate(self, job: Job) -> None:
         # A name on the allow-list that is not installed here is queued as is:
@@ -176,14 +261,6 @@ class Queue:
         if self.registry.allow is not None and not self.registry.is_installed(job.plugin):
             return
         self.registry.get(job.plugin).validate(job)
-
-
-def _check_priority(priority: object) -> int:
-    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
-        raise InvalidJob(
-            f"priority must be an integer from {-MAX_PRIORITY} to {MAX_PRIORITY}, got {priority!r}"
-        )
-    return priority
 
 
 def _failure_message(job: Job) -> str:

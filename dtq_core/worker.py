@@ -2,9 +2,13 @@
 
 A worker only takes jobs from the queues of plugins it has installed and
 allows. Every job it takes is leased, not removed; a heartbeat thread renews the
-leases of the jobs in hand, so a long job is never given to a second worker
-while its worker lives, and a dead worker's jobs come back once their lease
-runs out (any live worker requeues them).
+leases of the jobs in hand (and registers the worker), so a long job is never
+given to a second worker while its worker lives, and a dead worker's jobs come
+back once their lease runs out (any live worker requeues them).
+
+One dispatcher thread fetches jobs while a slot is free; ``concurrency`` slot
+threads each run one job at a time, in a child process (``mode="process"``, the
+default) or in the slot thread itself (``mode="thread"``).
 """
 
 from __future__ import annotations
@@ -12,17 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue as queue_module
 import signal
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import FrameType
 from typing import Any
 
 import attrs
 
+from dtq_core.caller import Control
 from dtq_core.config import (
     DEFAULT_FAILURE_TTL_S,
     DEFAULT_LEASE_S,
@@ -32,15 +38,19 @@ from dtq_core.config import (
     mask_url,
     namespace_from_env,
 )
-from dtq_core.engine import Engine, Lease, Outcome, resolve_engine
+from dtq_core.engine import Engine, Lease, Outcome, ReleaseOutcome, resolve_engine
 from dtq_core.errors import DtqError, EngineUnavailable, PluginError
-from dtq_core.job import ErrorInfo, Job, JobStatus
+from dtq_core.job import Job, JobStatus
 from dtq_core.plugin import PluginRegistry
+from dtq_core.queue import Queue
+from dtq_core.retry import RetryPolicy, decide, policy_for, timeout_for
+from dtq_core.runner import ProcessRunner, Runner, ThreadRunner, unrunnable
 
 log = logging.getLogger("dtq.worker")
 
 #: Longest pause between attempts to reach an engine that is down (seconds).
 _MAX_BACKOFF_S = 5.0
+MODES = ("process", "thread")
 
 
 class Worker:
@@ -52,14 +62,22 @@ class Worker:
             that loads; the others are reported and their jobs stay queued.
         url: engine URL; default ``$DTQ_URL``, then ``redis://localhost:6379/0``.
         engine: an engine instance or subclass instead of the URL's.
-        namespace, prefix: must match the producers'.
-        lease_s: how long a job stays leased without renewal; renewed every
-            third of it, so a dead worker's jobs come back within about this.
+        namespace: must match the producers'; default ``$DTQ_NAMESPACE``.
+        prefix: must match the producers'.
+        concurrency: jobs run at once.
+        mode: ``"process"`` (each slot runs jobs in a child process: isolation,
+            hard time limits, cancellation stops the job) or ``"thread"``.
+        lease_s: how long a job stays leased without renewal; a dead worker's
+            jobs come back within about this.
+        heartbeat_s: how often leases are renewed and the worker re-registered;
+            default a third of ``lease_s``, at most 2 s.
         max_lost_leases: deliveries whose worker died before the job is dead.
         result_ttl_s: how long a succeeded job's record is kept.
-        failure_ttl_s: how long a failed or dead job's record is kept.
+        failure_ttl_s: how long a failed, dead or cancelled job's record is kept.
+        grace_s: on shutdown, how long jobs in hand may take to finish before
+            they are stopped and handed back to the queue.
         poll_s: longest idle wait before the worker looks for expired leases.
-        worker_id: how this worker names itself in leases (host:pid:random).
+        worker_id: how this worker names itself (host:pid:random).
         engine_options: further engine attributes to override.
     """
 
@@ -71,26 +89,40 @@ class Worker:
         engine: Engine | type[Engine] | None = None,
         namespace: str | None = None,
         prefix: str = DEFAULT_PREFIX,
+        concurrency: int = 1,
+        mode: str = "process",
         lease_s: float = DEFAULT_LEASE_S,
+        heartbeat_s: float | None = None,
         max_lost_leases: int = DEFAULT_MAX_LOST_LEASES,
         result_ttl_s: float = DEFAULT_RESULT_TTL_S,
         failure_ttl_s: float = DEFAULT_FAILURE_TTL_S,
+        grace_s: float = 30.0,
         poll_s: float = 1.0,
         worker_id: str | None = None,
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
+        if mode not in MODES:
+            raise DtqError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if concurrency < 1:
+            raise DtqError(f"concurrency must be at least 1, got {concurrency}")
         self.registry = PluginRegistry(plugins)
         self.plugins = self._loadable_plugins()
         self.engine = resolve_engine(
             engine, url, prefix=prefix, namespace=namespace_from_env(namespace), **dict(engine_options or {})
         )
+        self.concurrency = concurrency
+        self.mode = mode
         self.lease_s = lease_s
+        self.heartbeat_s = heartbeat_s or min(lease_s / 3, 2.0)
         self.max_lost_leases = max_lost_leases
         self.result_ttl_s = result_ttl_s
         self.failure_ttl_s = failure_ttl_s
+        self.grace_s = grace_s
         self.poll_s = poll_s
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._in_hand: dict[str, Lease] = {}
+        # Follow-up jobs appended by plugins go through a queue on the same engine.
+        self.queue = Queue(self.registry.allow, engine=self.engine)
+        self._in_hand: dict[str, Control] = {}
         self._in_hand_lock = threading.Lock()
         self._stopping = threading.Event()
         self._next_recovery = 0.0
@@ -98,55 +130,72 @@ class Worker:
     # --- public ------------------------------------------------------------------
 
     def get_jobs(self) -> list[Job]:
-        """Process every job available now, then return them in their final state.
+        """Process every job available now, then return them as they ended.
 
         The original design's name for a burst: expired leases are recovered
-        first, so jobs of dead workers are included.
+        first, so jobs of dead workers are included. Jobs scheduled for later
+        are left for later.
         """
-        done: list[Job] = []
-        with _Heartbeat(self):
-            self._recover()
-            while not self._stopping.is_set():
-                leases = self._fetch()
-                if not leases:
-                    break
-                done.extend(self._run(lease) for lease in leases)
-        return done
+        return self._run(burst=True)
 
     def work(self, *, burst: bool = False) -> None:
         """Process jobs until SIGTERM or SIGINT (or, with ``burst``, until none is left).
 
-        On the first signal the worker finishes the job in hand and returns; a
-        second signal stops it at once (the job's lease then expires and it is
-        delivered again). A lost connection is retried with backoff, forever.
+        On the first signal the worker stops taking jobs and gives those in hand
+        ``grace_s`` to finish; the rest are stopped and handed back to the queue.
+        A second signal hands them back at once. A lost connection is retried
+        with backoff, forever.
         """
         restore = self._install_signal_handlers()
         log.info(
-            "worker %s serving %s on %s", self.worker_id, ", ".join(self.plugins), _engine_name(self.engine)
+            "worker %s: %s, concurrency %d (%s mode), on %s",
+            self.worker_id,
+            ", ".join(self.plugins),
+            self.concurrency,
+            self.mode,
+            mask_url(str(getattr(self.engine, "url", type(self.engine).__name__))),
         )
         try:
-            with _Heartbeat(self):
-                self._loop(burst)
+            self._run(burst=burst)
         finally:
             restore()
         log.info("worker %s stopped", self.worker_id)
 
     def stop(self) -> None:
-        """Ask the worker to stop after the job in hand (thread-safe)."""
+        """Ask the worker to stop taking jobs and finish those in hand (thread-safe)."""
         self._stopping.set()
 
     def in_hand(self) -> list[Lease]:
         """The leases of the jobs this worker is running now."""
         with self._in_hand_lock:
-            return list(self._in_hand.values())
+            return [control.lease for control in self._in_hand.values()]
+
+    def close(self) -> None:
+        """Release the engine's connections."""
+        self.engine.close()
 
     # --- the loop ----------------------------------------------------------------
 
-    def _loop(self, burst: bool) -> None:
+    def _run(self, *, burst: bool) -> list[Job]:
+        pool = _Pool(self, self.concurrency, self._make_runner)
+        grace = self.grace_s
+        try:
+            with _Heartbeat(self):
+                self._dispatch(pool, burst)
+        except BaseException:
+            grace = 0.0  # a second signal, or a crash: hand jobs back now
+            raise
+        finally:
+            pool.shutdown(grace)
+            self._hand_back()
+            self._unregister()
+        return pool.finished
+
+    def _dispatch(self, pool: _Pool, burst: bool) -> None:
         failures = 0
         while not self._stopping.is_set():
             try:
-                if not self._step(burst):
+                if not self._dispatch_once(pool, burst):
                     return
                 failures = 0
             except EngineUnavailable as exc:
@@ -157,25 +206,31 @@ class Worker:
                 log.warning("%s; retrying in %.1f s", exc, pause)
                 self._stopping.wait(pause)
 
-    def _step(self, burst: bool) -> bool:
-        """One turn of the loop; False when a burst has run out of jobs."""
+    def _dispatch_once(self, pool: _Pool, burst: bool) -> bool:
+        """Fill free slots; False when a burst has nothing left to do."""
         if time.monotonic() >= self._next_recovery:
             self._recover()
-        leases = self._fetch()
-        if leases:
-            for lease in leases:
-                self._run(lease)
+        free = pool.acquire(self.poll_s)
+        if not free:
+            return True
+        try:
+            batch = self.engine.fetch(
+                self.plugins, count=free, lease_s=self.lease_s, worker_id=self.worker_id
+            )
+        except BaseException:
+            pool.give_back(free)
+            raise
+        self.plugins = self.plugins[1:] + self.plugins[:1]  # no plugin starves the others
+        for lease in batch.leases:
+            pool.submit(lease)
+        pool.give_back(free - len(batch.leases))
+        if batch.leases:
             return True
         if burst:
-            return False
-        self.engine.wait_for_jobs(self.plugins, self.poll_s)
+            return not pool.wait_until_idle(self.poll_s)
+        wait = self.poll_s if batch.next_due_s is None else min(self.poll_s, batch.next_due_s)
+        self.engine.wait_for_jobs(self.plugins, max(0.01, wait))
         return True
-
-    def _fetch(self) -> list[Lease]:
-        leases = self.engine.fetch(self.plugins, count=1, lease_s=self.lease_s, worker_id=self.worker_id)
-        # Rotate so that one busy plugin cannot starve the others.
-        self.plugins = self.plugins[1:] + self.plugins[:1]
-        return leases
 
     def _recover(self) -> None:
         for plugin in self.plugins:
@@ -186,63 +241,73 @@ class Worker:
                 log.warning("recovered %d job(s) of %s whose worker stopped renewing", count, plugin)
         self._next_recovery = time.monotonic() + max(0.05, self.lease_s / 4)
 
+    def _hand_back(self) -> None:
+        """Give the jobs still in hand back to the queue (shutdown past the grace period)."""
+        for lease in self.in_hand():
+            try:
+                outcome = self.engine.release(
+                    lease, lost=False, max_lost_leases=self.max_lost_leases, ttl_s=self.failure_ttl_s
+                )
+            except DtqError as exc:
+                log.warning("job %s: could not hand it back (%s); its lease will expire", lease.job.id, exc)
+            else:
+                log.warning(
+                    "job %s (%s): stopped at shutdown, %s", lease.job.id, lease.job.plugin, outcome.value
+                )
+
+    def _unregister(self) -> None:
+        try:
+            self.engine.unregister(self.worker_id)
+        except DtqError as exc:
+            log.warning("could not unregister worker %s: %s", self.worker_id, exc)
+
+    def _make_runner(self) -> Runner:
+        kind = ProcessRunner if self.mode == "process" else ThreadRunner
+        return kind(self.registry, self.engine, self.queue)
+
     # --- one job -----------------------------------------------------------------
 
-    def _run(self, lease: Lease) -> Job:
+    def execute(self, runner: Runner, lease: Lease) -> Job:
+        """Run one leased job to the end of its attempt and record the outcome."""
         job = lease.job
-        with self._in_hand_lock:
-            self._in_hand[job.id] = lease
         started = time.monotonic()
         try:
-            outcome = self._process(job)
-            ttl = self.result_ttl_s if outcome.status is JobStatus.SUCCEEDED else self.failure_ttl_s
-            stored = self.engine.complete(lease, outcome, ttl_s=ttl)
+            plugin = self.registry.get(job.plugin)
+        except PluginError as exc:
+            return self._record(lease, decide(RetryPolicy(), job, unrunnable(exc)), started)  # dead
+        limit = timeout_for(plugin, job)
+        control = Control(lease, deadline=None if limit is None else started + limit)
+        with self._in_hand_lock:
+            self._in_hand[job.id] = control
+        try:
+            attempt = runner.run(control, limit)
         finally:
             with self._in_hand_lock:
                 self._in_hand.pop(job.id, None)
-        self._log_outcome(job, outcome, stored, time.monotonic() - started)
+        if attempt is None:
+            return self._lost(lease)
+        return self._record(lease, decide(policy_for(plugin, job), job, attempt), started)
+
+    def _record(self, lease: Lease, outcome: Outcome, started: float) -> Job:
+        job = lease.job
+        ttl = self.result_ttl_s if outcome.status is JobStatus.SUCCEEDED else self.failure_ttl_s
+        stored = self.engine.complete(lease, outcome, ttl_s=ttl)
+        _log_outcome(job, outcome, stored, time.monotonic() - started)
         result = None if outcome.result_json is None else json.loads(outcome.result_json)
         return attrs.evolve(job, status=outcome.status, result=result, error=outcome.error)
 
-    def _process(self, job: Job) -> Outcome:
-        try:
-            value = self.registry.get(job.plugin).process(job)
-        except Exception as exc:
-            return Outcome(JobStatus.FAILED, error=ErrorInfo.from_exception(exc))
-        try:
-            return Outcome(JobStatus.SUCCEEDED, result_json=json.dumps(value, allow_nan=False))
-        except (TypeError, ValueError) as exc:
-            error = ErrorInfo(
-                type="ResultNotJSON",
-                message=(
-                    f"plugin {job.plugin!r} returned a value JSON cannot carry ({exc}); return "
-                    "dicts, lists, strings, numbers, booleans or None"
-                ),
-            )
-            return Outcome(JobStatus.FAILED, error=error)
-
-    def _log_outcome(self, job: Job, outcome: Outcome, stored: bool, duration_s: float) -> None:
-        if not stored:
-            log.warning(
-                "job %s (%s) attempt %d: lease lost before completion; outcome discarded, "
-                "the job's current owner decides",
-                job.id,
-                job.plugin,
-                job.attempts,
-            )
-            return
-        error = "" if outcome.error is None else f": {outcome.error.type}: {outcome.error.message}"
-        level = logging.INFO if outcome.status is JobStatus.SUCCEEDED else logging.WARNING
-        log.log(
-            level,
-            "job %s (%s) attempt %d %s in %.3f s%s",
-            job.id,
-            job.plugin,
-            job.attempts,
-            outcome.status.value,
-            duration_s,
-            error,
+    def _lost(self, lease: Lease) -> Job:
+        job = lease.job
+        released = self.engine.release(
+            lease, lost=True, max_lost_leases=self.max_lost_leases, ttl_s=self.failure_ttl_s
         )
+        log.warning(
+            "job %s (%s) attempt %d: its process died; %s", job.id, job.plugin, job.attempts, released.value
+        )
+        status = {ReleaseOutcome.DEAD: JobStatus.DEAD, ReleaseOutcome.CANCELLED: JobStatus.CANCELLED}.get(
+            released, JobStatus.QUEUED
+        )
+        return attrs.evolve(job, status=status, lost_leases=job.lost_leases + 1)
 
     # --- set-up ------------------------------------------------------------------
 
@@ -268,7 +333,7 @@ class Worker:
             )
         return loadable
 
-    def _install_signal_handlers(self) -> Any:
+    def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -276,7 +341,7 @@ class Worker:
         def handle(signum: int, _frame: FrameType | None) -> None:
             if self._stopping.is_set():
                 raise SystemExit(128 + signum)
-            log.info("received %s: finishing the job in hand, then stopping", signal.Signals(signum).name)
+            log.info("received %s: finishing the jobs in hand, then stopping", signal.Signals(signum).name)
             self._stopping.set()
 
         for sig in previous:
@@ -288,21 +353,126 @@ class Worker:
 
         return restore
 
+    def describe(self) -> dict[str, str]:
+        """What the worker registry shows about this worker."""
+        return {
+            "host": socket.gethostname(),
+            "pid": str(os.getpid()),
+            "plugins": ",".join(sorted(self.plugins)),
+            "concurrency": str(self.concurrency),
+            "mode": self.mode,
+            "in_hand": ",".join(lease.job.id for lease in self.in_hand()),
+        }
+
+
+def _log_outcome(job: Job, outcome: Outcome, stored: bool, duration_s: float) -> None:
+    if not stored:
+        log.warning(
+            "job %s (%s) attempt %d: lease lost before completion; outcome discarded, "
+            "the job's current owner decides",
+            job.id,
+            job.plugin,
+            job.attempts,
+        )
+        return
+    error = "" if outcome.error is None else f": {outcome.error.type}: {outcome.error.message}"
+    retry = f", retry in {outcome.retry_in_s:.1f} s" if outcome.status is JobStatus.SCHEDULED else ""
+    level = logging.INFO if outcome.status is JobStatus.SUCCEEDED else logging.WARNING
+    status = "failed" if outcome.status is JobStatus.SCHEDULED else outcome.status.value
+    log.log(
+        level,
+        "job %s (%s) attempt %d %s in %.3f s%s%s",
+        job.id,
+        job.plugin,
+        job.attempts,
+        status,
+        duration_s,
+        error,
+        retry,
+    )
+
+
+class _Pool:
+    """``size`` slot threads, each with its own runner, fed one lease at a time."""
+
+    def __init__(self, worker: Worker, size: int, make_runner: Callable[[], Runner]) -> None:
+        self.worker = worker
+        self.size = size
+        self.finished: list[Job] = []
+        self._work: queue_module.SimpleQueue[Lease | None] = queue_module.SimpleQueue()
+        self._free = threading.Semaphore(size)
+        self._busy = 0
+        self._idle = threading.Condition()
+        self._runners = [make_runner() for _ in range(size)]
+        self._threads = [
+            threading.Thread(target=self._slot, args=(runner,), name=f"dtq-slot-{i}", daemon=True)
+            for i, runner in enumerate(self._runners)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def acquire(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for a free slot; take every free slot; return how many."""
+        if not self._free.acquire(timeout=timeout_s):
+            return 0
+        taken = 1
+        while taken < self.size and self._free.acquire(blocking=False):
+            taken += 1
+        return taken
+
+    def give_back(self, count: int) -> None:
+        """Return slots that were acquired but not used."""
+        for _ in range(count):
+            self._free.release()
+
+    def submit(self, lease: Lease) -> None:
+        """Hand a lease to the next free slot (one was acquired for it)."""
+        with self._idle:
+            self._busy += 1
+        self._work.put(lease)
+
+    def wait_until_idle(self, timeout_s: float) -> bool:
+        """Wait until no slot is busy; True if idle."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout=timeout_s)
+
+    def shutdown(self, grace_s: float) -> None:
+        """Let the jobs in hand finish within ``grace_s``, then stop the runners."""
+        for _ in self._threads:
+            self._work.put(None)
+        deadline = time.monotonic() + grace_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for runner in self._runners:
+            runner.close()
+
+    def _slot(self, runner: Runner) -> None:
+        while (lease := self._work.get()) is not None:
+            try:
+                self.finished.append(self.worker.execute(runner, lease))
+            except DtqError as exc:
+                log.error("job %s: could not record its outcome: %s", lease.job.id, exc)
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+                self._free.release()
+
 
 class _Heartbeat:
-    """Renews the leases of the jobs in hand from a thread of its own.
+    """Renews the leases of the jobs in hand and keeps the worker registered.
 
-    A plugin that keeps the main thread busy cannot starve it: pure-Python code
-    yields the interpreter lock every few milliseconds.
+    It runs in a thread of its own, so a plugin that keeps the main thread busy
+    cannot starve it; leases whose job was asked to cancel are flagged.
     """
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.interval_s = worker.lease_s / 3
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dtq-heartbeat", daemon=True)
 
     def __enter__(self) -> _Heartbeat:
+        self._beat()
         self._thread.start()
         return self
 
@@ -311,18 +481,26 @@ class _Heartbeat:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            leases = self.worker.in_hand()
+        while not self._stop.wait(self.worker.heartbeat_s):
+            self._beat()
+
+    def _beat(self) -> None:
+        worker = self.worker
+        try:
+            worker.engine.heartbeat(
+                worker.worker_id, worker.describe(), ttl_s=max(3 * worker.heartbeat_s, 5.0)
+            )
+            leases = worker.in_hand()
             if not leases:
-                continue
-            try:
-                lost = self.worker.engine.renew(leases, self.worker.lease_s)
-            except DtqError as exc:
-                log.warning("could not renew leases: %s", exc)
-                continue
-            for job_id in lost:
-                log.warning("job %s: lease lost; another worker may run it", job_id)
-
-
-def _engine_name(engine: Engine) -> str:
-    return mask_url(str(getattr(engine, "url", type(engine).__name__)))
+                return
+            renewal = worker.engine.renew(leases, worker.lease_s)
+        except DtqError as exc:
+            log.warning("heartbeat failed: %s", exc)
+            return
+        for job_id in renewal.lost:
+            log.warning("job %s: lease lost; another worker may run it", job_id)
+        with worker._in_hand_lock:
+            for job_id in renewal.cancel:
+                control = worker._in_hand.get(job_id)
+                if control is not None:
+                    control.cancel.set()

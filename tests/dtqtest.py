@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +117,16 @@ class FakeSite:
 def unique_module(prefix: str = "fakeplugin") -> str:
     """A module name no other test has imported."""
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@contextlib.contextmanager
+def running(worker: Any) -> Iterator[Any]:
+    """Run ``worker.work()`` in a thread for the duration of the block, then stop it."""
+    thread = threading.Thread(target=worker.work, name="test-worker", daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(30)
+        assert not thread.is_alive(), "the worker did not stop within 30 s"

@@ -54,7 +54,8 @@ def test_original_design_example_with_producer_and_worker_as_separate_processes(
 
     listing = json.loads(run("plugins", "--json").stdout)
     assert [(r["name"], r["distribution"], r["status"]) for r in listing] == [
-        ("test_only", "dtq-plugins-testonly", "ok")
+        ("test_only", "dtq-plugins-testonly", "ok"),
+        ("test_only_async", "dtq-plugins-testonly", "ok"),
     ]
     data = json.dumps({"text": "To be processed!", "action": "duplicate_text"})
     enqueued = run("enqueue", "test_only", "--id", "test_job_one", "--data", data)

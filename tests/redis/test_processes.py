@@ -18,7 +18,7 @@ import pytest
 import redis
 from dtqtest import dtq_command, wait_for
 
-from dtq_core import JobStatus, Queue
+from dtq_core import JobFailed, JobStatus, Queue
 from dtq_core.engines.redis import Keys
 
 StartWorker = Callable[..., subprocess.Popen[str]]
@@ -78,31 +78,91 @@ def test_worker_killed_mid_job_loses_nothing(
     assert_settled_once(redis_url, keys, "survivor")
 
 
-def test_job_that_kills_its_own_worker_is_redelivered(
+def test_job_that_kills_its_process_is_redelivered_by_the_same_worker(
+    queue: Queue, start_worker: StartWorker, redis_url: str, keys: Keys
+) -> None:
+    """Process mode: the crash takes down the job's child, not the worker."""
+    queue.enqueue("test_only", {"action": "crash", "crashes": 1}, id="phoenix")
+    worker = start_worker()
+    assert queue.result("phoenix", timeout=30) == {"survived": 2}
+    final = queue.get("phoenix")
+    assert final is not None and (final.attempts, final.lost_leases) == (2, 1)
+    assert final.errors[0].type == "LeaseLost"
+    worker.terminate()
+    assert worker.wait(15) == 0
+    assert_settled_once(redis_url, keys, "phoenix")
+
+
+def test_job_that_kills_its_thread_mode_worker_is_redelivered_after_the_lease(
     queue: Queue, start_worker: StartWorker, redis_url: str, keys: Keys
 ) -> None:
     queue.enqueue("test_only", {"action": "crash", "crashes": 1}, id="phoenix")
-    first = start_worker()
+    first = start_worker("--mode", "thread")
     assert first.wait(20) == -signal.SIGKILL
-    second = start_worker()
+    second = start_worker("--mode", "thread")
     assert queue.result("phoenix", timeout=30) == {"survived": 2}
     second.terminate()
     second.wait(15)
     assert_settled_once(redis_url, keys, "phoenix")
 
 
-def test_job_that_always_kills_its_worker_ends_dead(queue: Queue, start_worker: StartWorker) -> None:
+def test_job_that_always_kills_its_process_ends_dead(queue: Queue, start_worker: StartWorker) -> None:
+    queue.enqueue("test_only", {"action": "crash"}, id="poison")
+    worker = start_worker()
+    with pytest.raises(JobFailed):
+        queue.result("poison", timeout=60)
+    worker.terminate()
+    worker.wait(15)
+    final = queue.get("poison")
+    assert final is not None and final.error is not None
+    assert (final.status, final.lost_leases, final.error.type) == (JobStatus.DEAD, 3, "LeaseLost")
+    assert "lost its lease 3 times" in final.error.message
+
+
+def test_job_that_always_kills_its_thread_mode_worker_ends_dead(
+    queue: Queue, start_worker: StartWorker
+) -> None:
     queue.enqueue("test_only", {"action": "crash"}, id="poison")
     for _ in range(10):
         job = queue.get("poison")
         assert job is not None
         if job.status.is_final:
             break
-        start_worker("--burst").wait(20)
+        start_worker("--burst", "--mode", "thread").wait(20)
         time.sleep(1.1)  # the killed worker's 1 s lease runs out; the next burst worker recovers it
     final = queue.get("poison")
     assert final is not None and final.error is not None
     assert (final.status, final.lost_leases, final.error.type) == (JobStatus.DEAD, 3, "LeaseLost")
+
+
+def test_killed_worker_takes_its_job_processes_with_it(queue: Queue, start_worker: StartWorker) -> None:
+    queue.enqueue("test_only", {"action": "sleep", "seconds": 30}, id="orphan")
+    worker = start_worker()
+    wait_for(lambda: is_running(queue, "orphan"))
+    children = wait_for(lambda: _children_of(worker.pid))
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(10)
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") and not _is_zombie(pid) for pid in children))
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def test_sigterm_finishes_the_job_in_hand_then_exits_cleanly(queue: Queue, start_worker: StartWorker) -> None:

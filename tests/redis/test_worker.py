@@ -65,12 +65,12 @@ def test_worker_refuses_to_start_when_a_named_plugin_does_not_load(redis_url: st
 def test_completion_with_a_lost_lease_is_rejected(queue: Queue, engine: RedisEngine) -> None:
     """A stale worker cannot overwrite the result of the job's new owner (fencing)."""
     queue.enqueue("test_only", {"action": "echo"}, id="contested")
-    [stale] = engine.fetch(["test_only"], count=1, lease_s=0.05, worker_id="stale")
+    [stale] = engine.fetch(["test_only"], count=1, lease_s=0.05, worker_id="stale").leases
     time.sleep(0.1)
     assert engine.recover("test_only", max_lost_leases=3, ttl_s=60) == 1
-    [owner] = engine.fetch(["test_only"], count=1, lease_s=30, worker_id="owner")
+    [owner] = engine.fetch(["test_only"], count=1, lease_s=30, worker_id="owner").leases
     assert owner.token != stale.token
-    assert engine.renew([stale], 30) == ["contested"]
+    assert engine.renew([stale], 30).lost == ["contested"]
     assert not engine.complete(stale, Outcome(JobStatus.SUCCEEDED, result_json='"stale"'), ttl_s=60)
     assert engine.complete(owner, Outcome(JobStatus.SUCCEEDED, result_json='"owner"'), ttl_s=60)
     assert not engine.complete(stale, Outcome(JobStatus.SUCCEEDED, result_json='"stale"'), ttl_s=60)
@@ -81,7 +81,7 @@ def test_completion_with_a_lost_lease_is_rejected(queue: Queue, engine: RedisEng
 
 def test_repeated_completion_by_the_holder_is_idempotent(queue: Queue, engine: RedisEngine) -> None:
     queue.enqueue("test_only", {"action": "echo"}, id="twice")
-    [lease] = engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w")
+    [lease] = engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases
     assert engine.complete(lease, Outcome(JobStatus.SUCCEEDED, result_json="1"), ttl_s=60)
     assert engine.complete(lease, Outcome(JobStatus.SUCCEEDED, result_json="2"), ttl_s=60)
     assert queue.result("twice", timeout=1) == 1
@@ -89,22 +89,22 @@ def test_repeated_completion_by_the_holder_is_idempotent(queue: Queue, engine: R
 
 def test_unexpired_leases_are_not_recovered(queue: Queue, engine: RedisEngine) -> None:
     queue.enqueue("test_only", {"action": "echo"}, id="held")
-    engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w")
+    assert len(engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases) == 1
     assert engine.recover("test_only", max_lost_leases=3, ttl_s=60) == 0
-    assert engine.fetch(["test_only"], count=1, lease_s=30, worker_id="other") == []
+    assert engine.fetch(["test_only"], count=1, lease_s=30, worker_id="other").leases == []
 
 
 def test_job_that_keeps_losing_its_lease_ends_dead(queue: Queue, engine: RedisEngine, keys: Keys) -> None:
     queue.enqueue("test_only", {"action": "echo"}, id="poison")
     for _ in range(3):
-        assert len(engine.fetch(["test_only"], count=1, lease_s=0.01, worker_id="w")) == 1
+        assert len(engine.fetch(["test_only"], count=1, lease_s=0.01, worker_id="w").leases) == 1
         time.sleep(0.03)
         engine.recover("test_only", max_lost_leases=3, ttl_s=60)
     dead = queue.get("poison")
     assert dead is not None and dead.error is not None
     assert (dead.status, dead.lost_leases, dead.error.type) == (JobStatus.DEAD, 3, "LeaseLost")
     assert "lost its lease 3 times" in dead.error.message
-    assert engine.fetch(["test_only"], count=1, lease_s=1, worker_id="w") == []
+    assert engine.fetch(["test_only"], count=1, lease_s=1, worker_id="w").leases == []
     client = engine.client
     assert client.hlen(keys.jobs) == 0 and client.zcard(keys.active("test_only")) == 0
 
@@ -133,7 +133,7 @@ def test_get_jobs_recovers_expired_leases_first(
     queue: Queue, engine: RedisEngine, make_worker: Callable[..., Worker]
 ) -> None:
     queue.enqueue("test_only", {"action": "duplicate_text", "text": "x"}, id="orphan")
-    engine.fetch(["test_only"], count=1, lease_s=0.01, worker_id="dead-worker")
+    assert len(engine.fetch(["test_only"], count=1, lease_s=0.01, worker_id="dead-worker").leases) == 1
     time.sleep(0.03)
     [job] = make_worker().get_jobs()
     assert (job.id, job.result, job.attempts) == ("orphan", "xx", 2)

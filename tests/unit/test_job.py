@@ -97,4 +97,5 @@ def test_payload_encoding_is_canonical() -> None:
 
 
 def test_final_statuses() -> None:
-    assert {s for s in JobStatus if s.is_final} == {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD}
+    final = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED}
+    assert {s for s in JobStatus if s.is_final} == final

@@ -11,6 +11,7 @@ import importlib.resources
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -18,12 +19,46 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from dtq_core.config import DEFAULT_NAMESPACE, DEFAULT_PREFIX, mask_url
-from dtq_core.engine import AppendOutcome, Engine, Lease, Outcome
+from dtq_core.engine import (
+    AppendOutcome,
+    Batch,
+    CancelOutcome,
+    Engine,
+    Lease,
+    Outcome,
+    ReleaseOutcome,
+    Renewal,
+)
 from dtq_core.engines.redis.keys import Keys
 from dtq_core.errors import EngineError, EngineUnavailable
 from dtq_core.job import ErrorInfo, Job, JobStatus, from_ms
 
-_SCRIPTS = ("append", "fetch", "complete", "renew", "expired", "recover")
+_SCRIPTS = (
+    "append",
+    "fetch",
+    "complete",
+    "renew",
+    "expired",
+    "release",
+    "cancel",
+    "progress",
+    "requeue",
+    "heartbeat",
+)
+#: Final statuses whose ids are kept in an index, for listing and requeueing.
+INDEXED = (JobStatus.DEAD, JobStatus.FAILED)
+_RELEASED = {
+    0: ReleaseOutcome.NOT_HELD,
+    1: ReleaseOutcome.REQUEUED,
+    2: ReleaseOutcome.DEAD,
+    3: ReleaseOutcome.CANCELLED,
+}
+_CANCELLED = {
+    1: CancelOutcome.CANCELLED,
+    2: CancelOutcome.REQUESTED,
+    0: CancelOutcome.ALREADY_FINAL,
+    -1: CancelOutcome.NOT_FOUND,
+}
 
 
 class RedisEngine(Engine):
@@ -37,6 +72,8 @@ class RedisEngine(Engine):
         signal_cap: the most wake-up hints kept per plugin.
         block_s: the longest single blocking call; kept below the socket
             timeout so a silent server is noticed.
+        index_cap: the most ids kept in the dead and the failed index.
+        errors_kept: the most attempt errors kept per job.
     """
 
     def __init__(
@@ -48,12 +85,16 @@ class RedisEngine(Engine):
         namespace: str = DEFAULT_NAMESPACE,
         signal_cap: int = 1000,
         block_s: float = 5.0,
+        index_cap: int = 10_000,
+        errors_kept: int = 10,
     ) -> None:
         self.client = client
         self.url = url
         self.keys = Keys(prefix=prefix, namespace=namespace)
         self.signal_cap = signal_cap
         self.block_s = block_s
+        self.index_cap = index_cap
+        self.errors_kept = errors_kept
         self._scripts = {name: client.register_script(_lua(name)) for name in _SCRIPTS}
 
     @classmethod
@@ -91,16 +132,27 @@ class RedisEngine(Engine):
 
     # --- producer side ---------------------------------------------------------
 
-    def append(self, job: Job, payload: str) -> AppendOutcome:
-        """Queue ``job`` atomically unless its id exists (see ``append.lua``)."""
+    def append(
+        self, job: Job, payload: str, *, delay_s: float = 0.0, eta: datetime | None = None
+    ) -> AppendOutcome:
+        """Queue or schedule ``job`` atomically unless its id exists (see ``append.lua``)."""
         k = self.keys
-        keys = [k.jobs, k.state, k.ready(job.plugin), k.signal(job.plugin), k.seq, k.done(job.id)]
-        args: list[str | int] = [job.id, payload, job.priority, self.signal_cap]
+        p = job.plugin
+        keys = [k.jobs, k.state, k.ready(p), k.scheduled(p), k.signal(p), k.seq, k.done(job.id)]
+        eta_ms = 0 if eta is None else max(1, int(eta.timestamp() * 1000))
+        args: list[str | int] = [
+            job.id,
+            payload,
+            json.dumps(job.options()),
+            int(delay_s * 1000),
+            eta_ms,
+            self.signal_cap,
+        ]
         with self._talking():
-            created, same = self._scripts["append"](keys, args)
-        if int(created):
+            reply = self._scripts["append"](keys, args)
+        if int(reply[0]):
             return AppendOutcome.CREATED
-        return AppendOutcome.EXISTS if int(same) else AppendOutcome.CONFLICT
+        return AppendOutcome.EXISTS if int(reply[1]) else AppendOutcome.CONFLICT
 
     def get(self, job_id: str) -> Job | None:
         """The job's record, read in one transaction (live or final)."""
@@ -110,11 +162,12 @@ class RedisEngine(Engine):
             pipe.hget(k.jobs, job_id)
             pipe.hget(k.state, job_id)
             pipe.hgetall(k.done(job_id))
-            payload, state, done = pipe.execute()
+            pipe.lrange(k.errors(job_id), 0, -1)
+            payload, state, done, errors = pipe.execute()
         if payload is not None and state is not None:
-            return _job(job_id, payload, state)
+            return _job(job_id, payload, state, errors=errors)
         if done:
-            return _job(job_id, done["payload"], done["state"], done.get("result"), done.get("error"))
+            return _job(job_id, done["payload"], done["state"], done.get("result"), done.get("error"), errors)
         return None
 
     def wait_for_final(self, job_id: str, timeout_s: float) -> Job | None:
@@ -137,17 +190,19 @@ class RedisEngine(Engine):
 
     # --- worker side -----------------------------------------------------------
 
-    def fetch(self, plugins: Sequence[str], *, count: int, lease_s: float, worker_id: str) -> list[Lease]:
-        """Pop and lease up to ``count`` jobs in one script call (see ``fetch.lua``)."""
+    def fetch(self, plugins: Sequence[str], *, count: int, lease_s: float, worker_id: str) -> Batch:
+        """Promote due jobs, pop and lease up to ``count`` in one script call (``fetch.lua``)."""
         k = self.keys
         keys = [k.jobs, k.state]
         for plugin in plugins:
-            keys += [k.ready(plugin), k.active(plugin)]
+            keys += [k.ready(plugin), k.active(plugin), k.scheduled(plugin)]
         with self._talking():
             flat = self._scripts["fetch"](keys, [count, int(lease_s * 1000), worker_id])
-        return [
-            Lease(_job(flat[i], flat[i + 1], flat[i + 2]), token=flat[i + 3]) for i in range(0, len(flat), 4)
+        next_due_ms = int(flat[0])
+        leases = [
+            Lease(_job(flat[i], flat[i + 1], flat[i + 2]), token=flat[i + 3]) for i in range(1, len(flat), 4)
         ]
+        return Batch(leases, None if next_due_ms < 0 else next_due_ms / 1000)
 
     def wait_for_jobs(self, plugins: Sequence[str], timeout_s: float) -> None:
         """Block on the plugins' signal lists (BLPOP), at most ``block_s`` at a time."""
@@ -159,67 +214,190 @@ class RedisEngine(Engine):
         """Record the outcome under the lease's fencing token (see ``complete.lua``)."""
         job = lease.job
         k = self.keys
-        keys = [k.jobs, k.state, k.active(job.plugin), k.done(job.id)]
-        error = "" if outcome.error is None else json.dumps(outcome.error.to_dict())
+        status = outcome.status
+        indexed = status in INDEXED
+        keys = [
+            k.jobs,
+            k.state,
+            k.active(job.plugin),
+            k.scheduled(job.plugin),
+            k.done(job.id),
+            k.errors(job.id),
+            k.index(status.value),
+        ]
         args: list[str | int] = [
             job.id,
             lease.token,
-            outcome.status.value,
+            "retry" if status is JobStatus.SCHEDULED else status.value,
             outcome.result_json or "",
-            error,
+            "" if outcome.error is None else json.dumps(outcome.error.to_dict()),
             max(1, int(ttl_s)),
             k.finished_channel(job.id),
+            int(outcome.retry_in_s * 1000),
+            self.index_cap if indexed else 0,
+            self.errors_kept,
         ]
         with self._talking():
             return bool(self._scripts["complete"](keys, args))
 
-    def renew(self, leases: Sequence[Lease], lease_s: float) -> list[str]:
+    def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:
         """Extend the leases, one script call per plugin, all in one round trip."""
         by_plugin: dict[str, list[str]] = {}
         for lease in leases:
             by_plugin.setdefault(lease.job.plugin, []).extend([lease.job.id, lease.token])
         if not by_plugin:
-            return []
+            return Renewal()
         with self._talking():
             pipe = self.client.pipeline(transaction=False)
             for plugin, pairs in by_plugin.items():
                 keys = [self.keys.state, self.keys.active(plugin)]
                 self._scripts["renew"](keys, [int(lease_s * 1000), *pairs], client=pipe)
             replies = pipe.execute()
-        return [job_id for lost in replies for job_id in lost]
+        renewal = Renewal()
+        for flat in replies:
+            for job_id, what in zip(flat[::2], flat[1::2], strict=True):
+                (renewal.lost if what == "lost" else renewal.cancel).append(job_id)
+        return renewal
+
+    def progress(self, lease: Lease, progress: float | None, message: str | None) -> tuple[bool, bool]:
+        """Record progress under the lease's token (see ``progress.lua``)."""
+        args = [lease.job.id, lease.token, "" if progress is None else repr(float(progress)), message or ""]
+        with self._talking():
+            reply = int(self._scripts["progress"]([self.keys.state], args))
+        return reply > 0, reply == 2
+
+    def release(self, lease: Lease, *, lost: bool, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
+        """Give a held job back (see ``release.lua``)."""
+        with self._talking():
+            pipe = self.client.pipeline(transaction=False)
+            self._release(pipe, lease.job.plugin, lease.job.id, lease.token, lost, max_lost_leases, ttl_s)
+            [reply] = pipe.execute()
+        return _RELEASED[int(reply)]
 
     def recover(self, plugin: str, *, max_lost_leases: int, ttl_s: float, limit: int = 100) -> int:
         """Requeue or bury each job of ``plugin`` whose lease expired."""
-        k = self.keys
         with self._talking():
-            expired = self._scripts["expired"]([k.active(plugin)], [limit])
+            expired = self._scripts["expired"]([self.keys.active(plugin)], [limit])
             if not expired:
                 return 0
             pipe = self.client.pipeline(transaction=False)
             for job_id in expired:
-                self._recover_one(pipe, plugin, job_id, max_lost_leases, ttl_s)
+                self._release(pipe, plugin, job_id, "", True, max_lost_leases, ttl_s)
             return sum(1 for reply in pipe.execute() if int(reply))
 
-    def _recover_one(self, pipe: Any, plugin: str, job_id: str, max_lost: int, ttl_s: float) -> None:
+    def _release(
+        self, pipe: Any, plugin: str, job_id: str, token: str, lost: bool, max_lost: int, ttl_s: float
+    ) -> None:
         k = self.keys
-        keys = [k.jobs, k.state, k.active(plugin), k.ready(plugin), k.signal(plugin), k.done(job_id)]
-        error = ErrorInfo(
+        keys = [
+            k.jobs,
+            k.state,
+            k.active(plugin),
+            k.ready(plugin),
+            k.signal(plugin),
+            k.done(job_id),
+            k.errors(job_id),
+            k.index(JobStatus.DEAD.value),
+        ]
+        lost_error = ErrorInfo(
+            type="LeaseLost",
+            message="the worker running this job stopped renewing its lease (killed, out of memory, or hung)",
+        )
+        dead_error = ErrorInfo(
             type="LeaseLost",
             message=(
-                f"the job lost its lease {max_lost} times: each worker that took it stopped "
-                "renewing (killed, out of memory, or hung), so it is dead instead of taking "
-                "more workers down; inspect it before requeueing"
+                f"the job lost its lease {max_lost} times: each worker that took it died or hung, "
+                "so it is dead instead of taking more workers down; inspect it before requeueing"
             ),
         )
         args: list[str | int] = [
             job_id,
+            token,
+            1 if lost else 0,
             max_lost,
             max(1, int(ttl_s)),
-            json.dumps(error.to_dict()),
+            json.dumps(lost_error.to_dict()),
             k.finished_channel(job_id),
             self.signal_cap,
+            self.index_cap,
+            self.errors_kept,
+            json.dumps(dead_error.to_dict()),
         ]
-        self._scripts["recover"](keys, args, client=pipe)
+        self._scripts["release"](keys, args, client=pipe)
+
+    def cancel(self, job: Job, *, ttl_s: float) -> CancelOutcome:
+        """Cancel a job now, or ask its worker to stop it (see ``cancel.lua``)."""
+        k = self.keys
+        keys = [k.jobs, k.state, k.ready(job.plugin), k.scheduled(job.plugin), k.done(job.id)]
+        with self._talking():
+            reply = self._scripts["cancel"](keys, [job.id, max(1, int(ttl_s)), k.finished_channel(job.id)])
+        return _CANCELLED[int(reply)]
+
+    # --- worker registry -------------------------------------------------------
+
+    def heartbeat(self, worker_id: str, info: Mapping[str, str], ttl_s: float) -> None:
+        """Register or refresh a worker (see ``heartbeat.lua``)."""
+        fields = [item for pair in info.items() for item in pair]
+        keys = [self.keys.workers, self.keys.worker(worker_id)]
+        with self._talking():
+            self._scripts["heartbeat"](keys, [worker_id, int(ttl_s * 1000), *fields])
+
+    def unregister(self, worker_id: str) -> None:
+        """Drop a worker's registration."""
+        with self._talking():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.zrem(self.keys.workers, worker_id)
+            pipe.delete(self.keys.worker(worker_id))
+            pipe.execute()
+
+    def workers(self) -> list[dict[str, str]]:
+        """Live workers' descriptions, read in one round trip after listing them."""
+        with self._talking():
+            now_ms = _server_ms(self.client)
+            ids = [str(i) for i in self.client.zrangebyscore(self.keys.workers, now_ms, "+inf")]
+            pipe = self.client.pipeline(transaction=False)
+            for worker_id in ids:
+                pipe.hgetall(self.keys.worker(worker_id))
+            infos = pipe.execute()
+        return [dict(info, id=worker_id) for worker_id, info in zip(ids, infos, strict=True) if info]
+
+    # --- final jobs ------------------------------------------------------------
+
+    def final_ids(self, status: JobStatus, *, limit: int = 100, offset: int = 0) -> list[str]:
+        """Ids in the status's index, newest first."""
+        _check_indexed(status)
+        with self._talking():
+            ids = self.client.zrevrange(self.keys.index(status.value), offset, offset + limit - 1)
+        return [str(job_id) for job_id in ids]
+
+    def requeue(self, job: Job) -> bool:
+        """Bring a final job back to its queue (see ``requeue.lua``)."""
+        k = self.keys
+        keys = [
+            k.jobs,
+            k.state,
+            k.ready(job.plugin),
+            k.signal(job.plugin),
+            k.seq,
+            k.done(job.id),
+            k.index(job.status.value),
+        ]
+        with self._talking():
+            return bool(self._scripts["requeue"](keys, [job.id, self.signal_cap]))
+
+    def purge(self, status: JobStatus) -> int:
+        """Delete the records of every job in the status's index, in batches of transactions."""
+        _check_indexed(status)
+        index = self.keys.index(status.value)
+        purged = 0
+        with self._talking():
+            while ids := [str(job_id) for job_id in self.client.zrange(index, 0, 499)]:
+                pipe = self.client.pipeline(transaction=True)
+                for job_id in ids:
+                    pipe.delete(self.keys.done(job_id), self.keys.errors(job_id))
+                pipe.zrem(index, *ids)
+                purged += int(pipe.execute()[-1])
+        return purged
 
     # --- plumbing --------------------------------------------------------------
 
@@ -249,12 +427,23 @@ def _lua(name: str) -> str:
     return importlib.resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
+def _check_indexed(status: JobStatus) -> None:
+    if status not in INDEXED:
+        raise ValueError(f"only {', '.join(s.value for s in INDEXED)} jobs are indexed, not {status.value}")
+
+
+def _server_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 def _job(
     job_id: str,
     payload: str,
     state_json: str,
     result_json: str | None = None,
     error_json: str | None = None,
+    errors: Sequence[str] = (),
 ) -> Job:
     body = json.loads(payload)
     state: Mapping[str, Any] = json.loads(state_json)
@@ -265,11 +454,19 @@ def _job(
         status=JobStatus(state.get("status", "queued")),
         result=None if result_json is None else json.loads(result_json),
         error=None if error_json is None else ErrorInfo.from_dict(json.loads(error_json)),
+        errors=tuple(ErrorInfo.from_dict(json.loads(e)) for e in errors),
         attempts=int(state.get("attempts", 0)),
         lost_leases=int(state.get("lost", 0)),
         priority=int(state.get("priority", 0)),
+        max_retries=state.get("max_retries"),
+        retry_backoff_s=state.get("retry_backoff_s"),
+        timeout_s=state.get("timeout_s"),
+        progress=state.get("progress"),
+        message=state.get("message"),
+        cancel_requested=bool(state.get("cancel")),
         worker=state.get("worker"),
         created_at=from_ms(state.get("created")),
         started_at=from_ms(state.get("started")),
         finished_at=from_ms(state.get("finished")),
+        eta=from_ms(state.get("due")),
     )

@@ -14,9 +14,15 @@ key                               type    holds
 ``P:seq``                         string  arrival counter (FIFO among equal priorities)
 ``P:ready:<plugin>``              zset    queued ids, score = -priority * 2^40 + seq
 ``P:active:<plugin>``             zset    leased ids, score = lease deadline (ms)
+``P:scheduled:<plugin>``          zset    delayed ids and retries, score = due time (ms)
 ``P:signal:<plugin>``             list    wake-up hints for blocked workers (capped)
 ``P:done:<id>``                   hash    final record (payload, state, result,
                                           error); expires after the retention time
+``P:errors:<id>``                 list    the job's attempt errors (capped, expires)
+``P:index:<status>``              zset    ids of dead / failed jobs, by finish time
+                                          (capped by count and age)
+``P:workers``                     zset    live worker ids, score = registration expiry
+``P:worker:<id>``                 hash    a worker's description (expires)
 ================================  ======  =============================================
 
 Channel ``P:finished:<id>`` receives the id when the job becomes final.
@@ -68,6 +74,10 @@ class Keys:
         """Sorted set of a plugin's leased job ids by lease deadline."""
         return f"{self.base}:active:{plugin}"
 
+    def scheduled(self, plugin: str) -> str:
+        """Sorted set of a plugin's delayed job ids by due time."""
+        return f"{self.base}:scheduled:{plugin}"
+
     def signal(self, plugin: str) -> str:
         """List whose pushes wake workers blocked on a plugin."""
         return f"{self.base}:signal:{plugin}"
@@ -75,6 +85,23 @@ class Keys:
     def done(self, job_id: str) -> str:
         """Hash of one finished job's record."""
         return f"{self.base}:done:{job_id}"
+
+    def errors(self, job_id: str) -> str:
+        """List of one job's attempt errors."""
+        return f"{self.base}:errors:{job_id}"
+
+    def index(self, status: str) -> str:
+        """Sorted set of the ids of final jobs with ``status`` (dead, failed)."""
+        return f"{self.base}:index:{status}"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set of live worker ids by registration expiry."""
+        return f"{self.base}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        """Hash describing one worker."""
+        return f"{self.base}:worker:{worker_id}"
 
     def finished_channel(self, job_id: str) -> str:
         """Pub/Sub channel told when one job becomes final."""

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
-from dtq_core import Job, Plugin, ValidationError
+from dtq_core import Caller, Job, Permanent, Plugin, Retry, ValidationError
 
-__all__ = ["TestOnlyPlugin"]
+__all__ = ["AsyncTestOnlyPlugin", "TestOnlyPlugin"]
 
 
 class TestOnlyPlugin(Plugin):
@@ -34,54 +35,95 @@ class TestOnlyPlugin(Plugin):
             if not isinstance(value, kinds) or isinstance(value, bool):
                 raise ValidationError(f"test_only: action {action!r} needs data.{field}, {described}")
 
-    def process(self, job: Job) -> Any:
+    def process(self, job: Job, caller: Caller) -> Any:
         """Run the job's action and return its result."""
-        return _ACTIONS[job.data["action"]](job)
+        return _ACTIONS[job.data["action"]](job, caller)
 
 
-def _duplicate_text(job: Job) -> str:
+class AsyncTestOnlyPlugin(Plugin):
+    """``async def process``: echoes the data after yielding to the event loop."""
+
+    __test__ = False
+    description = "For testing: an async plugin that echoes its data."
+
+    async def process(self, job: Job) -> Any:
+        """Sleep ``data.seconds`` (default 0) on the event loop, then return the data."""
+        await asyncio.sleep(float(job.data.get("seconds", 0)))
+        return job.data
+
+
+def _duplicate_text(job: Job, _caller: Caller) -> str:
     text = job.data["text"]
     return f"{text}{text}"
 
 
-def _echo(job: Job) -> Any:
+def _echo(job: Job, _caller: Caller) -> Any:
     return job.data
 
 
-def _fail(job: Job) -> Any:
+def _fail(job: Job, _caller: Caller) -> Any:
     raise RuntimeError(job.data.get("message", "test_only was asked to fail"))
 
 
-def _sleep(job: Job) -> Any:
+def _sleep(job: Job, _caller: Caller) -> Any:
     seconds = float(job.data["seconds"])
     time.sleep(seconds)
     return {"slept": seconds}
 
 
-def _flaky(job: Job) -> Any:
+def _flaky(job: Job, _caller: Caller) -> Any:
     if job.attempts <= int(job.data["failures"]):
         raise RuntimeError(f"flaky: attempt {job.attempts} fails on purpose")
     return {"attempts": job.attempts}
 
 
-def _crash(job: Job) -> Any:
+def _crash(job: Job, _caller: Caller) -> Any:
     crashes = job.data.get("crashes")
     if crashes is None or job.attempts <= int(crashes):
         os.kill(os.getpid(), signal.SIGKILL)
     return {"survived": job.attempts}
 
 
-_ACTIONS: dict[str, Callable[[Job], Any]] = {
+def _retry(job: Job, _caller: Caller) -> Any:
+    if job.attempts <= int(job.data.get("times", 1)):
+        raise Retry("test_only asks for another attempt", after=job.data.get("after"))
+    return {"attempts": job.attempts}
+
+
+def _permanent(job: Job, _caller: Caller) -> Any:
+    raise Permanent(job.data.get("message", "test_only failed for good"))
+
+
+def _progress(job: Job, caller: Caller) -> Any:
+    steps = int(job.data["steps"])
+    for step in range(steps):
+        caller.check_cancelled()
+        caller.progress((step + 1) / steps, f"step {step + 1} of {steps}")
+        time.sleep(float(job.data.get("interval", 0.05)))
+    return {"steps": steps}
+
+
+def _follow_up(job: Job, caller: Caller) -> Any:
+    child = caller.enqueue("test_only", {"action": "echo", "parent": job.id}, id=f"{job.id}-child")
+    return {"child": child.id}
+
+
+_ACTIONS: dict[str, Callable[[Job, Caller], Any]] = {
     "duplicate_text": _duplicate_text,
     "echo": _echo,
     "fail": _fail,
     "sleep": _sleep,
     "flaky": _flaky,
     "crash": _crash,
+    "retry": _retry,
+    "permanent": _permanent,
+    "progress": _progress,
+    "follow_up": _follow_up,
 }
 
 _REQUIRED: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     "duplicate_text": {"text": ((str,), "a string")},
     "sleep": {"seconds": ((int, float), "a number of seconds")},
     "flaky": {"failures": ((int,), "an integer")},
+    "progress": {"steps": ((int,), "an integer")},
 }

@@ -1,0 +1,95 @@
+"""The caller: what a running plugin can reach of the queue that runs it.
+
+The original design gives each plugin a ``caller``. A plugin that declares
+``process(self, job, caller)`` receives one per job; ``process(self, job)``
+keeps working unchanged.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from dtq_core.errors import Cancelled
+
+if TYPE_CHECKING:
+    from dtq_core.engine import Engine, Lease
+    from dtq_core.job import Job
+    from dtq_core.queue import Queue
+
+
+class Caller(abc.ABC):
+    """A running job's handle on dtq: progress, cancellation, follow-up jobs."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    @abc.abstractmethod
+    def progress(self, fraction: float | None = None, message: str | None = None) -> None:
+        """Report how far the job has got (``fraction`` from 0 to 1) and a short message.
+
+        ``Queue.get`` and ``dtq status`` show both while the job runs.
+        """
+
+    @property
+    @abc.abstractmethod
+    def cancelled(self) -> bool:
+        """True once the job's cancellation was requested or its time limit passed."""
+
+    @abc.abstractmethod
+    def append(self, job: Mapping[str, Any]) -> Job:
+        """Append a follow-up job (the wire format, as :meth:`dtq_core.Queue.append`)."""
+
+    def enqueue(self, plugin: str, data: Mapping[str, Any], **options: Any) -> Job:
+        """Append a follow-up job from keywords (as :meth:`dtq_core.Queue.enqueue`)."""
+        job_id = options.pop("id", None)
+        return self.append({"id": job_id, "job": {"plugin": plugin, "data": dict(data)}, "options": options})
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`dtq_core.Cancelled` if the job should stop; call it between steps."""
+        if self.cancelled:
+            raise Cancelled(f"job {self.job.id!r} was cancelled or ran out of time")
+
+
+@attrs.define
+class Control:
+    """What the worker and a running job share: its lease, deadline and cancel flag."""
+
+    lease: Lease
+    deadline: float | None = None  # time.monotonic() value
+    cancel: threading.Event = attrs.field(factory=threading.Event)
+
+    @property
+    def should_stop(self) -> bool:
+        """Cancellation requested, or past the deadline."""
+        return self.cancel.is_set() or (self.deadline is not None and time.monotonic() > self.deadline)
+
+
+class LocalCaller(Caller):
+    """The caller of a job running in the worker's own process (thread mode)."""
+
+    def __init__(self, control: Control, engine: Engine, queue: Queue) -> None:
+        super().__init__(control.lease.job)
+        self._control = control
+        self._engine = engine
+        self._queue = queue
+
+    def progress(self, fraction: float | None = None, message: str | None = None) -> None:
+        """Record progress in the engine (under the job's lease)."""
+        _held, cancel = self._engine.progress(self._control.lease, fraction, message)
+        if cancel:
+            self._control.cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the worker was told to cancel, or the time limit passed."""
+        return self._control.should_stop
+
+    def append(self, job: Mapping[str, Any]) -> Job:
+        """Append through the worker's queue."""
+        return self._queue.append(job)

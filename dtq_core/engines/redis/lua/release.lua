@@ -1,0 +1,88 @@
+--[[ release: give a leased job back to its queue.
+
+Three callers: recovery of an expired lease (its worker died or hung: no token,
+the deadline must have passed, a lost lease is counted); a worker whose job
+process died (token, lost lease counted); a worker shutting down that hands
+back a job it has not finished (token, nothing counted). A job that has lost
+too many leases (it keeps killing its workers) ends 'dead'; a job whose
+cancellation was requested ends 'cancelled' instead of running again.
+
+KEYS[1] jobs    hash  id -> payload JSON
+KEYS[2] state   hash  id -> state JSON
+KEYS[3] active  zset  the plugin's leases: id -> deadline
+KEYS[4] ready   zset  the plugin's queue
+KEYS[5] signal  list  wake-up hints
+KEYS[6] done    hash  this id's final record
+KEYS[7] errors  list  this id's attempt errors
+KEYS[8] index   zset  ids of dead jobs -> finish time
+ARGV[1] id
+ARGV[2] token, or '' to release only if the lease has expired
+ARGV[3] 1 to count a lost lease (and record ARGV[6] as an attempt error), else 0
+ARGV[4] max lost leases: the count at which the job goes dead
+ARGV[5] retention in seconds of a final record
+ARGV[6] error JSON recorded for a lost lease
+ARGV[7] channel published to with the id when the job becomes final
+ARGV[8] signal cap
+ARGV[9] dead index cap
+ARGV[10] most errors kept per job
+ARGV[11] error JSON recorded as the reason when the job goes dead
+
+Returns 1 requeued, 2 dead, 3 cancelled, 0 nothing to do (the lease was renewed
+or belongs to someone else, or the job finished meanwhile).
+]]
+local id = ARGV[1]
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local ok, state = pcall(cjson.decode, redis.call('HGET', KEYS[2], id) or '')
+if ARGV[2] == '' then
+  local deadline = tonumber(redis.call('ZSCORE', KEYS[3], id))
+  if not deadline or deadline > now then return 0 end
+elseif not ok or type(state) ~= 'table' or state.token ~= ARGV[2] then
+  return 0
+end
+redis.call('ZREM', KEYS[3], id)
+local payload = redis.call('HGET', KEYS[1], id)
+if not payload or not ok or type(state) ~= 'table' or state.status ~= 'running' then
+  return 0
+end
+
+local ttl = tonumber(ARGV[5])
+state.token = nil
+if ARGV[3] == '1' then
+  state.lost = (tonumber(state.lost) or 0) + 1
+  redis.call('RPUSH', KEYS[7], ARGV[6])
+  redis.call('LTRIM', KEYS[7], -tonumber(ARGV[10]), -1)
+  redis.call('EXPIRE', KEYS[7], ttl)
+end
+
+local final = nil
+if state.cancel then
+  final = 'cancelled'
+elseif state.lost >= tonumber(ARGV[4]) then
+  final = 'dead'
+end
+if final then
+  state.status = final
+  state.finished = now
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('HSET', KEYS[6], 'payload', payload, 'state', cjson.encode(state))
+  if final == 'dead' then
+    redis.call('HSET', KEYS[6], 'error', ARGV[11])
+    redis.call('ZADD', KEYS[8], now, id)
+    redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now - ttl * 1000)
+    redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -tonumber(ARGV[9]) - 1)
+  end
+  redis.call('EXPIRE', KEYS[6], ttl)
+  redis.call('PUBLISH', ARGV[7], id)
+  return final == 'dead' and 2 or 3
+end
+
+state.status = 'queued'
+redis.call('HSET', KEYS[2], id, cjson.encode(state))
+local score = -(tonumber(state.priority) or 0) * 2^40 + (tonumber(state.seq) or 0)
+redis.call('ZADD', KEYS[4], string.format('%.0f', score), id)
+if redis.call('LLEN', KEYS[5]) < tonumber(ARGV[8]) then
+  redis.call('LPUSH', KEYS[5], '1')
+end
+return 1

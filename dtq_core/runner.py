@@ -1,0 +1,277 @@
+"""Where a job's plugin runs: in a thread of the worker, or in a child process.
+
+Process mode (the default) isolates jobs from the worker: a job that crashes
+or leaks takes down only its child, and a job over its time limit or
+cancelled is stopped by killing the child. Thread mode is lighter, but a
+running job can only stop by itself (``caller.check_cancelled()``).
+
+Worker and child talk over a pipe in JSON messages, never pickle:
+
+* worker to child: ``{"op": "run", "job": <Job.to_dict()>}``, and replies;
+* child to worker: ``{"op": "progress", ...}``, ``{"op": "poll"}``,
+  ``{"op": "append", "job": ...}`` (each answered), then ``{"op": "done",
+  "attempt": <Attempt.to_dict()>}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import functools
+import inspect
+import json
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from dtq_core.caller import Caller, Control, LocalCaller
+from dtq_core.errors import DtqError, PluginError
+from dtq_core.job import ErrorInfo, Job
+from dtq_core.plugin import Plugin, PluginRegistry
+from dtq_core.retry import Attempt, Ending
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from dtq_core.engine import Engine
+    from dtq_core.queue import Queue
+
+#: How often a waiting worker looks at a child's deadline and cancel flag (s).
+_POLL_S = 0.05
+
+
+def call_plugin(plugin: Plugin, job: Job, caller: Caller) -> Attempt:
+    """Run ``plugin.process`` (plain or ``async``) and classify how it ended."""
+    process: Callable[..., Any] = plugin.process
+    try:
+        value = process(job, caller) if _wants_caller(type(plugin)) else process(job)
+        if inspect.isawaitable(value):
+            value = asyncio.run(_awaited(value))
+    except Exception as exc:
+        return Attempt.from_exception(exc)
+    try:
+        return Attempt(Ending.OK, result_json=json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        message = (
+            f"plugin {job.plugin!r} returned a value JSON cannot carry ({exc}); return dicts, "
+            "lists, strings, numbers, booleans or None"
+        )
+        return Attempt(Ending.PERMANENT, error=ErrorInfo(type="ResultNotJSON", message=message))
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
+
+
+_WANTS_CALLER: dict[type[Plugin], bool] = {}
+
+
+def _wants_caller(cls: type[Plugin]) -> bool:
+    if cls not in _WANTS_CALLER:
+        parameters = inspect.signature(cls.process).parameters
+        _WANTS_CALLER[cls] = len(parameters) >= 3  # self, job, caller
+    return _WANTS_CALLER[cls]
+
+
+def unrunnable(exc: PluginError) -> Attempt:
+    """The ending of a job whose plugin cannot run on this worker."""
+    return Attempt(Ending.UNRUNNABLE, error=ErrorInfo.from_exception(exc))
+
+
+def timed_out(limit_s: float) -> Attempt:
+    """The ending of an attempt stopped at its time limit."""
+    return Attempt(
+        Ending.TIMEOUT,
+        error=ErrorInfo(type="JobTimeout", message=f"the attempt ran past its time limit of {limit_s:g} s"),
+    )
+
+
+def stopped_by_cancel() -> Attempt:
+    """The ending of an attempt stopped because its job was cancelled."""
+    return Attempt(Ending.CANCELLED, error=ErrorInfo(type="Cancelled", message="the job was cancelled"))
+
+
+class ThreadRunner:
+    """Runs plugins in the calling thread of the worker's process."""
+
+    def __init__(self, registry: PluginRegistry, engine: Engine, queue: Queue) -> None:
+        self.registry = registry
+        self.engine = engine
+        self.queue = queue
+
+    def run(self, control: Control, limit_s: float | None) -> Attempt | None:
+        """Run the job; the result is discarded if it finished past its time limit."""
+        job = control.lease.job
+        caller = LocalCaller(control, self.engine, self.queue)
+        attempt = call_plugin(self.registry.get(job.plugin), job, caller)
+        if control.cancel.is_set() and attempt.ending is not Ending.OK:
+            return stopped_by_cancel()
+        if limit_s is not None and control.deadline is not None and time.monotonic() > control.deadline:
+            return timed_out(limit_s)
+        return attempt
+
+    def abort(self) -> None:
+        """A thread cannot be stopped from outside: its late completion is fenced off."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class ProcessRunner:
+    """Runs plugins in a child process of its own, started on first use and after a kill."""
+
+    def __init__(self, registry: PluginRegistry, engine: Engine, queue: Queue) -> None:
+        self.registry = registry
+        self.engine = engine
+        self.queue = queue
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    def run(self, control: Control, limit_s: float | None) -> Attempt | None:
+        """Run the job in the child; None when the child died (the lease is then lost)."""
+        conn = self._ensure_child()
+        _send(conn, {"op": "run", "job": control.lease.job.to_dict()})
+        handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "progress": functools.partial(self._on_progress, control),
+            "poll": lambda _msg: {"cancel": control.should_stop},
+            "append": self._on_append,
+        }
+        while True:
+            if control.cancel.is_set():
+                self.abort()
+                return stopped_by_cancel()
+            if limit_s is not None and control.deadline is not None and time.monotonic() > control.deadline:
+                self.abort()
+                return timed_out(limit_s)
+            message = self._receive(conn)
+            if message is _DIED:
+                self.abort()
+                return None
+            if message is None:
+                continue
+            if message["op"] == "done":
+                return Attempt.from_dict(message["attempt"])
+            _send(conn, handlers[message["op"]](message))
+
+    def abort(self) -> None:
+        """Kill the child (a new one starts for the next job)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.join(5)
+        if self._conn is not None:
+            self._conn.close()
+        self._process = self._conn = None
+
+    def close(self) -> None:
+        """Stop the child."""
+        self.abort()
+
+    def _receive(self, conn: Connection) -> Any:
+        try:
+            if not conn.poll(_POLL_S):
+                return None if self._process is not None and self._process.is_alive() else _DIED
+            return json.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return _DIED
+
+    def _ensure_child(self) -> Connection:
+        if self._process is None or self._conn is None or not self._process.is_alive():
+            self.abort()
+            context = multiprocessing.get_context("spawn")
+            parent, child = context.Pipe()
+            allow = list(self.registry.allow) if self.registry.allow is not None else None
+            self._process = context.Process(target=child_main, args=(child, allow, os.getpid()), daemon=True)
+            self._process.start()
+            child.close()
+            self._conn = parent
+        return self._conn
+
+    def _on_progress(self, control: Control, message: dict[str, Any]) -> dict[str, Any]:
+        _held, cancel = self.engine.progress(control.lease, message.get("fraction"), message.get("message"))
+        if cancel:
+            control.cancel.set()
+        return {"cancel": control.should_stop}
+
+    def _on_append(self, message: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return {"job": self.queue.append(message["job"]).to_dict()}
+        except DtqError as exc:
+            return {"error": str(exc)}
+
+
+_DIED = object()
+
+
+def _send(conn: Connection, message: Mapping[str, Any]) -> None:
+    conn.send_bytes(json.dumps(message).encode("utf-8"))
+
+
+# --- the child process ---------------------------------------------------------
+
+
+class ChildCaller(Caller):
+    """The caller of a job running in a child process: asks its worker over the pipe."""
+
+    def __init__(self, job: Job, conn: Connection) -> None:
+        super().__init__(job)
+        self._conn = conn
+
+    def progress(self, fraction: float | None = None, message: str | None = None) -> None:
+        """Send progress to the worker, which records it."""
+        self._ask({"op": "progress", "fraction": fraction, "message": message})
+
+    @property
+    def cancelled(self) -> bool:
+        """Ask the worker whether the job should stop."""
+        return bool(self._ask({"op": "poll"})["cancel"])
+
+    def append(self, job: Mapping[str, Any]) -> Job:
+        """Have the worker append a follow-up job."""
+        reply = self._ask({"op": "append", "job": dict(job)})
+        if "error" in reply:
+            raise DtqError(reply["error"])
+        return Job.from_dict(reply["job"])
+
+    def _ask(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        _send(self._conn, message)
+        reply: dict[str, Any] = json.loads(self._conn.recv_bytes())
+        return reply
+
+
+def child_main(conn: Connection, allow: list[str] | None, worker_pid: int) -> None:
+    """Entry point of a job process: run jobs the worker sends until the pipe closes."""
+    _die_with_parent(worker_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when jobs stop
+    registry = PluginRegistry(allow)
+    while True:
+        try:
+            message = json.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        job = Job.from_dict(message["job"])
+        try:
+            plugin = registry.get(job.plugin)
+        except PluginError as exc:
+            attempt = unrunnable(exc)
+        else:
+            attempt = call_plugin(plugin, job, ChildCaller(job, conn))
+        _send(conn, {"op": "done", "attempt": attempt.to_dict()})
+
+
+def _die_with_parent(worker_pid: int) -> None:
+    # Linux: the kernel kills this process when its worker dies, so a job never
+    # runs on unsupervised after a SIGKILL of the worker.
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != worker_pid:  # the worker died before the line above took effect
+        os._exit(1)
+
+
+Runner = ThreadRunner | ProcessRunner
