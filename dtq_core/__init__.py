@@ -43,6 +43,7 @@ from dtq_core.errors import (
     ValidationError,
 )
 from dtq_core.job import ErrorInfo, Job, JobStatus
+from dtq_core.periodic import Periodic
 from dtq_core.plugin import PLUGIN_API_VERSION, Plugin
 from dtq_core.queue import Queue
 from dtq_core.retry import RetryPolicy
@@ -70,6 +71,7 @@ __all__ = [
     "Lease",
     "Outcome",
     "PayloadTooLarge",
+    "Periodic",
     "Permanent",
     "Plugin",
     "PluginError",

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -41,6 +41,7 @@ from dtq_core.config import (
 from dtq_core.engine import Engine, Lease, Outcome, ReleaseOutcome, resolve_engine
 from dtq_core.errors import DtqError, EngineUnavailable, PluginError
 from dtq_core.job import Job, JobStatus
+from dtq_core.periodic import Periodic, PeriodicScheduler
 from dtq_core.plugin import PluginRegistry
 from dtq_core.queue import Queue
 from dtq_core.retry import RetryPolicy, decide, policy_for, timeout_for
@@ -77,6 +78,8 @@ class Worker:
         grace_s: on shutdown, how long jobs in hand may take to finish before
             they are stopped and handed back to the queue.
         poll_s: longest idle wait before the worker looks for expired leases.
+        periodic: cron schedules whose jobs this worker enqueues (each tick
+            once, however many workers share the schedule).
         worker_id: how this worker names itself (host:pid:random).
         engine_options: further engine attributes to override.
     """
@@ -98,6 +101,7 @@ class Worker:
         failure_ttl_s: float = DEFAULT_FAILURE_TTL_S,
         grace_s: float = 30.0,
         poll_s: float = 1.0,
+        periodic: Sequence[Periodic] = (),
         worker_id: str | None = None,
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -122,6 +126,8 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # Follow-up jobs appended by plugins go through a queue on the same engine.
         self.queue = Queue(self.registry.allow, engine=self.engine)
+        self.scheduler = PeriodicScheduler(periodic, self.queue) if periodic else None
+        self._next_tick_s = 0.0  # time.monotonic() of the next periodic check
         self._in_hand: dict[str, Control] = {}
         self._in_hand_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -210,6 +216,7 @@ class Worker:
         """Fill free slots; False when a burst has nothing left to do."""
         if time.monotonic() >= self._next_recovery:
             self._recover()
+        self._enqueue_periodic()
         free = pool.acquire(self.poll_s)
         if not free:
             return True
@@ -228,9 +235,24 @@ class Worker:
             return True
         if burst:
             return not pool.wait_until_idle(self.poll_s)
-        wait = self.poll_s if batch.next_due_s is None else min(self.poll_s, batch.next_due_s)
-        self.engine.wait_for_jobs(self.plugins, max(0.01, wait))
+        waits = [self.poll_s, self._next_tick_s - time.monotonic()]
+        if batch.next_due_s is not None:
+            waits.append(batch.next_due_s)
+        self.engine.wait_for_jobs(self.plugins, max(0.01, min(waits)))
         return True
+
+    def _enqueue_periodic(self) -> None:
+        if self.scheduler is None or time.monotonic() < self._next_tick_s:
+            return
+        try:
+            for job in self.scheduler.run_due():
+                log.info("periodic job %s enqueued (%s)", job.id, job.status.value)
+        except EngineUnavailable:
+            raise
+        except DtqError as exc:  # e.g. the plugin's validate refused it: report, keep working
+            log.error("periodic jobs: %s", exc)
+        wait = self.scheduler.seconds_to_next_tick()
+        self._next_tick_s = time.monotonic() + (self.poll_s if wait is None else max(0.0, wait))
 
     def _recover(self) -> None:
         for plugin in self.plugins:

@@ -6,7 +6,7 @@ import json
 import subprocess
 from collections.abc import Callable
 
-from dtqtest import FakeSite, free_port, unique_module
+from dtqtest import FakeSite, dtq_command, free_port, unique_module
 
 RunDtq = Callable[..., subprocess.CompletedProcess[str]]
 SEED_DATA = '{"text": "To be processed!", "action": "duplicate_text"}'
@@ -143,3 +143,69 @@ def test_help_shows_examples(run_dtq: RunDtq) -> None:
     proc = run_dtq("enqueue", "--help")
     assert proc.returncode == 0
     assert "dtq enqueue test_only" in proc.stdout
+
+
+def test_dead_letters_from_the_cli(run_dtq: RunDtq) -> None:
+    data = '{"action": "fail", "message": "bad"}'
+    run_dtq("enqueue", "test_only", "--id", "d1", "--max-retries", "1", "--data", data)
+    # the retry waits out its backoff (about a second) in Redis, then runs
+    for _ in range(40):
+        run_dtq("worker", "--burst", "--mode", "thread")
+        if json.loads(run_dtq("status", "d1", "--json").stdout)["status"] == "dead":
+            break
+    listed = run_dtq("dead", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [dead] = json.loads(listed.stdout)
+    assert (dead["id"], dead["status"], dead["attempts"]) == ("d1", "dead", 2)
+    assert "retries exhausted" in dead["error"]["message"]
+    assert "d1  test_only  attempts=2  RuntimeError: bad" in run_dtq("dead", "list").stdout
+    requeued = run_dtq("dead", "requeue", "d1")
+    assert requeued.returncode == 0 and "d1: requeued" in requeued.stdout
+    assert json.loads(run_dtq("status", "d1", "--json").stdout)["status"] == "queued"
+    nothing = run_dtq("dead", "requeue")
+    assert_clean_error(nothing, 1, "name the jobs to requeue, or pass --all")
+    assert run_dtq("dead", "purge", "--yes").stdout.strip() == "purged 0 dead job(s)"
+
+
+def test_cancel_from_the_cli(run_dtq: RunDtq) -> None:
+    run_dtq("enqueue", "test_only", "--id", "c1", "--delay", "60", "--data", '{"action": "echo"}')
+    assert json.loads(run_dtq("status", "c1", "--json").stdout)["status"] == "scheduled"
+    proc = run_dtq("cancel", "c1")
+    assert proc.returncode == 0 and proc.stdout.strip() == "c1: cancelled"
+    assert json.loads(run_dtq("status", "c1", "--json").stdout)["status"] == "cancelled"
+    assert_clean_error(run_dtq("cancel", "nope"), 5, "no job with id 'nope'")
+
+
+def test_enqueue_options_are_checked(run_dtq: RunDtq) -> None:
+    assert_clean_error(
+        run_dtq("enqueue", "test_only", "--delay", "-1", "--data", '{"action": "echo"}'),
+        1,
+        "delay_s must be a number of seconds from 0 up",
+    )
+    proc = run_dtq("enqueue", "test_only", "--timeout", "x", "--data", "{}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_workers_lists_a_running_worker(run_dtq: RunDtq, dtq_env: dict[str, str], tmp_path: object) -> None:
+    worker = subprocess.Popen(
+        [*dtq_command(), "worker", "--plugins", "test_only", "-c", "2"],
+        env=dtq_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        rows: list[dict[str, str]] = []
+        for _ in range(100):
+            rows = json.loads(run_dtq("workers", "--json").stdout)
+            if rows:
+                break
+        assert len(rows) == 1
+        assert (rows[0]["pid"], rows[0]["plugins"], rows[0]["concurrency"]) == (
+            str(worker.pid),
+            "test_only",
+            "2",
+        )
+    finally:
+        worker.terminate()
+        assert worker.wait(20) == 0
+    assert json.loads(run_dtq("workers", "--json").stdout) == []

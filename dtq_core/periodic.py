@@ -1,0 +1,123 @@
+"""Periodic jobs: cron schedules that enqueue exactly one job per tick.
+
+Every worker given a schedule checks it as it loops; the job for a tick gets an
+id built from the schedule's name and the tick (``periodic:<name>@<UTC time>``),
+so however many workers see the tick, the engine's dedupe by id keeps one job.
+No separate scheduler process is needed. Cron expressions are parsed by
+cronsim (five fields, UTC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from cronsim import CronSim, CronSimError
+
+from dtq_core.errors import InvalidJob
+from dtq_core.job import check_data, parse_job
+
+if TYPE_CHECKING:
+    from dtq_core.job import Job
+    from dtq_core.queue import Queue
+
+
+@attrs.frozen
+class Periodic:
+    """A job to enqueue on a cron schedule.
+
+    Args:
+        name: identifies the schedule; part of every job id it makes.
+        cron: five-field cron expression, evaluated in UTC
+            (``"*/5 * * * *"``: every five minutes).
+        plugin: the plugin of the jobs.
+        data: the jobs' data.
+        options: per-job options (``priority``, ``max_retries``, ``timeout_s``, ...).
+
+    Raises:
+        InvalidJob: the cron expression or name is not valid.
+    """
+
+    name: str
+    cron: str
+    plugin: str
+    data: Mapping[str, Any] = attrs.field(factory=dict)
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name or not self.name.isprintable() or "@" in self.name:
+            raise InvalidJob(f"periodic name must be printable, without '@', got {self.name!r}")
+        check_data(self.data)
+        try:
+            CronSim(self.cron, datetime.now(timezone.utc))
+        except CronSimError as exc:
+            raise InvalidJob(f"periodic {self.name!r}: bad cron expression {self.cron!r}: {exc}") from exc
+
+    def ticks(self, after: datetime, until: datetime) -> Iterator[datetime]:
+        """The ticks in ``(after, until]``, oldest first."""
+        for tick in CronSim(self.cron, after):
+            if tick > until:
+                return
+            yield tick
+
+    def job_id(self, tick: datetime) -> str:
+        """The id of the job for ``tick``: the same on every worker."""
+        return f"periodic:{self.name}@{tick.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+
+    def job(self, tick: datetime) -> dict[str, Any]:
+        """The job for ``tick``, in the wire format."""
+        return {
+            "id": self.job_id(tick),
+            "job": {"plugin": self.plugin, "data": dict(self.data)},
+            "options": dict(self.options),
+        }
+
+
+class PeriodicScheduler:
+    """Enqueues the jobs of due ticks; one per worker, checked from its loop.
+
+    Args:
+        schedules: the periodic jobs.
+        queue: where their jobs go.
+        catch_up_s: on start, ticks this far in the past are still enqueued
+            (a tick missed while no worker ran). Keep it shorter than the result
+            retention: the dedupe by id lasts as long as the job's record.
+        since: check ticks after this time instead (for tests and backfills).
+    """
+
+    def __init__(
+        self,
+        schedules: Sequence[Periodic],
+        queue: Queue,
+        *,
+        catch_up_s: float = 60.0,
+        since: datetime | None = None,
+    ) -> None:
+        names = [s.name for s in schedules]
+        if len(set(names)) != len(names):
+            raise InvalidJob(f"periodic names must be unique, got {names}")
+        for schedule in schedules:
+            queue.registry.check_allowed(schedule.plugin)
+            parse_job(schedule.job(datetime.now(timezone.utc)))  # refuse a bad schedule at start
+        self.schedules = list(schedules)
+        self.queue = queue
+        self._checked_until = since or datetime.now(timezone.utc) - timedelta(seconds=catch_up_s)
+
+    def run_due(self, now: datetime | None = None) -> list[Job]:
+        """Enqueue the jobs of the ticks since the last check; return them."""
+        now = now or datetime.now(timezone.utc)
+        appended = [
+            self.queue.append(schedule.job(tick))
+            for schedule in self.schedules
+            for tick in schedule.ticks(self._checked_until, now)
+        ]
+        self._checked_until = max(self._checked_until, now)
+        return appended
+
+    def seconds_to_next_tick(self, now: datetime | None = None) -> float | None:
+        """How long until the earliest next tick, or None without schedules."""
+        now = now or datetime.now(timezone.utc)
+        upcoming = [next(iter(CronSim(s.cron, now))) for s in self.schedules]
+        return min(((tick - now).total_seconds() for tick in upcoming), default=None)
