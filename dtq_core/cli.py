@@ -20,6 +20,7 @@ import click
 from dtq_core.config import DEFAULT_LEASE_S, DEFAULT_NAMESPACE, DEFAULT_URL
 from dtq_core.errors import DtqError, EngineUnavailable, JobFailed, JobNotFound, ResultTimeout
 from dtq_core.job import JobStatus
+from dtq_core.periodic import load_schedules
 from dtq_core.plugin import PluginRegistry
 from dtq_core.queue import Queue
 from dtq_core.worker import Worker
@@ -204,6 +205,11 @@ def enqueue(
     show_default=True,
     help="Shutdown grace period in seconds.",
 )
+@click.option(
+    "--periodic-file",
+    type=click.Path(dir_okay=False),
+    help='JSON list of periodic jobs: [{"name", "cron", "plugin", "data", "options"}].',
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every job at INFO level.")
 @_engine_options
 @_friendly
@@ -214,6 +220,7 @@ def worker(
     mode: str,
     lease_s: float,
     grace_s: float,
+    periodic_file: str | None,
     verbose: bool,
     url: str,
     namespace: str,
@@ -240,6 +247,7 @@ def worker(
         mode=mode,
         lease_s=lease_s,
         grace_s=grace_s,
+        periodic=load_schedules(periodic_file) if periodic_file else (),
     )
     runner.engine.ping()
     runner.work(burst=burst)
@@ -338,6 +346,34 @@ def dead_purge(yes: bool, url: str, namespace: str) -> None:
         _fail("nothing deleted")
     with Queue(None, url, namespace=namespace) as queue:
         click.echo(f"purged {queue.purge(JobStatus.DEAD)} dead job(s)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_engine_options
+@_friendly
+def stats(as_json: bool, url: str, namespace: str) -> None:
+    """Per plugin queue: waiting, scheduled, running, live workers; dead and failed totals.
+
+    Queues with jobs that no live worker serves are marked UNSERVED.
+    """
+    with Queue(None, url, namespace=namespace) as queue:
+        numbers = queue.stats()
+    if as_json:
+        record = {
+            "queues": [q.to_dict() for q in numbers.queues],
+            "dead": numbers.dead,
+            "failed": numbers.failed,
+            "unserved": numbers.unserved(),
+        }
+        click.echo(json.dumps(record, indent=2))
+        return
+    unserved = set(numbers.unserved())
+    for q in numbers.queues:
+        mark = "  UNSERVED" if q.plugin in unserved else ""
+        counts = f"waiting={q.waiting} scheduled={q.scheduled} running={q.running} workers={q.workers}"
+        click.echo(f"{q.plugin}: {counts}{mark}")
+    click.echo(f"dead={numbers.dead} failed={numbers.failed}")
 
 
 @main.command()

@@ -91,6 +91,34 @@ class Outcome:
     retry_in_s: float = 0.0
 
 
+@attrs.frozen
+class QueueStats:
+    """The jobs of one plugin's queue, by state, and the live workers serving it."""
+
+    plugin: str
+    waiting: int = 0
+    scheduled: int = 0
+    running: int = 0
+    workers: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``dtq stats --json`` shape of one queue."""
+        return {**attrs.asdict(self), "served": self.workers > 0}
+
+
+@attrs.frozen
+class Stats:
+    """A namespace at a glance: its queues, and how many jobs are dead or failed."""
+
+    queues: list[QueueStats]
+    dead: int = 0
+    failed: int = 0
+
+    def unserved(self) -> list[str]:
+        """Plugins with waiting, scheduled or running jobs that no live worker serves."""
+        return [q.plugin for q in self.queues if q.workers == 0 and (q.waiting or q.scheduled or q.running)]
+
+
 class Engine(abc.ABC):
     """Storage for one namespace of jobs.
 
@@ -170,6 +198,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def workers(self) -> list[dict[str, str]]:
         """The live workers' descriptions (with ``id`` and ``last_seen`` in ms)."""
+
+    @abc.abstractmethod
+    def stats(self) -> Stats:
+        """Counts of each plugin's queue (waiting, scheduled, running) and of dead and failed jobs.
+
+        ``workers`` is left at 0: :meth:`dtq_core.Queue.stats` fills it from the registry.
+        """
 
     # --- final jobs --------------------------------------------------------
 

@@ -9,6 +9,7 @@ cronsim (five fields, UTC).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,30 @@ class Periodic:
             "job": {"plugin": self.plugin, "data": dict(self.data)},
             "options": dict(self.options),
         }
+
+
+def load_schedules(path: str) -> list[Periodic]:
+    """Read periodic jobs from a JSON file: a list of ``{"name", "cron", "plugin", "data", "options"}``.
+
+    Raises:
+        InvalidJob: the file cannot be read, is not that shape, or a schedule is invalid.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise InvalidJob(f"cannot read periodic jobs from {path}: {exc}") from exc
+    if not isinstance(raw, list):
+        raise InvalidJob(f"{path} must hold a JSON list of periodic jobs, got {type(raw).__name__}")
+    schedules = []
+    for index, entry in enumerate(raw):
+        try:
+            schedules.append(Periodic(**entry))
+        except TypeError as exc:
+            raise InvalidJob(
+                f"{path}[{index}]: expected name, cron, plugin, and optional data and options: {exc}"
+            ) from exc
+    return schedules
 
 
 class PeriodicScheduler:

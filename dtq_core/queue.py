@@ -16,7 +16,7 @@ from dtq_core.config import (
     DEFAULT_PREFIX,
     namespace_from_env,
 )
-from dtq_core.engine import AppendOutcome, CancelOutcome, Engine, resolve_engine
+from dtq_core.engine import AppendOutcome, CancelOutcome, Engine, Stats, resolve_engine
 from dtq_core.errors import (
     DuplicateJob,
     JobFailed,
@@ -206,6 +206,19 @@ class Queue:
     def purge(self, status: JobStatus = JobStatus.DEAD) -> int:
         """Delete every dead (or failed) job; return how many were deleted."""
         return self.engine.purge(status)
+
+    def stats(self) -> Stats:
+        """Each plugin's queue (waiting, scheduled, running, live workers serving it),
+        and the numbers of dead and failed jobs. ``stats().unserved()`` names the
+        queues with jobs that no live worker serves.
+        """
+        stats = self.engine.stats()
+        serving: dict[str, int] = {}
+        for worker in self.engine.workers():
+            for plugin in filter(None, worker.get("plugins", "").split(",")):
+                serving[plugin] = serving.get(plugin, 0) + 1
+        queues = [attrs.evolve(q, workers=serving.get(q.plugin, 0)) for q in stats.queues]
+        return attrs.evolve(stats, queues=queues)
 
     def workers(self) -> list[dict[str, str]]:
         """The live workers: id, host, pid, plugins, concurrency, mode, jobs in hand, last heartbeat."""

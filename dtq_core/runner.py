@@ -115,7 +115,7 @@ class ThreadRunner:
             return timed_out(limit_s)
         return attempt
 
-    def abort(self) -> None:
+    def kill(self) -> None:
         """A thread cannot be stopped from outside: its late completion is fenced off."""
 
     def close(self) -> None:
@@ -159,7 +159,7 @@ class ProcessRunner:
             _send(conn, handlers[message["op"]](message))
 
     def abort(self) -> None:
-        """Kill the child (a new one starts for the next job)."""
+        """Kill the child and forget it (a new one starts for the next job); from the slot's thread."""
         if self._process is not None:
             self._process.kill()
             self._process.join(5)
@@ -167,16 +167,23 @@ class ProcessRunner:
             self._conn.close()
         self._process = self._conn = None
 
+    def kill(self) -> None:
+        """Kill the child from another thread; the slot's thread notices and cleans up."""
+        process = self._process
+        if process is not None:
+            process.kill()
+
     def close(self) -> None:
-        """Stop the child."""
+        """Stop the child (once the slot's thread is done with it)."""
         self.abort()
 
     def _receive(self, conn: Connection) -> Any:
+        process = self._process
         try:
             if not conn.poll(_POLL_S):
-                return None if self._process is not None and self._process.is_alive() else _DIED
+                return None if process is not None and process.is_alive() else _DIED
             return json.loads(conn.recv_bytes())
-        except (EOFError, OSError):
+        except (EOFError, OSError, ValueError):
             return _DIED
 
     def _ensure_child(self) -> Connection:

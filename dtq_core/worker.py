@@ -192,8 +192,7 @@ class Worker:
             grace = 0.0  # a second signal, or a crash: hand jobs back now
             raise
         finally:
-            pool.shutdown(grace)
-            self._hand_back()
+            pool.shutdown(grace, before_kill=self._hand_back)
             self._unregister()
         return pool.finished
 
@@ -323,9 +322,12 @@ class Worker:
         released = self.engine.release(
             lease, lost=True, max_lost_leases=self.max_lost_leases, ttl_s=self.failure_ttl_s
         )
-        log.warning(
-            "job %s (%s) attempt %d: its process died; %s", job.id, job.plugin, job.attempts, released.value
-        )
+        if released is ReleaseOutcome.NOT_HELD:
+            log.info("job %s: stopped after its lease was handed back or lost", job.id)
+        else:
+            log.warning(
+                "job %s (%s) attempt %d: its process died; %s", job.id, job.plugin, job.attempts, released
+            )
         status = {ReleaseOutcome.DEAD: JobStatus.DEAD, ReleaseOutcome.CANCELLED: JobStatus.CANCELLED}.get(
             released, JobStatus.QUEUED
         )
@@ -458,15 +460,23 @@ class _Pool:
         with self._idle:
             return self._idle.wait_for(lambda: self._busy == 0, timeout=timeout_s)
 
-    def shutdown(self, grace_s: float) -> None:
-        """Let the jobs in hand finish within ``grace_s``, then stop the runners."""
+    def shutdown(self, grace_s: float, before_kill: Callable[[], None]) -> None:
+        """Let the jobs in hand finish within ``grace_s``; then call ``before_kill``
+        (which hands their jobs back) and stop them."""
         for _ in self._threads:
             self._work.put(None)
         deadline = time.monotonic() + grace_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        for runner in self._runners:
-            runner.close()
+        if any(thread.is_alive() for thread in self._threads):
+            before_kill()
+            for runner in self._runners:
+                runner.kill()
+            for thread in self._threads:
+                thread.join(5.0)  # a killed job's slot notices within a poll; a thread job may not end
+        for runner, thread in zip(self._runners, self._threads, strict=True):
+            if not thread.is_alive():
+                runner.close()
 
     def _slot(self, runner: Runner) -> None:
         while (lease := self._work.get()) is not None:
@@ -474,6 +484,9 @@ class _Pool:
                 self.finished.append(self.worker.execute(runner, lease))
             except DtqError as exc:
                 log.error("job %s: could not record its outcome: %s", lease.job.id, exc)
+            except Exception:
+                # Never let a slot die silently: the job's lease expires and it runs again.
+                log.exception("job %s: unexpected error in the worker", lease.job.id)
             finally:
                 with self._idle:
                     self._busy -= 1

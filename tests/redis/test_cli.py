@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 from dtqtest import FakeSite, dtq_command, free_port, unique_module
 
@@ -209,3 +210,34 @@ def test_workers_lists_a_running_worker(run_dtq: RunDtq, dtq_env: dict[str, str]
         worker.terminate()
         assert worker.wait(20) == 0
     assert json.loads(run_dtq("workers", "--json").stdout) == []
+
+
+def test_stats_flag_unserved_queues(run_dtq: RunDtq) -> None:
+    run_dtq("enqueue", "test_only", "--data", '{"action": "echo"}')
+    run_dtq("enqueue", "elsewhere", "--plugins", "elsewhere", "--data", "{}")
+    proc = run_dtq("stats", "--json")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["unserved"] == ["elsewhere", "test_only"]
+    assert {q["plugin"]: q["waiting"] for q in record["queues"]} == {"elsewhere": 1, "test_only": 1}
+    assert "elsewhere: waiting=1 scheduled=0 running=0 workers=0  UNSERVED" in run_dtq("stats").stdout
+
+
+def test_worker_reads_periodic_jobs_from_a_file(run_dtq: RunDtq, tmp_path: Path) -> None:
+    schedules = tmp_path / "periodic.json"
+    schedules.write_text(
+        json.dumps(
+            [{"name": "minutely", "cron": "* * * * *", "plugin": "test_only", "data": {"action": "echo"}}]
+        )
+    )
+    proc = run_dtq("worker", "--burst", "--mode", "thread", "--periodic-file", str(schedules))
+    assert proc.returncode == 0, proc.stderr
+    # test_only appears only because the tick's job was appended; waiting=0: it ran
+    assert json.loads(run_dtq("stats", "--json").stdout)["queues"] == [
+        {"plugin": "test_only", "waiting": 0, "scheduled": 0, "running": 0, "workers": 0, "served": False}
+    ]
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"name": "x", "cron": "nope", "plugin": "test_only"}]')
+    assert_clean_error(
+        run_dtq("worker", "--burst", "--periodic-file", str(bad)), 1, "bad cron expression 'nope'"
+    )

@@ -226,7 +226,10 @@ def test_every_key_of_a_finished_job_has_a_lifetime(
     for key in client.scan_iter(match=f"{keys.base}:*"):
         kind = client.type(key)
         ttl = client.ttl(key)
-        bounded = ttl > 0 or key in (keys.seq, keys.workers) or key.startswith(f"{keys.base}:index:")
+        # No lifetime, but a bounded size: one counter, one name per plugin, the
+        # pruned worker registry, and the indexes capped by count and age.
+        fixed_size = key in (keys.seq, keys.plugins, keys.workers) or key.startswith(f"{keys.base}:index:")
+        bounded = ttl > 0 or fixed_size
         assert bounded, f"{key} ({kind}) has no lifetime"
 
 
@@ -306,3 +309,24 @@ def test_shutdown_hands_unfinished_jobs_back_and_nothing_is_lost(
     assert sum(job.attempts for job in handed_back if job) == 2  # the two that had started
     make_worker(mode="process", concurrency=3).get_jobs()
     assert all(queue.result(job_id, timeout=1) == {"slept": 2} for job_id in ids)
+
+
+def test_stats_count_each_queue_and_flag_queues_no_live_worker_serves(
+    redis_url: str, namespace: str, make_worker: MakeWorker
+) -> None:
+    with Queue(["test_only", "nobody_serves"], redis_url, namespace=namespace) as queue:
+        queue.enqueue("test_only", {"action": "sleep", "seconds": 30}, id="busy")
+        queue.enqueue("test_only", {"action": "echo"}, id="later", delay_s=60)
+        queue.enqueue("nobody_serves", {"x": 1})
+        queue.enqueue("nobody_serves", {"x": 2})
+        before = queue.stats()
+        assert {q.plugin: (q.waiting, q.scheduled, q.running, q.workers) for q in before.queues} == {
+            "test_only": (1, 1, 0, 0),
+            "nobody_serves": (2, 0, 0, 0),
+        }
+        assert sorted(before.unserved()) == ["nobody_serves", "test_only"]
+        with running(make_worker(mode="process", poll_s=0.1, grace_s=0)):
+            wait_for(lambda: (j := queue.get("busy")) is not None and j.status is JobStatus.RUNNING)
+            during = wait_for(lambda: (s := queue.stats()).unserved() == ["nobody_serves"] and s)
+            [served] = [q for q in during.queues if q.plugin == "test_only"]
+            assert (served.waiting, served.scheduled, served.running, served.workers) == (0, 1, 1, 1)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -67,9 +68,14 @@ def test_worker_killed_mid_job_loses_nothing(
     victim = start_worker()
     wait_for(lambda: is_running(queue, "survivor"))
     os.kill(victim.pid, signal.SIGKILL)
+    killed_at = datetime.now(timezone.utc)
     victim.wait(10)
     rescuer = start_worker()
     assert queue.result("survivor", timeout=30) == {"slept": 1.5}
+    restarted = queue.get("survivor")
+    assert restarted is not None and restarted.started_at is not None
+    # back within about a lease (1 s), plus the rescuer's start-up: not the 30 s default
+    assert (restarted.started_at - killed_at).total_seconds() < 6
     rescuer.terminate()
     assert rescuer.wait(15) == 0
     final = queue.get("survivor")

@@ -26,8 +26,10 @@ from dtq_core.engine import (
     Engine,
     Lease,
     Outcome,
+    QueueStats,
     ReleaseOutcome,
     Renewal,
+    Stats,
 )
 from dtq_core.engines.redis.keys import Keys
 from dtq_core.errors import EngineError, EngineUnavailable
@@ -138,7 +140,7 @@ class RedisEngine(Engine):
         """Queue or schedule ``job`` atomically unless its id exists (see ``append.lua``)."""
         k = self.keys
         p = job.plugin
-        keys = [k.jobs, k.state, k.ready(p), k.scheduled(p), k.signal(p), k.seq, k.done(job.id)]
+        keys = [k.jobs, k.state, k.ready(p), k.scheduled(p), k.signal(p), k.seq, k.done(job.id), k.plugins]
         eta_ms = 0 if eta is None else max(1, int(eta.timestamp() * 1000))
         args: list[str | int] = [
             job.id,
@@ -147,6 +149,7 @@ class RedisEngine(Engine):
             int(delay_s * 1000),
             eta_ms,
             self.signal_cap,
+            p,
         ]
         with self._talking():
             reply = self._scripts["append"](keys, args)
@@ -360,6 +363,25 @@ class RedisEngine(Engine):
                 pipe.hgetall(self.keys.worker(worker_id))
             infos = pipe.execute()
         return [dict(info, id=worker_id) for worker_id, info in zip(ids, infos, strict=True) if info]
+
+    def stats(self) -> Stats:
+        """Counts per plugin queue and of dead and failed jobs, read in one round trip."""
+        k = self.keys
+        with self._talking():
+            plugins = sorted(str(p) for p in self.client.smembers(k.plugins))
+            pipe = self.client.pipeline(transaction=True)
+            for plugin in plugins:
+                pipe.zcard(k.ready(plugin))
+                pipe.zcard(k.scheduled(plugin))
+                pipe.zcard(k.active(plugin))
+            pipe.zcard(k.index(JobStatus.DEAD.value))
+            pipe.zcard(k.index(JobStatus.FAILED.value))
+            counts = [int(c) for c in pipe.execute()]
+        queues = [
+            QueueStats(plugin, waiting=counts[3 * i], scheduled=counts[3 * i + 1], running=counts[3 * i + 2])
+            for i, plugin in enumerate(plugins)
+        ]
+        return Stats(queues=queues, dead=counts[-2], failed=counts[-1])
 
     # --- final jobs ------------------------------------------------------------
 

@@ -21,6 +21,7 @@ key                               type    holds
 ``P:errors:<id>``                 list    the job's attempt errors (capped, expires)
 ``P:index:<status>``              zset    ids of dead / failed jobs, by finish time
                                           (capped by count and age)
+``P:plugins``                     set     plugins that have had jobs (for stats)
 ``P:workers``                     zset    live worker ids, score = registration expiry
 ``P:worker:<id>``                 hash    a worker's description (expires)
 ================================  ======  =============================================
@@ -93,6 +94,11 @@ class Keys:
     def index(self, status: str) -> str:
         """Sorted set of the ids of final jobs with ``status`` (dead, failed)."""
         return f"{self.base}:index:{status}"
+
+    @property
+    def plugins(self) -> str:
+        """Set of the plugins that have had jobs in this namespace."""
+        return f"{self.base}:plugins"
 
     @property
     def workers(self) -> str:

@@ -7,6 +7,7 @@ KEYS[4] scheduled  zset    the plugin's delayed jobs: id -> due time (ms)
 KEYS[5] signal     list    wake-up hints for workers blocked on this plugin
 KEYS[6] seq        string  arrival counter of the namespace
 KEYS[7] done       hash    this id's final record, while it is retained
+KEYS[8] plugins    set     names of the plugins that have ever had a job (for stats)
 ARGV[1] id
 ARGV[2] payload: canonical JSON, compared byte for byte with an existing job's
 ARGV[3] options: JSON object of scalars (priority, max_retries, retry_backoff_s,
@@ -14,6 +15,7 @@ ARGV[3] options: JSON object of scalars (priority, max_retries, retry_backoff_s,
 ARGV[4] delay in ms from now (server clock); 0 for none
 ARGV[5] due time in ms since the epoch (an ETA); 0 for none; wins over the delay
 ARGV[6] signal cap: the signal list is kept at most this long
+ARGV[7] plugin name
 
 Returns {1, created_ms, due_ms} when the job was created (due_ms 0 if queued now);
         {0, 1} when the id exists with the same payload (a repeated append);
@@ -42,6 +44,7 @@ if due == 0 and tonumber(ARGV[4]) > 0 then
   due = now + tonumber(ARGV[4])
 end
 redis.call('HSET', KEYS[1], id, ARGV[2])
+redis.call('SADD', KEYS[8], ARGV[7])
 if due > now then
   state.status = 'scheduled'
   state.due = due
