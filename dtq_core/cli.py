@@ -132,6 +132,9 @@ def plugins(as_json: bool, allow: str | None) -> None:
 @click.option(
     "--max-retries", type=click.IntRange(min=0), help="Retries after a failure (default: the plugin's)."
 )
+@click.option(
+    "--retry-backoff", "retry_backoff_s", type=float, help="Delay before the first retry, in seconds."
+)
 @click.option("--timeout", "timeout_s", type=float, help="Time limit of one attempt in seconds.")
 @click.option(
     "--plugins",
@@ -148,6 +151,7 @@ def enqueue(
     delay_s: float | None,
     eta: datetime | None,
     max_retries: int | None,
+    retry_backoff_s: float | None,
     timeout_s: float | None,
     allow: str | None,
     url: str,
@@ -176,6 +180,7 @@ def enqueue(
             delay_s=delay_s,
             eta=None if eta is None or eta.tzinfo else eta.replace(tzinfo=timezone.utc),
             max_retries=max_retries,
+            retry_backoff_s=retry_backoff_s,
             timeout_s=timeout_s,
         )
     click.echo(job.id)

@@ -148,8 +148,10 @@ def test_help_shows_examples(run_dtq: RunDtq) -> None:
 
 def test_dead_letters_from_the_cli(run_dtq: RunDtq) -> None:
     data = '{"action": "fail", "message": "bad"}'
-    run_dtq("enqueue", "test_only", "--id", "d1", "--max-retries", "1", "--data", data)
-    # the retry waits out its backoff (about a second) in Redis, then runs
+    run_dtq(
+        "enqueue", "test_only", "--id", "d1", "--max-retries", "1", "--retry-backoff", "0.2", "--data", data
+    )
+    # the retry waits out its backoff in Redis, then runs
     for _ in range(40):
         run_dtq("worker", "--burst", "--mode", "thread")
         if json.loads(run_dtq("status", "d1", "--json").stdout)["status"] == "dead":
