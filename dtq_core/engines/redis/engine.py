@@ -20,6 +20,7 @@ from redis.retry import Retry
 
 from dtq_core.config import DEFAULT_NAMESPACE, DEFAULT_PREFIX, mask_url
 from dtq_core.engine import (
+    LOST_LEASE,
     AppendOutcome,
     Batch,
     CancelOutcome,
@@ -30,10 +31,12 @@ from dtq_core.engine import (
     ReleaseOutcome,
     Renewal,
     Stats,
+    dead_after_lost_leases,
+    job_from_state,
 )
 from dtq_core.engines.redis.keys import Keys
 from dtq_core.errors import EngineError, EngineUnavailable
-from dtq_core.job import ErrorInfo, Job, JobStatus, from_ms
+from dtq_core.job import Job, JobStatus
 
 _SCRIPTS = (
     "append",
@@ -302,29 +305,18 @@ class RedisEngine(Engine):
             k.errors(job_id),
             k.index(JobStatus.DEAD.value),
         ]
-        lost_error = ErrorInfo(
-            type="LeaseLost",
-            message="the worker running this job stopped renewing its lease (killed, out of memory, or hung)",
-        )
-        dead_error = ErrorInfo(
-            type="LeaseLost",
-            message=(
-                f"the job lost its lease {max_lost} times: each worker that took it died or hung, "
-                "so it is dead instead of taking more workers down; inspect it before requeueing"
-            ),
-        )
         args: list[str | int] = [
             job_id,
             token,
             1 if lost else 0,
             max_lost,
             max(1, int(ttl_s)),
-            json.dumps(lost_error.to_dict()),
+            json.dumps(LOST_LEASE.to_dict()),
             k.finished_channel(job_id),
             self.signal_cap,
             self.index_cap,
             self.errors_kept,
-            json.dumps(dead_error.to_dict()),
+            json.dumps(dead_after_lost_leases(max_lost).to_dict()),
         ]
         self._scripts["release"](keys, args, client=pipe)
 
@@ -467,28 +459,4 @@ def _job(
     error_json: str | None = None,
     errors: Sequence[str] = (),
 ) -> Job:
-    body = json.loads(payload)
-    state: Mapping[str, Any] = json.loads(state_json)
-    return Job(
-        id=job_id,
-        plugin=body["plugin"],
-        data=body["data"],
-        status=JobStatus(state.get("status", "queued")),
-        result=None if result_json is None else json.loads(result_json),
-        error=None if error_json is None else ErrorInfo.from_dict(json.loads(error_json)),
-        errors=tuple(ErrorInfo.from_dict(json.loads(e)) for e in errors),
-        attempts=int(state.get("attempts", 0)),
-        lost_leases=int(state.get("lost", 0)),
-        priority=int(state.get("priority", 0)),
-        max_retries=state.get("max_retries"),
-        retry_backoff_s=state.get("retry_backoff_s"),
-        timeout_s=state.get("timeout_s"),
-        progress=state.get("progress"),
-        message=state.get("message"),
-        cancel_requested=bool(state.get("cancel")),
-        worker=state.get("worker"),
-        created_at=from_ms(state.get("created")),
-        started_at=from_ms(state.get("started")),
-        finished_at=from_ms(state.get("finished")),
-        eta=from_ms(state.get("due")),
-    )
+    return job_from_state(job_id, payload, json.loads(state_json), result_json, error_json, errors)

@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 import pytest
 
 from dtq_core import InvalidJob, JobStatus, Periodic, Queue, Worker
-from dtq_core.engines.redis import Keys
 from dtq_core.periodic import PeriodicScheduler
 
 START = datetime(2026, 1, 1, 0, 0, tzinfo=timezone.utc)
@@ -27,7 +26,7 @@ def test_ticks_become_jobs_with_the_tick_in_the_id(queue: Queue) -> None:
 
 
 def test_each_tick_is_enqueued_once_however_many_workers_race(
-    queue: Queue, redis_server: object, keys: Keys
+    queue: Queue,
 ) -> None:
     schedulers = [PeriodicScheduler([EVERY_5], queue, since=START) for _ in range(6)]
     now = datetime(2026, 1, 1, 1, 0, tzinfo=timezone.utc)
@@ -42,12 +41,12 @@ def test_each_tick_is_enqueued_once_however_many_workers_race(
         thread.start()
     for thread in threads:
         thread.join()
-    client = redis_server.client  # type: ignore[attr-defined]
-    assert client.zcard(keys.ready("test_only")) == 12  # 00:05 ... 01:00
+    [counts] = queue.stats().queues
+    assert counts.waiting == 12  # 00:05 ... 01:00
 
 
 def test_worker_enqueues_the_current_tick_and_runs_it(
-    queue: Queue, make_worker: Callable[..., Worker], keys: Keys, redis_server: object
+    queue: Queue, make_worker: Callable[..., Worker]
 ) -> None:
     every_minute = Periodic("minutely", "* * * * *", "test_only", {"action": "echo"})
     workers = [make_worker(mode="thread", periodic=[every_minute]) for _ in range(3)]

@@ -7,17 +7,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-import redis
 
-from dtq_core import JobStatus, Outcome, PluginLoadError, Queue, Worker
-from dtq_core.engines.redis import Keys, RedisEngine
-
-
-@pytest.fixture
-def engine(redis_url: str, namespace: str) -> RedisEngine:
-    made = RedisEngine.from_url(redis_url, namespace=namespace)
-    yield made  # type: ignore[misc]
-    made.close()
+from dtq_core import Engine, JobStatus, Outcome, PluginLoadError, Queue, Worker
 
 
 def test_failing_plugin_marks_the_job_failed_and_the_worker_carries_on(
@@ -46,9 +37,9 @@ def test_echo_returns_the_data_as_result(queue: Queue, make_worker: Callable[...
 
 
 def test_worker_only_takes_jobs_of_plugins_it_serves(
-    redis_url: str, namespace: str, make_worker: Callable[..., Worker]
+    engine_url: str, namespace: str, make_worker: Callable[..., Worker]
 ) -> None:
-    with Queue(["test_only", "elsewhere"], redis_url, namespace=namespace) as queue:
+    with Queue(["test_only", "elsewhere"], engine_url, namespace=namespace) as queue:
         queue.enqueue("elsewhere", {"x": 1}, id="foreign")
         queue.enqueue("test_only", {"action": "echo"}, id="mine")
         assert [job.id for job in make_worker().get_jobs()] == ["mine"]
@@ -56,13 +47,13 @@ def test_worker_only_takes_jobs_of_plugins_it_serves(
         assert foreign is not None and foreign.status is JobStatus.QUEUED
 
 
-def test_worker_refuses_to_start_when_a_named_plugin_does_not_load(redis_url: str, namespace: str) -> None:
+def test_worker_refuses_to_start_when_a_named_plugin_does_not_load(engine_url: str, namespace: str) -> None:
     with pytest.raises(Exception) as caught:
-        Worker(["test_only", "missing_plugin"], redis_url, namespace=namespace)
+        Worker(["test_only", "missing_plugin"], engine_url, namespace=namespace)
     assert "no plugin named 'missing_plugin' is installed" in str(caught.value)
 
 
-def test_completion_with_a_lost_lease_is_rejected(queue: Queue, engine: RedisEngine) -> None:
+def test_completion_with_a_lost_lease_is_rejected(queue: Queue, engine: Engine) -> None:
     """A stale worker cannot overwrite the result of the job's new owner (fencing)."""
     queue.enqueue("test_only", {"action": "echo"}, id="contested")
     [stale] = engine.fetch(["test_only"], count=1, lease_s=0.05, worker_id="stale").leases
@@ -79,7 +70,7 @@ def test_completion_with_a_lost_lease_is_rejected(queue: Queue, engine: RedisEng
     assert (final.result, final.attempts, final.lost_leases) == ("owner", 2, 1)
 
 
-def test_repeated_completion_by_the_holder_is_idempotent(queue: Queue, engine: RedisEngine) -> None:
+def test_repeated_completion_by_the_holder_is_idempotent(queue: Queue, engine: Engine) -> None:
     queue.enqueue("test_only", {"action": "echo"}, id="twice")
     [lease] = engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases
     assert engine.complete(lease, Outcome(JobStatus.SUCCEEDED, result_json="1"), ttl_s=60)
@@ -87,14 +78,14 @@ def test_repeated_completion_by_the_holder_is_idempotent(queue: Queue, engine: R
     assert queue.result("twice", timeout=1) == 1
 
 
-def test_unexpired_leases_are_not_recovered(queue: Queue, engine: RedisEngine) -> None:
+def test_unexpired_leases_are_not_recovered(queue: Queue, engine: Engine) -> None:
     queue.enqueue("test_only", {"action": "echo"}, id="held")
     assert len(engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases) == 1
     assert engine.recover("test_only", max_lost_leases=3, ttl_s=60) == 0
     assert engine.fetch(["test_only"], count=1, lease_s=30, worker_id="other").leases == []
 
 
-def test_job_that_keeps_losing_its_lease_ends_dead(queue: Queue, engine: RedisEngine, keys: Keys) -> None:
+def test_job_that_keeps_losing_its_lease_ends_dead(queue: Queue, engine: Engine) -> None:
     queue.enqueue("test_only", {"action": "echo"}, id="poison")
     for _ in range(3):
         assert len(engine.fetch(["test_only"], count=1, lease_s=0.01, worker_id="w").leases) == 1
@@ -105,8 +96,8 @@ def test_job_that_keeps_losing_its_lease_ends_dead(queue: Queue, engine: RedisEn
     assert (dead.status, dead.lost_leases, dead.error.type) == (JobStatus.DEAD, 3, "LeaseLost")
     assert "lost its lease 3 times" in dead.error.message
     assert engine.fetch(["test_only"], count=1, lease_s=1, worker_id="w").leases == []
-    client = engine.client
-    assert client.hlen(keys.jobs) == 0 and client.zcard(keys.active("test_only")) == 0
+    [counts] = engine.stats().queues
+    assert (counts.waiting, counts.scheduled, counts.running) == (0, 0, 0)
 
 
 def test_heartbeat_keeps_a_job_longer_than_three_leases_with_its_worker(
@@ -130,7 +121,7 @@ def test_heartbeat_keeps_a_job_longer_than_three_leases_with_its_worker(
 
 
 def test_get_jobs_recovers_expired_leases_first(
-    queue: Queue, engine: RedisEngine, make_worker: Callable[..., Worker]
+    queue: Queue, engine: Engine, make_worker: Callable[..., Worker]
 ) -> None:
     queue.enqueue("test_only", {"action": "duplicate_text", "text": "x"}, id="orphan")
     assert len(engine.fetch(["test_only"], count=1, lease_s=0.01, worker_id="dead-worker").leases) == 1
@@ -139,21 +130,11 @@ def test_get_jobs_recovers_expired_leases_first(
     assert (job.id, job.result, job.attempts) == ("orphan", "xx", 2)
 
 
-def test_ids_in_a_queue_without_a_record_are_dropped(
-    queue: Queue, keys: Keys, redis_url: str, make_worker: Callable[..., Worker]
-) -> None:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    client.zadd(keys.ready("test_only"), {"ghost": -1})
-    client.close()
-    queue.enqueue("test_only", {"action": "echo"}, id="real")
-    assert [job.id for job in make_worker().get_jobs()] == ["real"]
-
-
-def test_plugin_errors_at_load_are_typed(fake_site: object, redis_url: str, namespace: str) -> None:
+def test_plugin_errors_at_load_are_typed(fake_site: object, engine_url: str, namespace: str) -> None:
     from dtqtest import FakeSite, unique_module
 
     assert isinstance(fake_site, FakeSite)
     module = unique_module()
     fake_site.add("dtq-plugin-broken", "1.0", {"broken": f"{module}:X"}, {module: "import nope_nope\n"})
     with pytest.raises(PluginLoadError, match=r"dtq-plugin-broken 1\.0 failed to import"):
-        Worker(["broken"], redis_url, namespace=namespace)
+        Worker(["broken"], engine_url, namespace=namespace)

@@ -1,0 +1,59 @@
+"""Behaviour only the Redis engine has: its keys, its connection errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import redis
+from dtqtest import free_port, running
+
+from dtq_core import EngineUnavailable, Queue, Worker
+from dtq_core.engines.redis import Keys
+
+MakeWorker = Callable[..., Worker]
+
+
+def thread_worker(make_worker: MakeWorker, **options: object) -> Worker:
+    options.setdefault("mode", "thread")
+    options.setdefault("poll_s", 0.1)
+    return make_worker(**options)
+
+
+def test_ids_in_a_queue_without_a_record_are_dropped(
+    queue: Queue, keys: Keys, redis_url: str, make_worker: Callable[..., Worker]
+) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.zadd(keys.ready("test_only"), {"ghost": -1})
+    client.close()
+    queue.enqueue("test_only", {"action": "echo"}, id="real")
+    assert [job.id for job in make_worker().get_jobs()] == ["real"]
+
+
+def test_every_key_of_a_finished_job_has_a_lifetime(
+    queue: Queue, make_worker: MakeWorker, keys: Keys, redis_server: object
+) -> None:
+    queue.enqueue(
+        "test_only", {"action": "flaky", "failures": 1}, id="f", max_retries=1, retry_backoff_s=0.01
+    )
+    with running(thread_worker(make_worker)):
+        queue.result("f", timeout=20)
+    client = redis_server.client  # type: ignore[attr-defined]
+    for key in client.scan_iter(match=f"{keys.base}:*"):
+        kind = client.type(key)
+        ttl = client.ttl(key)
+        # No lifetime, but a bounded size: one counter, one name per plugin, the
+        # pruned worker registry, and the indexes capped by count and age.
+        fixed_size = key in (keys.seq, keys.plugins, keys.workers) or key.startswith(f"{keys.base}:index:")
+        bounded = ttl > 0 or fixed_size
+        assert bounded, f"{key} ({kind}) has no lifetime"
+
+
+def test_unreachable_redis_is_reported_with_its_url(namespace: str) -> None:
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    with Queue(["test_only"], url, namespace=namespace) as queue, pytest.raises(EngineUnavailable) as caught:
+        queue.enqueue("test_only", {"action": "echo"})
+    message = str(caught.value)
+    assert "cannot reach Redis at redis://:***@127.0.0.1" in message
+    assert "hunter2" not in message
+    assert "DTQ_URL" in message
