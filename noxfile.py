@@ -32,5 +32,5 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on dtq_core."""
-    session.install("mypy==2.4.1", ".")
+    session.install("mypy==2.4.1", "pytest>=8", ".")
     session.run("mypy")

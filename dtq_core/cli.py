@@ -13,15 +13,17 @@ import logging
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
 
+from dtq_core import scaffold
 from dtq_core.config import DEFAULT_LEASE_S, DEFAULT_NAMESPACE, DEFAULT_URL
 from dtq_core.errors import DtqError, EngineUnavailable, JobFailed, JobNotFound, ResultTimeout
 from dtq_core.job import JobStatus
 from dtq_core.periodic import load_schedules
-from dtq_core.plugin import PluginRegistry
+from dtq_core.plugin import PluginRegistry, PluginStatus
 from dtq_core.queue import Queue
 from dtq_core.worker import Worker
 
@@ -103,19 +105,59 @@ def main() -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--plugins", "allow", help="Allow-list to check against (comma-separated).")
-def plugins(as_json: bool, allow: str | None) -> None:
-    """List installed plugins: distribution, version and whether each loads."""
+@click.option(
+    "--check", is_flag=True, help="Exit 1 if any plugin does not load, is a duplicate or is missing."
+)
+def plugins(as_json: bool, allow: str | None, check: bool) -> None:
+    """List installed plugins: distribution, version, API version, status, description.
+
+    Status is one of: ok, import error, incompatible, duplicate, not allowed,
+    not installed (a name on --plugins that nothing provides).
+
+    \b
+    Examples:
+      dtq plugins
+      dtq plugins --check --plugins test_only
+    """
     rows = PluginRegistry(_plugin_list(allow)).statuses()
     if as_json:
         click.echo(json.dumps([row.to_dict() for row in rows], indent=2))
-        return
-    if not rows:
+    elif not rows:
         click.echo("no plugins installed (pip install a dtq-plugin-* distribution)")
-        return
+    else:
+        _plugin_table(rows)
+    if check and not all(row.ok for row in rows):
+        bad = ", ".join(f"{row.name} ({row.status})" for row in rows if not row.ok)
+        _fail(f"plugins with problems: {bad}")
+
+
+def _plugin_table(rows: list[PluginStatus]) -> None:
     width = max(len(row.name) for row in rows)
     for row in rows:
-        line = f"{row.name:<{width}}  {row.distribution} {row.version}  {row.status}"
-        click.echo(line if row.error is None else f"{line}: {row.error}")
+        api = "-" if row.api_version is None else f"api {row.api_version}"
+        line = f"{row.name:<{width}}  {row.distribution} {row.version}  {api}  {row.status}"
+        detail = row.error or row.description
+        click.echo(f"{line}: {detail}" if detail else line)
+
+
+@main.group()
+def plugin() -> None:
+    """Tools for plugin authors."""
+
+
+@plugin.command("new")
+@click.argument("name")
+@click.option("--dir", "parent", type=click.Path(file_okay=False), default=".", show_default=True)
+@_friendly
+def plugin_new(name: str, parent: str) -> None:
+    """Create a ready-to-publish plugin distribution dtq-plugin-NAME in a new folder.
+
+    \b
+    Example:
+      dtq plugin new greet && cd dtq-plugin-greet && pip install -e '.[test]' && pytest
+    """
+    root = scaffold.create(name, Path(parent))
+    click.echo(f"created {root}: pip install -e '{root}[test]' && pytest {root}")
 
 
 @main.command()
@@ -215,6 +257,12 @@ def enqueue(
     type=click.Path(dir_okay=False),
     help='JSON list of periodic jobs: [{"name", "cron", "plugin", "data", "options"}].',
 )
+@click.option(
+    "--require-plugin",
+    "required",
+    multiple=True,
+    help="Refuse to start unless this plugin loads and is served (repeatable).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every job at INFO level.")
 @_engine_options
 @_friendly
@@ -226,6 +274,7 @@ def worker(
     lease_s: float,
     grace_s: float,
     periodic_file: str | None,
+    required: tuple[str, ...],
     verbose: bool,
     url: str,
     namespace: str,
@@ -254,6 +303,16 @@ def worker(
         grace_s=grace_s,
         periodic=load_schedules(periodic_file) if periodic_file else (),
     )
+    missing = [name for name in required if name not in runner.plugins]
+    if missing:
+        problems = {row.name: row for row in runner.registry.statuses()}
+        reasons = [
+            f"{name}: {problems[name].error or problems[name].status}"
+            if name in problems
+            else f"{name}: not installed"
+            for name in missing
+        ]
+        _fail("required plugin(s) not served: " + "; ".join(reasons))
     runner.engine.ping()
     runner.work(burst=burst)
 

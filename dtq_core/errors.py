@@ -61,6 +61,10 @@ class PluginLoadError(PluginError):
     """The plugin's entry point exists but importing or creating it failed."""
 
 
+class PluginIncompatible(PluginLoadError):
+    """The plugin targets a plugin-API version this dtq-core does not support."""
+
+
 class DuplicatePlugin(PluginError):
     """Two or more distributions register the same plugin name."""
 

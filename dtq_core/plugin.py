@@ -24,7 +24,7 @@ import importlib.metadata
 import os
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -33,6 +33,7 @@ from stevedore import _cache as stevedore_cache
 
 from dtq_core.errors import (
     DuplicatePlugin,
+    PluginIncompatible,
     PluginLoadError,
     PluginNotAllowed,
     UnknownPlugin,
@@ -43,7 +44,11 @@ if TYPE_CHECKING:
 
 PLUGIN_GROUP = "dtq.plugins"
 ENGINE_GROUP = "dtq.engines"
+#: The plugin API this dtq-core implements. A plugin declares the version it
+#: was written against (``Plugin.api_version``); dtq-core loads the versions in
+#: SUPPORTED_API_VERSIONS and refuses others with a message naming both.
 PLUGIN_API_VERSION = 1
+SUPPORTED_API_VERSIONS = frozenset({1})
 
 
 class Plugin:
@@ -69,6 +74,17 @@ class Plugin:
     #: Time limit of one attempt in seconds (a job's own ``timeout_s`` wins);
     #: None for no limit. Over it, the attempt is stopped and counts as failed.
     timeout_s: ClassVar[float | None] = None
+    #: This plugin's settings, given to :meth:`configure` at load.
+    config: dict[str, Any]
+
+    def configure(self, config: Mapping[str, Any]) -> None:
+        """Receive this plugin's settings (from ``plugin_config={name: {...}}``), once, at load.
+
+        The default keeps them as ``self.config``. Override to check them:
+        raise :class:`dtq_core.ValidationError` to refuse bad settings. dtq never
+        logs them, so they may hold secrets such as API keys.
+        """
+        self.config = dict(config)
 
     def validate(self, job: Job) -> None:
         """Check a job when it is appended, where the plugin is installed.
@@ -102,14 +118,22 @@ class EntryPointInfo:
 
 @attrs.frozen
 class PluginStatus:
-    """What ``dtq plugins`` shows for one installed name."""
+    """What ``dtq plugins`` shows for one installed (or allow-listed) name."""
 
     name: str
     distribution: str
     version: str
     value: str
-    status: str  # "ok", "import error", "duplicate", "not allowed"
+    #: "ok", "import error", "incompatible", "duplicate", "not allowed", "not installed"
+    status: str
     error: str | None = None
+    api_version: int | None = None
+    description: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing is wrong (a plugin merely not allowed is not wrong)."""
+        return self.status in ("ok", "not allowed")
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dtq plugins --json`` shape."""
@@ -157,11 +181,19 @@ class PluginRegistry:
         group: the entry-point group (``dtq.plugins``).
     """
 
-    def __init__(self, allow: Iterable[str] | None = None, *, group: str = PLUGIN_GROUP) -> None:
+    def __init__(
+        self,
+        allow: Iterable[str] | None = None,
+        *,
+        group: str = PLUGIN_GROUP,
+        config: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         self.allow: tuple[str, ...] | None = None if allow is None else tuple(dict.fromkeys(allow))
         self.group = group
+        self.config = {name: dict(settings) for name, settings in (config or {}).items()}
         self._instances: dict[str, Plugin] = {}
         self._found: dict[str, list[EntryPointInfo]] | None = None
+        self._loaded_from: dict[str, EntryPointInfo] = {}
         self._lock = threading.Lock()
 
     def is_allowed(self, name: str) -> bool:
@@ -206,17 +238,23 @@ class PluginRegistry:
             if plugin is None:
                 if name not in self._scan():
                     self.refresh()  # it may have been installed since the last scan
-                plugin = _instantiate(_single(self.group, name, self._scan()))
+                info = _single(self.group, name, self._scan())
+                plugin = _instantiate(info, self.config.get(name, {}))
                 self._instances[name] = plugin
+                self._loaded_from[name] = info
             return plugin
 
     def statuses(self) -> list[PluginStatus]:
-        """Every installed name with its distribution and whether it loads."""
+        """Every installed name, and every allow-listed one, with whether it loads."""
         self.refresh()
         rows = []
         for name, infos in sorted(self._scan().items()):
             for info in infos:
                 rows.append(self._status(name, info, duplicate=len(infos) > 1))
+        for name in self.allow or ():
+            if name not in self._scan():
+                error = _unknown_message(self.group, name, sorted(self._scan()))
+                rows.append(PluginStatus(name, "", "", "", "not installed", error=error))
         return rows
 
     def _status(self, name: str, info: EntryPointInfo, *, duplicate: bool) -> PluginStatus:
@@ -227,10 +265,27 @@ class PluginRegistry:
         if not self.is_allowed(name):
             return attrs.evolve(row, status="not allowed")
         try:
-            self.get(name)
+            plugin = self.get(name)
+        except PluginIncompatible as exc:
+            return attrs.evolve(row, status="incompatible", error=str(exc))
         except PluginLoadError as exc:
             return attrs.evolve(row, status="import error", error=str(exc))
-        return row
+        return attrs.evolve(row, api_version=plugin.api_version, description=plugin.description)
+
+    def loaded(self) -> dict[str, Plugin]:
+        """The plugins created so far, by name."""
+        with self._lock:
+            return dict(self._instances)
+
+    def changed_since_load(self) -> list[str]:
+        """Loaded plugins whose installed distribution changed since (a restart is needed)."""
+        fresh = installed(self.group)
+        return [
+            name
+            for name, info in self._loaded_from.items()
+            if [(i.distribution, i.version, i.value) for i in fresh.get(name, [])]
+            != [(info.distribution, info.version, info.value)]
+        ]
 
     def _scan(self) -> dict[str, list[EntryPointInfo]]:
         if self._found is None:
@@ -271,7 +326,7 @@ def _kind(group: str) -> str:
     return {PLUGIN_GROUP: "plugin", ENGINE_GROUP: "engine"}.get(group, "entry point")
 
 
-def _instantiate(info: EntryPointInfo) -> Plugin:
+def _instantiate(info: EntryPointInfo, config: Mapping[str, Any]) -> Plugin:
     cls = _import(info)
     if not (isinstance(cls, type) and issubclass(cls, Plugin)):
         raise PluginLoadError(
@@ -279,14 +334,25 @@ def _instantiate(info: EntryPointInfo) -> Plugin:
             f"{info.value}, which is not a subclass of dtq_core.Plugin",
             plugin=info.name,
         )
+    if cls.api_version not in SUPPORTED_API_VERSIONS:
+        supported = ", ".join(map(str, sorted(SUPPORTED_API_VERSIONS)))
+        raise PluginIncompatible(
+            f"plugin {info.name!r} from {info.distribution} {info.version} targets plugin API "
+            f"version {cls.api_version!r}, but this dtq-core supports {supported}; install a "
+            f"release of {info.distribution} made for this dtq-core, or upgrade dtq-core",
+            plugin=info.name,
+        )
     try:
-        return cls()
+        plugin = cls()
+        plugin.configure(config)
     except Exception as exc:
+        # The message names the exception, never the settings: they may hold secrets.
         raise PluginLoadError(
             f"plugin {info.name!r} from {info.distribution} {info.version} failed to start: "
             f"{type(exc).__name__}: {exc}",
             plugin=info.name,
         ) from exc
+    return plugin
 
 
 def _import(info: EntryPointInfo) -> Any:

@@ -55,6 +55,8 @@ class Queue:
         max_payload_bytes: largest encoded job accepted.
         failure_ttl_s: how long a cancelled job's record is kept.
         engine_options: further engine attributes to override.
+        plugin_config: settings per plugin name, given to each plugin's
+            ``configure`` at load (never logged).
     """
 
     def __init__(
@@ -68,8 +70,9 @@ class Queue:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         failure_ttl_s: float = DEFAULT_FAILURE_TTL_S,
         engine_options: Mapping[str, Any] | None = None,
+        plugin_config: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
-        self.registry = PluginRegistry(plugins)
+        self.registry = PluginRegistry(plugins, config=plugin_config)
         self.engine = resolve_engine(
             engine, url, prefix=prefix, namespace=namespace_from_env(namespace), **dict(engine_options or {})
         )

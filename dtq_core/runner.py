@@ -192,7 +192,8 @@ class ProcessRunner:
             context = multiprocessing.get_context("spawn")
             parent, child = context.Pipe()
             allow = list(self.registry.allow) if self.registry.allow is not None else None
-            self._process = context.Process(target=child_main, args=(child, allow, os.getpid()), daemon=True)
+            args = (child, allow, os.getpid(), self.registry.config)
+            self._process = context.Process(target=child_main, args=args, daemon=True)
             self._process.start()
             child.close()
             self._conn = parent
@@ -250,11 +251,13 @@ class ChildCaller(Caller):
         return reply
 
 
-def child_main(conn: Connection, allow: list[str] | None, worker_pid: int) -> None:
+def child_main(
+    conn: Connection, allow: list[str] | None, worker_pid: int, config: dict[str, dict[str, Any]]
+) -> None:
     """Entry point of a job process: run jobs the worker sends until the pipe closes."""
     _die_with_parent(worker_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when jobs stop
-    registry = PluginRegistry(allow)
+    registry = PluginRegistry(allow, config=config)
     while True:
         try:
             message = json.loads(conn.recv_bytes())

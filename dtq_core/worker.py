@@ -80,8 +80,14 @@ class Worker:
         poll_s: longest idle wait before the worker looks for expired leases.
         periodic: cron schedules whose jobs this worker enqueues (each tick
             once, however many workers share the schedule).
+        rescan_s: how often installed plugins are looked at again: a worker
+            without an allow-list starts serving newly installed ones, and
+            every worker warns when a loaded plugin changed on disk (it keeps
+            running the loaded code until restarted).
         worker_id: how this worker names itself (host:pid:random).
         engine_options: further engine attributes to override.
+        plugin_config: settings per plugin name, given to each plugin's
+            ``configure`` at load (never logged).
     """
 
     def __init__(
@@ -102,14 +108,16 @@ class Worker:
         grace_s: float = 30.0,
         poll_s: float = 1.0,
         periodic: Sequence[Periodic] = (),
+        rescan_s: float = 30.0,
         worker_id: str | None = None,
         engine_options: Mapping[str, Any] | None = None,
+        plugin_config: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if mode not in MODES:
             raise DtqError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if concurrency < 1:
             raise DtqError(f"concurrency must be at least 1, got {concurrency}")
-        self.registry = PluginRegistry(plugins)
+        self.registry = PluginRegistry(plugins, config=plugin_config)
         self.plugins = self._loadable_plugins()
         self.engine = resolve_engine(
             engine, url, prefix=prefix, namespace=namespace_from_env(namespace), **dict(engine_options or {})
@@ -125,9 +133,11 @@ class Worker:
         self.poll_s = poll_s
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # Follow-up jobs appended by plugins go through a queue on the same engine.
-        self.queue = Queue(self.registry.allow, engine=self.engine)
+        self.queue = Queue(self.registry.allow, engine=self.engine, plugin_config=self.registry.config)
         self.scheduler = PeriodicScheduler(periodic, self.queue) if periodic else None
         self._next_tick_s = 0.0  # time.monotonic() of the next periodic check
+        self.rescan_s = rescan_s
+        self._next_rescan = time.monotonic() + rescan_s
         self._in_hand: dict[str, Control] = {}
         self._in_hand_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -213,9 +223,7 @@ class Worker:
 
     def _dispatch_once(self, pool: _Pool, burst: bool) -> bool:
         """Fill free slots; False when a burst has nothing left to do."""
-        if time.monotonic() >= self._next_recovery:
-            self._recover()
-        self._enqueue_periodic()
+        self._housekeeping()
         free = pool.acquire(self.poll_s)
         if not free:
             return True
@@ -234,15 +242,30 @@ class Worker:
             return True
         if burst:
             return not pool.wait_until_idle(self.poll_s)
-        waits = [self.poll_s, self._next_tick_s - time.monotonic()]
-        if batch.next_due_s is not None:
-            waits.append(batch.next_due_s)
-        self.engine.wait_for_jobs(self.plugins, max(0.01, min(waits)))
+        self._idle(batch.next_due_s)
         return True
 
+    def _housekeeping(self) -> None:
+        """Recover expired leases, enqueue periodic jobs, look for new plugins: each when due."""
+        now = time.monotonic()
+        if now >= self._next_recovery:
+            self._recover()
+        if self.scheduler is not None and now >= self._next_tick_s:
+            self._enqueue_periodic()
+        if now >= self._next_rescan:
+            self._rescan_plugins()
+
+    def _idle(self, next_due_s: float | None) -> None:
+        """Block until a job may be there: woken by an append, or at the next due time."""
+        waits = [self.poll_s]
+        if next_due_s is not None:
+            waits.append(next_due_s)
+        if self.scheduler is not None:
+            waits.append(self._next_tick_s - time.monotonic())
+        self.engine.wait_for_jobs(self.plugins, max(0.01, min(waits)))
+
     def _enqueue_periodic(self) -> None:
-        if self.scheduler is None or time.monotonic() < self._next_tick_s:
-            return
+        assert self.scheduler is not None
         try:
             for job in self.scheduler.run_due():
                 log.info("periodic job %s enqueued (%s)", job.id, job.status.value)
@@ -252,6 +275,26 @@ class Worker:
             log.error("periodic jobs: %s", exc)
         wait = self.scheduler.seconds_to_next_tick()
         self._next_tick_s = time.monotonic() + (self.poll_s if wait is None else max(0.0, wait))
+
+    def _rescan_plugins(self) -> None:
+        self._next_rescan = time.monotonic() + self.rescan_s
+        self.registry.refresh()
+        for name in self.registry.changed_since_load():
+            log.warning(
+                "plugin %s changed on disk since this worker loaded it; restart the worker to run "
+                "the new code (it keeps running the loaded one)",
+                name,
+            )
+        if self.registry.allow is not None:
+            return
+        for name in sorted(set(self.registry.names()) - set(self.plugins)):
+            try:
+                self.registry.get(name)
+            except PluginError as exc:
+                log.error("not serving newly installed %s: %s", name, exc)
+            else:
+                log.info("now serving newly installed plugin %s", name)
+                self.plugins.append(name)
 
     def _recover(self) -> None:
         for plugin in self.plugins:

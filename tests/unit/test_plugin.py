@@ -12,6 +12,7 @@ from dtqtest import FakeSite, unique_module
 from dtq_core import (
     DuplicatePlugin,
     Plugin,
+    PluginIncompatible,
     PluginLoadError,
     PluginNotAllowed,
     UnknownPlugin,
@@ -127,3 +128,46 @@ def test_plugin_installed_after_the_registry_looked_is_found(fake_site: FakeSite
     module = unique_module()
     fake_site.add("dtq-plugin-late", "1.0", {"late": f"{module}:Good"}, {module: GOOD})
     assert registry.get("late").process(None) == "good"  # type: ignore[arg-type]
+
+
+def test_plugin_for_another_api_version_is_refused_naming_both_versions(fake_site: FakeSite) -> None:
+    module = unique_module()
+    fake_site.add(
+        "dtq-plugin-future", "3.0", {"future": f"{module}:Good"}, {module: GOOD + "    api_version = 99\n"}
+    )
+    with pytest.raises(PluginIncompatible) as caught:
+        PluginRegistry().get("future")
+    message = str(caught.value)
+    assert "'future' from dtq-plugin-future 3.0 targets plugin API version 99" in message
+    assert "this dtq-core supports 1" in message
+    [row] = [row for row in PluginRegistry().statuses() if row.name == "future"]
+    assert (row.status, row.ok) == ("incompatible", False)
+
+
+def test_statuses_show_api_version_description_and_missing_allow_listed_names() -> None:
+    rows = {row.name: row for row in PluginRegistry(["test_only", "ghost"]).statuses()}
+    assert (rows["test_only"].api_version, rows["test_only"].status) == (1, "ok")
+    assert rows["test_only"].description.startswith("For testing")
+    assert (rows["ghost"].status, rows["ghost"].ok) == ("not installed", False)
+    assert rows["test_only_async"].status == "not allowed" and rows["test_only_async"].ok
+
+
+def test_per_plugin_configuration_reaches_the_plugin_at_load(fake_site: FakeSite) -> None:
+    module = unique_module()
+    fake_site.add("dtq-plugin-conf", "1.0", {"conf": f"{module}:Good"}, {module: GOOD})
+    plugin = PluginRegistry(config={"conf": {"api_key": "k-123", "region": "eu"}}).get("conf")
+    assert plugin.config == {"api_key": "k-123", "region": "eu"}
+
+
+def test_refused_configuration_is_reported_without_its_values(fake_site: FakeSite) -> None:
+    module = unique_module()
+    source = GOOD + (
+        "\n    def configure(self, config):\n"
+        "        if 'region' not in config:\n"
+        "            raise ValueError('region is required')\n"
+    )
+    fake_site.add("dtq-plugin-strict", "1.0", {"strict": f"{module}:Good"}, {module: source})
+    with pytest.raises(PluginLoadError) as caught:
+        PluginRegistry(config={"strict": {"api_key": "very-secret-value"}}).get("strict")
+    assert "failed to start: ValueError: region is required" in str(caught.value)
+    assert "very-secret-value" not in str(caught.value)
