@@ -138,3 +138,25 @@ def test_plugin_errors_at_load_are_typed(fake_site: object, engine_url: str, nam
     fake_site.add("dtq-plugin-broken", "1.0", {"broken": f"{module}:X"}, {module: "import nope_nope\n"})
     with pytest.raises(PluginLoadError, match=r"dtq-plugin-broken 1\.0 failed to import"):
         Worker(["broken"], engine_url, namespace=namespace)
+
+
+def test_worker_without_allow_list_serves_a_plugin_installed_while_it_runs(
+    engine_url: str, namespace: str, fake_site: object
+) -> None:
+    from dtqtest import FakeSite, running, unique_module, wait_for
+
+    assert isinstance(fake_site, FakeSite)
+    worker = Worker(None, engine_url, namespace=namespace, mode="thread", poll_s=0.05, rescan_s=0.1)
+    with running(worker):
+        module = unique_module()
+        source = (
+            "from dtq_core import Plugin\n\n"
+            "class P(Plugin):\n    def process(self, job):\n        return 'late'\n"
+        )
+
+        fake_site.add("dtq-plugin-late", "1.0", {"late_plugin": f"{module}:P"}, {module: source})
+        with Queue(None, engine_url, namespace=namespace) as queue:
+            wait_for(lambda: queue.registry.refresh() or queue.registry.is_installed("late_plugin"))
+            queue.enqueue("late_plugin", {}, id="late-job")
+            assert queue.result("late-job", timeout=20) == "late"
+    assert "late_plugin" in worker.plugins

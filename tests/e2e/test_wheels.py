@@ -97,3 +97,141 @@ def test_installed_packages_come_from_the_venv_not_the_checkout(installed: Path,
     ).stdout
     for path in out.split():
         assert path.startswith(str(installed.parent)), path
+
+
+def test_scaffolded_plugin_installs_and_passes_its_own_tests(installed: Path, tmp_path: Path) -> None:
+    """The plugin guide's commands: dtq plugin new, pip install, pytest."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV", "DTQ_URL"}}
+    subprocess.run([str(installed / "dtq"), "plugin", "new", "greet"], cwd=tmp_path, env=env, check=True)
+    root = tmp_path / "dtq-plugin-greet"
+    pip = [str(installed / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, f"{root}[test]"], cwd=tmp_path, env=env, check=True)
+    proc = subprocess.run(
+        [str(installed / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 passed" in proc.stdout
+    # publishing: build the distribution and check its metadata
+    subprocess.run([*pip, "build", "twine"], cwd=tmp_path, env=env, check=True)
+    python = str(installed / "python")
+    subprocess.run(
+        [python, "-m", "build", "--outdir", str(tmp_path / "dist"), str(root)], env=env, check=True
+    )
+    built = sorted(p.name for p in (tmp_path / "dist").iterdir())
+    assert built == ["dtq_plugin_greet-0.1.0-py3-none-any.whl", "dtq_plugin_greet-0.1.0.tar.gz"]
+    checked = subprocess.run(
+        [python, "-m", "twine", "check", *map(str, (tmp_path / "dist").iterdir())],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0 and checked.stdout.count("PASSED") == 2, checked.stdout + checked.stderr
+    listing = subprocess.run(
+        [str(installed / "dtq"), "plugins", "--check", "--json", "--plugins", "greet"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert listing.returncode == 0, listing.stderr
+    [row] = [r for r in json.loads(listing.stdout) if r["name"] == "greet"]
+    assert (row["distribution"], row["status"], row["api_version"]) == ("dtq-plugin-greet", "ok", 1)
+
+
+def test_reinstalled_plugin_with_a_changed_entry_point_is_seen_by_the_next_command(
+    installed: Path, tmp_path: Path
+) -> None:
+    """Same name and version, new entry point: stevedore's caches must not hide the change."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # stevedore's on-disk cache lives here, and is used
+    project = tmp_path / "flip"
+    (project / "src" / "dtq_plugin_flip").mkdir(parents=True)
+    body = (
+        "from dtq_core import Plugin\n\n"
+        "class {0}(Plugin):\n    description = '{0}'\n\n    def process(self, job):\n        return '{0}'\n"
+    )
+    (project / "src" / "dtq_plugin_flip" / "__init__.py").write_text(
+        body.format("First") + body.format("Second")
+    )
+    pip = [str(installed / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+
+    def install(target: str) -> dict[str, object]:
+        (project / "pyproject.toml").write_text(
+            '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+            '[project]\nname = "dtq-plugin-flip"\nversion = "1.0"\n'
+            f'[project.entry-points."dtq.plugins"]\nflip = "dtq_plugin_flip:{target}"\n'
+        )
+        subprocess.run(
+            [*pip, "--force-reinstall", "--no-deps", str(project)], cwd=tmp_path, env=env, check=True
+        )
+        out = subprocess.run(
+            [str(installed / "dtq"), "plugins", "--json"],
+            check=True,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+        return next(row for row in json.loads(out) if row["name"] == "flip")
+
+    first = install("First")
+    assert (first["value"], first["status"], first["description"]) == ("dtq_plugin_flip:First", "ok", "First")
+    second = install("Second")
+    assert (second["value"], second["status"], second["description"]) == (
+        "dtq_plugin_flip:Second",
+        "ok",
+        "Second",
+    )
+
+
+def test_an_engine_from_another_distribution_is_chosen_by_its_url_scheme(
+    installed: Path, tmp_path: Path
+) -> None:
+    """The engine guide: a distribution registers a dtq.engines entry point; its scheme picks it."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV", "DTQ_URL"}}
+    project = tmp_path / "mystore"
+    (project / "src" / "dtq_engine_mystore").mkdir(parents=True)
+    (project / "src" / "dtq_engine_mystore" / "__init__.py").write_text(
+        "from dtq_core.engines.memory import MemoryEngine\n\nclass MyStoreEngine(MemoryEngine):\n    pass\n"
+    )
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "dtq-engine-mystore"\nversion = "1.0"\n'
+        '[project.entry-points."dtq.engines"]\nmystore = "dtq_engine_mystore:MyStoreEngine"\n'
+    )
+    pip = [str(installed / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, str(project)], cwd=tmp_path, env=env, check=True)
+    script = (
+        "from dtq_core import Queue, Worker\n"
+        "queue = Queue(['test_only'], 'mystore://here')\n"
+        "print(type(queue.engine).__name__)\n"
+        "queue.enqueue('test_only', {'action': 'duplicate_text', 'text': 'x'}, id='j')\n"
+        "Worker(['test_only'], 'mystore://here', mode='thread').get_jobs()\n"
+        "print(queue.result('j', timeout=5))\n"
+    )
+    out = subprocess.run(
+        [str(installed / "python"), "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == ["MyStoreEngine", "xx"]
+    unknown = subprocess.run(
+        [str(installed / "dtq"), "status", "x", "--url", "nosuch://here"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert unknown.returncode == 1 and "no engine named 'nosuch' is installed" in unknown.stderr

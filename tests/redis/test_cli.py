@@ -243,3 +243,29 @@ def test_worker_reads_periodic_jobs_from_a_file(run_dtq: RunDtq, tmp_path: Path)
     assert_clean_error(
         run_dtq("worker", "--burst", "--periodic-file", str(bad)), 1, "bad cron expression 'nope'"
     )
+
+
+def test_plugins_check_exits_1_when_anything_is_wrong(run_dtq: RunDtq) -> None:
+    assert run_dtq("plugins", "--check").returncode == 0
+    assert run_dtq("plugins", "--check", "--plugins", "test_only").returncode == 0
+    missing = run_dtq("plugins", "--check", "--plugins", "test_only,absent")
+    assert_clean_error(missing, 1, "plugins with problems: absent (not installed)")
+    rows = {row["name"]: row for row in json.loads(run_dtq("plugins", "--json").stdout)}
+    assert rows["test_only"]["api_version"] == 1
+    assert rows["test_only"]["description"].startswith("For testing")
+
+
+def test_worker_require_plugin_fails_fast(run_dtq: RunDtq) -> None:
+    proc = run_dtq("worker", "--burst", "--require-plugin", "absent")
+    assert_clean_error(proc, 1, "required plugin(s) not served: absent: not installed")
+    assert run_dtq("worker", "--burst", "--require-plugin", "test_only").returncode == 0
+
+
+def test_plugin_new_refuses_bad_names_and_existing_folders(run_dtq: RunDtq, tmp_path: Path) -> None:
+    assert_clean_error(
+        run_dtq("plugin", "new", "Bad-Name", "--dir", str(tmp_path)), 1, "lowercase identifier"
+    )
+    created = run_dtq("plugin", "new", "greet", "--dir", str(tmp_path))
+    assert created.returncode == 0, created.stderr
+    assert (tmp_path / "dtq-plugin-greet" / "src" / "dtq_plugin_greet" / "__init__.py").exists()
+    assert_clean_error(run_dtq("plugin", "new", "greet", "--dir", str(tmp_path)), 1, "already exists")

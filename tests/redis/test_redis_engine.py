@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
 import redis
-from dtqtest import free_port, running
+from dtqtest import RedisServer, free_port, running
 
 from dtq_core import EngineUnavailable, Queue, Worker
 from dtq_core.engines.redis import Keys
@@ -57,3 +58,19 @@ def test_unreachable_redis_is_reported_with_its_url(namespace: str) -> None:
     assert "cannot reach Redis at redis://:***@127.0.0.1" in message
     assert "hunter2" not in message
     assert "DTQ_URL" in message
+
+
+def test_an_idle_worker_blocks_instead_of_polling(
+    queue: Queue, make_worker: MakeWorker, redis_server: RedisServer
+) -> None:
+    def calls() -> int:
+        stats = redis_server.client.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_blpop", "cmdstat_evalsha"))
+
+    with running(thread_worker(make_worker, poll_s=1.0)):
+        time.sleep(0.5)  # started and idle
+        before = calls()
+        time.sleep(2.0)
+        during = calls() - before
+    # about two 1 s blocking waits, two fetches and a heartbeat: a busy loop would make hundreds
+    assert during <= 12, during
