@@ -99,9 +99,10 @@ def test_installed_packages_come_from_the_venv_not_the_checkout(installed: Path,
         assert path.startswith(str(installed.parent)), path
 
 
-def test_scaffolded_plugin_installs_and_passes_its_own_tests(installed: Path, tmp_path: Path) -> None:
-    """The plugin guide's commands: dtq plugin new, pip install, pytest."""
-    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV", "DTQ_URL"}}
+def test_scaffolded_plugin_installs_and_passes_its_own_tests(
+    installed: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """The plugin guide's commands: dtq plugin new, pip install, pytest, build; then a job to it."""
     subprocess.run([str(installed / "dtq"), "plugin", "new", "greet"], cwd=tmp_path, env=env, check=True)
     root = tmp_path / "dtq-plugin-greet"
     pip = [str(installed / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
@@ -133,6 +134,20 @@ def test_scaffolded_plugin_installs_and_passes_its_own_tests(installed: Path, tm
         check=False,
     )
     assert checked.returncode == 0 and checked.stdout.count("PASSED") == 2, checked.stdout + checked.stderr
+    # the built wheel, installed beside dtq-core, serves jobs named "greet" in a worker process
+    wheel = tmp_path / "dist" / "dtq_plugin_greet-0.1.0-py3-none-any.whl"
+    subprocess.run([*pip, "--force-reinstall", "--no-deps", str(wheel)], cwd=tmp_path, env=env, check=True)
+    dtq = str(installed / "dtq")
+    subprocess.run([dtq, "enqueue", "greet", "--id", "g1", "--data", '{"name": "Ada"}'], env=env, check=True)
+    subprocess.run([dtq, "worker", "--plugins", "greet", "--burst"], cwd=tmp_path, env=env, check=True)
+    result = subprocess.run(
+        [dtq, "result", "g1", "--wait", "--timeout", "10"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(result.stdout) == {"greeting": "Hello, Ada!"}
     listing = subprocess.run(
         [str(installed / "dtq"), "plugins", "--check", "--json", "--plugins", "greet"],
         cwd=tmp_path,

@@ -171,3 +171,14 @@ def test_refused_configuration_is_reported_without_its_values(fake_site: FakeSit
         PluginRegistry(config={"strict": {"api_key": "very-secret-value"}}).get("strict")
     assert "failed to start: ValueError: region is required" in str(caught.value)
     assert "very-secret-value" not in str(caught.value)
+
+
+def test_a_loaded_plugin_changed_on_disk_is_reported(fake_site: FakeSite) -> None:
+    module, upgraded = unique_module(), unique_module()
+    fake_site.add("dtq-plugin-moving", "1.0", {"moving": f"{module}:Good"}, {module: GOOD})
+    registry = PluginRegistry()
+    registry.get("moving")
+    assert registry.changed_since_load() == []
+    info = next(fake_site.root.glob("dtq_plugin_moving-1.0.dist-info"))
+    (info / "entry_points.txt").write_text(f"[dtq.plugins]\nmoving = {upgraded}:Good\n")
+    assert registry.changed_since_load() == ["moving"]
