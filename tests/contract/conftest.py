@@ -1,26 +1,30 @@
 """The engine contract: every test in this folder runs once per engine.
 
-Engines: the Redis engine on the session's private redis-server, and the
-memory engine. An engine passes when the whole folder passes for it.
+Engines: the Redis engine on the session's private redis-server, the memory
+engine, and the SQLite engine on a file of the test's own. An engine passes
+when the whole folder passes for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dtq_core import Engine, Queue, Worker, open_engine
 
-ENGINES = ["redis", "memory"]
+ENGINES = ["redis", "memory", "sqlite"]
 
 
 @pytest.fixture(params=ENGINES)
-def engine_url(request: pytest.FixtureRequest, namespace: str) -> str:
+def engine_url(request: pytest.FixtureRequest, namespace: str, tmp_path: Path) -> str:
     """The URL of the engine under test."""
     if request.param == "redis":
         return str(request.getfixturevalue("redis_url"))
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'dtq.db'}"
     return f"memory://{namespace}"
 
 

@@ -1,0 +1,571 @@
+"""The SQLite engine: durable jobs on one machine, with no server.
+
+``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``. Several
+worker and producer processes on one machine share the file. Every operation is
+one ``BEGIN IMMEDIATE`` transaction in WAL mode: SQLite lets one writer in at a
+time, so each state change is atomic across processes, and a process killed
+mid-transaction leaves the file as it was before it. The semantics are the
+Redis engine's, checked by the same contract tests. Waiting (for a job, or for
+a result) polls the file every few milliseconds, since SQLite has no
+notifications.
+
+Schema (one file can hold several namespaces):
+
+* ``dtq_jobs``: one row per job; ``status``, ``plugin``, ``score`` (queue
+  order), ``due_ms`` (delayed), ``deadline_ms`` and ``token`` (leased) are
+  columns, the rest of the job's bookkeeping is JSON in ``state``, exactly the
+  fields the other engines keep; ``expires_ms`` is set once the job is final.
+* ``dtq_workers``: the worker registry. ``dtq_seq``: the arrival counter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from dtq_core.config import DEFAULT_NAMESPACE
+from dtq_core.engine import (
+    LOST_LEASE,
+    AppendOutcome,
+    Batch,
+    CancelOutcome,
+    Engine,
+    Lease,
+    Outcome,
+    QueueStats,
+    ReleaseOutcome,
+    Renewal,
+    Stats,
+    dead_after_lost_leases,
+    job_from_state,
+)
+from dtq_core.errors import EngineError, EngineUnavailable
+from dtq_core.job import Job, JobStatus
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dtq_jobs (
+    namespace TEXT NOT NULL,
+    id TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    status TEXT NOT NULL,
+    score REAL,
+    due_ms INTEGER,
+    deadline_ms INTEGER,
+    token TEXT,
+    result TEXT,
+    error TEXT,
+    errors TEXT NOT NULL DEFAULT '[]',
+    finished_ms INTEGER,
+    expires_ms INTEGER,
+    PRIMARY KEY (namespace, id)
+);
+CREATE INDEX IF NOT EXISTS dtq_jobs_ready ON dtq_jobs (namespace, plugin, status, score);
+CREATE INDEX IF NOT EXISTS dtq_jobs_due ON dtq_jobs (namespace, plugin, status, due_ms);
+CREATE INDEX IF NOT EXISTS dtq_jobs_expiry ON dtq_jobs (namespace, expires_ms);
+CREATE TABLE IF NOT EXISTS dtq_workers (
+    namespace TEXT NOT NULL,
+    id TEXT NOT NULL,
+    expiry_ms INTEGER NOT NULL,
+    info TEXT NOT NULL,
+    PRIMARY KEY (namespace, id)
+);
+CREATE TABLE IF NOT EXISTS dtq_seq (namespace TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+"""
+
+_LIVE = ("queued", "scheduled", "running")
+_INDEXED = (JobStatus.DEAD.value, JobStatus.FAILED.value)
+_POLL_S = 0.02
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _score(state: Mapping[str, Any]) -> float:
+    return float(-int(state.get("priority", 0)) * 2**40 + int(state["seq"]))
+
+
+class SqliteEngine(Engine):
+    """Jobs in one SQLite file; see the module documentation.
+
+    Args:
+        path: the database file (created if missing).
+        namespace: scopes job ids and queues.
+        busy_timeout_s: how long a transaction waits for another process's.
+        errors_kept: the most attempt errors kept per job.
+        index_cap: the most dead (and failed) jobs kept.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        url: str = "",
+        namespace: str = DEFAULT_NAMESPACE,
+        prefix: str = "dtq",
+        busy_timeout_s: float = 30.0,
+        errors_kept: int = 10,
+        index_cap: int = 10_000,
+    ) -> None:
+        self.path = path
+        self.url = url or f"sqlite:///{path}"
+        self.namespace = f"{prefix}:{namespace}"
+        self.busy_timeout_s = busy_timeout_s
+        self.errors_kept = errors_kept
+        self.index_cap = index_cap
+        self._local = threading.local()
+        try:
+            self._connection().executescript(_SCHEMA)  # executescript manages its own transaction
+        except sqlite3.Error as exc:
+            raise EngineUnavailable(f"cannot set up SQLite database {path}: {exc}") from exc
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SqliteEngine:
+        """``sqlite:///relative.db`` or ``sqlite:////absolute.db``."""
+        path = urllib.parse.urlsplit(url).path[1:]
+        if not path:
+            raise EngineError(
+                f"SQLite URL {url!r} names no file; use sqlite:///dtq.db or sqlite:////abs/dtq.db"
+            )
+        return cls(path, url=url, **options)
+
+    # --- producers -------------------------------------------------------------
+
+    def append(
+        self, job: Job, payload: str, *, delay_s: float = 0.0, eta: datetime | None = None
+    ) -> AppendOutcome:
+        """Create the job unless its id exists."""
+        with self._tx() as db:
+            now = self._expire(db)
+            row = db.execute(
+                "SELECT payload FROM dtq_jobs WHERE namespace = ? AND id = ?", (self.namespace, job.id)
+            ).fetchone()
+            if row is not None:
+                return AppendOutcome.EXISTS if row[0] == payload else AppendOutcome.CONFLICT
+            state: dict[str, Any] = {**job.options(), "seq": self._next_seq(db), "created": now}
+            state.update(attempts=0, lost=0, priority=job.priority)
+            due = int(eta.timestamp() * 1000) if eta is not None else now + int(delay_s * 1000)
+            scheduled = due > now
+            db.execute(
+                "INSERT INTO dtq_jobs (namespace, id, plugin, payload, state, status, score, due_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.namespace,
+                    job.id,
+                    job.plugin,
+                    payload,
+                    json.dumps(state),
+                    "scheduled" if scheduled else "queued",
+                    _score(state),
+                    due if scheduled else None,
+                ),
+            )
+            return AppendOutcome.CREATED
+
+    def get(self, job_id: str) -> Job | None:
+        """The job's record, live or final."""
+        with self._tx() as db:
+            self._expire(db)
+            row = self._row(db, job_id)
+            return None if row is None else _job(row)
+
+    def wait_for_final(self, job_id: str, timeout_s: float) -> Job | None:
+        """Poll until the job is final or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.get(job_id)
+            if job is None or job.status.is_final or time.monotonic() >= deadline:
+                return job
+            time.sleep(min(_POLL_S * 5, max(0.0, deadline - time.monotonic())))
+
+    def cancel(self, job: Job, *, ttl_s: float) -> CancelOutcome:
+        """Cancel at once, or flag a running job."""
+        with self._tx() as db:
+            row = self._row(db, job.id)
+            if row is None:
+                return CancelOutcome.NOT_FOUND
+            if row["status"] == "running":
+                row["state"]["cancel"] = 1
+                self._save(db, row)
+                return CancelOutcome.REQUESTED
+            if row["status"] not in ("queued", "scheduled"):
+                return CancelOutcome.ALREADY_FINAL
+            row["due_ms"] = None
+            self._finish(db, row, "cancelled", ttl_s)
+            return CancelOutcome.CANCELLED
+
+    # --- workers -----------------------------------------------------------------
+
+    def fetch(self, plugins: Sequence[str], *, count: int, lease_s: float, worker_id: str) -> Batch:
+        """Promote due jobs, then take and lease up to ``count``, in one transaction."""
+        with self._tx() as db:
+            now = self._expire(db)
+            marks = ",".join("?" * len(plugins))
+            db.execute(
+                f"UPDATE dtq_jobs SET status = 'queued', due_ms = NULL WHERE namespace = ? "  # noqa: S608
+                f"AND status = 'scheduled' AND due_ms <= ? AND plugin IN ({marks})",
+                (self.namespace, now, *plugins),
+            )
+            leases: list[Lease] = []
+            for plugin in plugins:
+                if len(leases) >= count:
+                    break
+                rows = db.execute(
+                    "SELECT * FROM dtq_jobs WHERE namespace = ? AND plugin = ? AND status = 'queued' "
+                    "ORDER BY score LIMIT ?",
+                    (self.namespace, plugin, count - len(leases)),
+                ).fetchall()
+                leases += [self._lease(db, _decode(r), now, lease_s, worker_id) for r in rows]
+            next_due = db.execute(
+                f"SELECT MIN(due_ms) FROM dtq_jobs WHERE namespace = ? AND status = 'scheduled' "  # noqa: S608
+                f"AND plugin IN ({marks})",
+                (self.namespace, *plugins),
+            ).fetchone()[0]
+            return Batch(leases, None if next_due is None else (next_due - now) / 1000)
+
+    def wait_for_jobs(self, plugins: Sequence[str], timeout_s: float) -> None:
+        """Poll until a job of ``plugins`` is queued (or due), or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        marks = ",".join("?" * len(plugins))
+        query = (
+            f"SELECT 1 FROM dtq_jobs WHERE namespace = ? AND plugin IN ({marks}) AND "  # noqa: S608
+            "(status = 'queued' OR (status = 'scheduled' AND due_ms <= ?)) LIMIT 1"
+        )
+        while time.monotonic() < deadline:
+            with self._tx() as db:
+                if db.execute(query, (self.namespace, *plugins, _now_ms())).fetchone():
+                    return
+            time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+
+    def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
+        """Record an outcome under the lease's token."""
+        with self._tx() as db:
+            row = self._row(db, lease.job.id)
+            if row is None or row["token"] != lease.token:
+                return False
+            if row["status"] != "running":
+                return True  # this attempt was already recorded
+            row["deadline_ms"] = None
+            error = None if outcome.error is None else json.dumps(outcome.error.to_dict())
+            if error is not None:
+                self._add_error(row, error)
+            if outcome.status is JobStatus.SCHEDULED:
+                row.update(status="scheduled", due_ms=_now_ms() + int(outcome.retry_in_s * 1000))
+                self._save(db, row)
+                return True
+            row.update(result=outcome.result_json, error=error)
+            self._finish(db, row, outcome.status.value, ttl_s)
+            return True
+
+    def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:
+        """Extend held leases; report lost ones and cancellation requests."""
+        renewal = Renewal()
+        with self._tx() as db:
+            deadline = _now_ms() + int(lease_s * 1000)
+            for lease in leases:
+                row = self._row(db, lease.job.id)
+                if row is None or row["status"] != "running" or row["token"] != lease.token:
+                    renewal.lost.append(lease.job.id)
+                    continue
+                row["deadline_ms"] = deadline
+                self._save(db, row)
+                if row["state"].get("cancel"):
+                    renewal.cancel.append(lease.job.id)
+        return renewal
+
+    def progress(self, lease: Lease, progress: float | None, message: str | None) -> tuple[bool, bool]:
+        """Record progress under the lease's token."""
+        with self._tx() as db:
+            row = self._row(db, lease.job.id)
+            if row is None or row["status"] != "running" or row["token"] != lease.token:
+                return False, False
+            if progress is not None:
+                row["state"]["progress"] = float(progress)
+            if message:
+                row["state"]["message"] = message
+            self._save(db, row)
+            return True, bool(row["state"].get("cancel"))
+
+    def release(self, lease: Lease, *, lost: bool, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
+        """Give a held job back."""
+        with self._tx() as db:
+            row = self._row(db, lease.job.id)
+            if row is None or row["token"] != lease.token:
+                return ReleaseOutcome.NOT_HELD
+            return self._release(db, row, lost, max_lost_leases, ttl_s)
+
+    def recover(self, plugin: str, *, max_lost_leases: int, ttl_s: float, limit: int = 100) -> int:
+        """Requeue or bury the jobs whose lease expired."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM dtq_jobs WHERE namespace = ? AND plugin = ? AND status = 'running' "
+                "AND deadline_ms <= ? ORDER BY deadline_ms LIMIT ?",
+                (self.namespace, plugin, _now_ms(), limit),
+            ).fetchall()
+            outcomes = [self._release(db, _decode(r), True, max_lost_leases, ttl_s) for r in rows]
+            return sum(1 for outcome in outcomes if outcome is not ReleaseOutcome.NOT_HELD)
+
+    def heartbeat(self, worker_id: str, info: Mapping[str, str], ttl_s: float) -> None:
+        """Register or refresh a worker."""
+        now = _now_ms()
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM dtq_workers WHERE namespace = ? AND expiry_ms <= ?", (self.namespace, now)
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO dtq_workers (namespace, id, expiry_ms, info) VALUES (?, ?, ?, ?)",
+                (
+                    self.namespace,
+                    worker_id,
+                    now + int(ttl_s * 1000),
+                    json.dumps({**info, "last_seen": str(now)}),
+                ),
+            )
+
+    def unregister(self, worker_id: str) -> None:
+        """Drop a worker's registration."""
+        with self._tx() as db:
+            db.execute("DELETE FROM dtq_workers WHERE namespace = ? AND id = ?", (self.namespace, worker_id))
+
+    def workers(self) -> list[dict[str, str]]:
+        """Live workers' descriptions."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, info FROM dtq_workers WHERE namespace = ? AND expiry_ms > ?",
+                (self.namespace, _now_ms()),
+            ).fetchall()
+        return [dict(json.loads(info), id=worker_id) for worker_id, info in rows]
+
+    def stats(self) -> Stats:
+        """Counts per plugin queue and of dead and failed jobs."""
+        with self._tx() as db:
+            self._expire(db)
+            rows = db.execute(
+                "SELECT plugin, status, COUNT(*) FROM dtq_jobs WHERE namespace = ? GROUP BY plugin, status",
+                (self.namespace,),
+            ).fetchall()
+        counts: dict[str, dict[str, int]] = {}
+        for plugin, status, n in rows:
+            counts.setdefault(plugin, {})[status] = n
+        queues = [
+            QueueStats(
+                plugin,
+                waiting=c.get("queued", 0),
+                scheduled=c.get("scheduled", 0),
+                running=c.get("running", 0),
+            )
+            for plugin, c in sorted(counts.items())
+        ]
+        totals = {status: sum(c.get(status, 0) for c in counts.values()) for status in _INDEXED}
+        return Stats(queues=queues, dead=totals["dead"], failed=totals["failed"])
+
+    # --- final jobs --------------------------------------------------------------
+
+    def final_ids(self, status: JobStatus, *, limit: int = 100, offset: int = 0) -> list[str]:
+        """Ids of jobs with ``status`` (dead or failed), newest first."""
+        with self._tx() as db:
+            self._expire(db)
+            rows = db.execute(
+                "SELECT id FROM dtq_jobs WHERE namespace = ? AND status = ? "
+                "ORDER BY finished_ms DESC LIMIT ? OFFSET ?",
+                (self.namespace, status.value, limit, offset),
+            ).fetchall()
+        return [job_id for (job_id,) in rows]
+
+    def requeue(self, job: Job) -> bool:
+        """Bring a final job back to its queue for a fresh set of attempts."""
+        with self._tx() as db:
+            row = self._row(db, job.id)
+            if row is None or row["status"] in _LIVE or row["status"] == "succeeded":
+                return False
+            old = row["state"]
+            keep = ("max_retries", "retry_backoff_s", "timeout_s", "priority", "created")
+            state = {k: old[k] for k in keep if k in old}
+            state.update(attempts=0, lost=0, seq=self._next_seq(db))
+            row.update(state=state, status="queued", score=_score(state), token=None, expires_ms=None)
+            row.update(result=None, error=None, finished_ms=None)
+            self._save(db, row)
+            return True
+
+    def purge(self, status: JobStatus) -> int:
+        """Delete every job with ``status`` (dead or failed)."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "DELETE FROM dtq_jobs WHERE namespace = ? AND status = ?", (self.namespace, status.value)
+            )
+            return int(cursor.rowcount)
+
+    def ping(self) -> None:
+        """Raise :class:`EngineUnavailable` unless the file can be read."""
+        with self._tx() as db:
+            db.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    # --- plumbing ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._connection()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise EngineUnavailable(f"SQLite database {self.path}: {exc}") from exc
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            try:
+                connection = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")  # a committed change survives a power cut
+            except sqlite3.Error as exc:
+                raise EngineUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+            self._local.connection = connection
+        return connection
+
+    def _row(self, db: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
+        row = db.execute(
+            "SELECT * FROM dtq_jobs WHERE namespace = ? AND id = ?", (self.namespace, job_id)
+        ).fetchone()
+        return None if row is None else _decode(row)
+
+    def _save(self, db: sqlite3.Connection, row: Mapping[str, Any]) -> None:
+        db.execute(
+            "UPDATE dtq_jobs SET state = ?, status = ?, score = ?, due_ms = ?, deadline_ms = ?, "
+            "token = ?, result = ?, error = ?, errors = ?, finished_ms = ?, expires_ms = ? "
+            "WHERE namespace = ? AND id = ?",
+            (
+                json.dumps(row["state"]),
+                row["status"],
+                row["score"],
+                row["due_ms"],
+                row["deadline_ms"],
+                row["token"],
+                row["result"],
+                row["error"],
+                json.dumps(row["errors"]),
+                row["finished_ms"],
+                row["expires_ms"],
+                self.namespace,
+                row["id"],
+            ),
+        )
+
+    def _next_seq(self, db: sqlite3.Connection) -> int:
+        db.execute(
+            "INSERT INTO dtq_seq (namespace, seq) VALUES (?, 1) "
+            "ON CONFLICT (namespace) DO UPDATE SET seq = seq + 1",
+            (self.namespace,),
+        )
+        return int(db.execute("SELECT seq FROM dtq_seq WHERE namespace = ?", (self.namespace,)).fetchone()[0])
+
+    def _expire(self, db: sqlite3.Connection) -> int:
+        now = _now_ms()
+        db.execute("DELETE FROM dtq_jobs WHERE namespace = ? AND expires_ms <= ?", (self.namespace, now))
+        return now
+
+    def _lease(
+        self, db: sqlite3.Connection, row: dict[str, Any], now: int, lease_s: float, worker_id: str
+    ) -> Lease:
+        state = row["state"]
+        state["attempts"] = int(state.get("attempts", 0)) + 1
+        state.update(started=now, worker=worker_id)
+        state.pop("progress", None)
+        state.pop("message", None)
+        token = f"{worker_id}/{state['attempts']}"
+        row.update(status="running", token=token, deadline_ms=now + int(lease_s * 1000))
+        self._save(db, row)
+        return Lease(_job(row), token=token)
+
+    def _release(
+        self, db: sqlite3.Connection, row: dict[str, Any], lost: bool, max_lost: int, ttl_s: float
+    ) -> ReleaseOutcome:
+        if row["status"] != "running":
+            return ReleaseOutcome.NOT_HELD
+        state = row["state"]
+        row.update(token=None, deadline_ms=None)
+        if lost:
+            state["lost"] = int(state.get("lost", 0)) + 1
+            self._add_error(row, json.dumps(LOST_LEASE.to_dict()))
+        if state.get("cancel"):
+            self._finish(db, row, "cancelled", ttl_s)
+            return ReleaseOutcome.CANCELLED
+        if state["lost"] >= max_lost:
+            row["error"] = json.dumps(dead_after_lost_leases(max_lost).to_dict())
+            self._finish(db, row, "dead", ttl_s)
+            return ReleaseOutcome.DEAD
+        row["status"] = "queued"
+        self._save(db, row)
+        return ReleaseOutcome.REQUEUED
+
+    def _finish(self, db: sqlite3.Connection, row: dict[str, Any], status: str, ttl_s: float) -> None:
+        now = _now_ms()
+        row["state"]["finished"] = now
+        # The token stays on the final row, so a retried complete is recognised.
+        row.update(status=status, finished_ms=now, expires_ms=now + int(ttl_s * 1000))
+        self._save(db, row)
+        if status in _INDEXED:
+            # Keep at most index_cap jobs of this status: the oldest go first.
+            db.execute(
+                "DELETE FROM dtq_jobs WHERE namespace = ? AND status = ? AND id NOT IN "
+                "(SELECT id FROM dtq_jobs WHERE namespace = ? AND status = ? "
+                "ORDER BY finished_ms DESC LIMIT ?)",
+                (self.namespace, status, self.namespace, status, self.index_cap),
+            )
+
+    def _add_error(self, row: dict[str, Any], error_json: str) -> None:
+        row["errors"] = [*row["errors"], error_json][-self.errors_kept :]
+
+
+_COLUMNS = (
+    "namespace",
+    "id",
+    "plugin",
+    "payload",
+    "state",
+    "status",
+    "score",
+    "due_ms",
+    "deadline_ms",
+    "token",
+    "result",
+    "error",
+    "errors",
+    "finished_ms",
+    "expires_ms",
+)
+
+
+def _decode(row: Sequence[Any]) -> dict[str, Any]:
+    decoded = dict(zip(_COLUMNS, row, strict=True))
+    decoded["state"] = json.loads(decoded["state"])
+    decoded["errors"] = json.loads(decoded["errors"])
+    return decoded
+
+
+def _job(row: Mapping[str, Any]) -> Job:
+    state = {**row["state"], "status": row["status"], "due": row["due_ms"]}
+    return job_from_state(row["id"], row["payload"], state, row["result"], row["error"], row["errors"])

@@ -1,0 +1,56 @@
+"""The SQLite engine with several real worker processes on one file, one of them killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from dtqtest import dtq_command, wait_for
+
+from dtq_core import JobStatus, Queue
+
+
+def test_worker_processes_share_one_file_and_a_killed_one_loses_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'dtq.db'}"
+    env = dict(os.environ, DTQ_URL=url, DTQ_NAMESPACE="procs")
+    ids = [f"j{i}" for i in range(40)]
+    with Queue(["test_only"], url, namespace="procs") as queue:
+        # a long job that stops when cancelled (thread mode cannot kill it)
+        queue.enqueue("test_only", {"action": "progress", "steps": 3000, "interval": 0.01}, id="long")
+        for job_id in ids:
+            queue.enqueue("test_only", {"action": "duplicate_text", "text": job_id}, id=job_id)
+        command = [
+            *dtq_command(),
+            "worker",
+            "--plugins",
+            "test_only",
+            "--lease",
+            "1",
+            "-c",
+            "2",
+            "--mode",
+            "thread",
+        ]
+        victim = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+        wait_for(lambda: (j := queue.get("long")) is not None and j.status is JobStatus.RUNNING)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        workers = [
+            subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.DEVNULL) for _ in range(3)
+        ]
+        try:
+            results = [queue.result(job_id, timeout=60) for job_id in ids]
+            assert results == [job_id * 2 for job_id in ids]
+            assert queue.cancel("long").value in ("requested", "cancelled")
+            wait_for(lambda: (j := queue.get("long")) is not None and j.status.is_final, timeout=30)
+        finally:
+            for worker in workers:
+                worker.terminate()
+            for worker in workers:
+                assert worker.wait(30) == 0
+        jobs = [queue.get(job_id) for job_id in ids]
+        assert all(job is not None and job.attempts == 1 for job in jobs)  # each ran once
+        long = queue.get("long")
+        assert long is not None and long.lost_leases == 1  # the killed worker's lease was recovered
