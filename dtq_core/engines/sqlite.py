@@ -173,8 +173,7 @@ class SqliteEngine(Engine):
 
     def get(self, job_id: str) -> Job | None:
         """The job's record, live or final."""
-        with self._tx() as db:
-            self._expire(db)
+        with self._tx(write=False) as db:
             row = self._row(db, job_id)
             return None if row is None else _job(row)
 
@@ -241,7 +240,7 @@ class SqliteEngine(Engine):
             "(status = 'queued' OR (status = 'scheduled' AND due_ms <= ?)) LIMIT 1"
         )
         while time.monotonic() < deadline:
-            with self._tx() as db:
+            with self._tx(write=False) as db:
                 if db.execute(query, (self.namespace, *plugins, _now_ms())).fetchone():
                     return
             time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
@@ -338,7 +337,7 @@ class SqliteEngine(Engine):
 
     def workers(self) -> list[dict[str, str]]:
         """Live workers' descriptions."""
-        with self._tx() as db:
+        with self._tx(write=False) as db:
             rows = db.execute(
                 "SELECT id, info FROM dtq_workers WHERE namespace = ? AND expiry_ms > ?",
                 (self.namespace, _now_ms()),
@@ -347,11 +346,11 @@ class SqliteEngine(Engine):
 
     def stats(self) -> Stats:
         """Counts per plugin queue and of dead and failed jobs."""
-        with self._tx() as db:
-            self._expire(db)
+        with self._tx(write=False) as db:
             rows = db.execute(
-                "SELECT plugin, status, COUNT(*) FROM dtq_jobs WHERE namespace = ? GROUP BY plugin, status",
-                (self.namespace,),
+                "SELECT plugin, status, COUNT(*) FROM dtq_jobs WHERE namespace = ? "
+                "AND (expires_ms IS NULL OR expires_ms > ?) GROUP BY plugin, status",
+                (self.namespace, _now_ms()),
             ).fetchall()
         counts: dict[str, dict[str, int]] = {}
         for plugin, status, n in rows:
@@ -372,12 +371,11 @@ class SqliteEngine(Engine):
 
     def final_ids(self, status: JobStatus, *, limit: int = 100, offset: int = 0) -> list[str]:
         """Ids of jobs with ``status`` (dead or failed), newest first."""
-        with self._tx() as db:
-            self._expire(db)
+        with self._tx(write=False) as db:
             rows = db.execute(
-                "SELECT id FROM dtq_jobs WHERE namespace = ? AND status = ? "
+                "SELECT id FROM dtq_jobs WHERE namespace = ? AND status = ? AND expires_ms > ? "
                 "ORDER BY finished_ms DESC LIMIT ? OFFSET ?",
-                (self.namespace, status.value, limit, offset),
+                (self.namespace, status.value, _now_ms(), limit, offset),
             ).fetchall()
         return [job_id for (job_id,) in rows]
 
@@ -406,7 +404,7 @@ class SqliteEngine(Engine):
 
     def ping(self) -> None:
         """Raise :class:`EngineUnavailable` unless the file can be read."""
-        with self._tx() as db:
+        with self._tx(write=False) as db:
             db.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
@@ -419,10 +417,12 @@ class SqliteEngine(Engine):
     # --- plumbing ------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        # Writers take the write lock up front (BEGIN IMMEDIATE), so a
+        # read-then-write never fails half way; readers do not block anyone (WAL).
         db = self._connection()
         try:
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield db
             db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
@@ -447,8 +447,11 @@ class SqliteEngine(Engine):
         return connection
 
     def _row(self, db: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
+        """The job's row, unless its record has expired."""
         row = db.execute(
-            "SELECT * FROM dtq_jobs WHERE namespace = ? AND id = ?", (self.namespace, job_id)
+            "SELECT * FROM dtq_jobs WHERE namespace = ? AND id = ? "
+            "AND (expires_ms IS NULL OR expires_ms > ?)",
+            (self.namespace, job_id, _now_ms()),
         ).fetchone()
         return None if row is None else _decode(row)
 
