@@ -193,7 +193,8 @@ class Worker:
     # --- the loop ----------------------------------------------------------------
 
     def _run(self, *, burst: bool) -> list[Job]:
-        pool = _Pool(self, self.concurrency, self._make_runner)
+        # Only a burst returns its jobs: a long-running worker must not keep them all.
+        pool = _Pool(self, self.concurrency, self._make_runner, keep_finished=burst)
         grace = self.grace_s
         try:
             with _Heartbeat(self):
@@ -462,9 +463,12 @@ def _log_outcome(job: Job, outcome: Outcome, stored: bool, duration_s: float) ->
 class _Pool:
     """``size`` slot threads, each with its own runner, fed one lease at a time."""
 
-    def __init__(self, worker: Worker, size: int, make_runner: Callable[[], Runner]) -> None:
+    def __init__(
+        self, worker: Worker, size: int, make_runner: Callable[[], Runner], *, keep_finished: bool
+    ) -> None:
         self.worker = worker
         self.size = size
+        self.keep_finished = keep_finished
         self.finished: list[Job] = []
         self._work: queue_module.SimpleQueue[Lease | None] = queue_module.SimpleQueue()
         self._free = threading.Semaphore(size)
@@ -524,7 +528,9 @@ class _Pool:
     def _slot(self, runner: Runner) -> None:
         while (lease := self._work.get()) is not None:
             try:
-                self.finished.append(self.worker.execute(runner, lease))
+                job = self.worker.execute(runner, lease)
+                if self.keep_finished:
+                    self.finished.append(job)
             except DtqError as exc:
                 log.error("job %s: could not record its outcome: %s", lease.job.id, exc)
             except Exception:
