@@ -205,6 +205,7 @@ class Worker:
         finally:
             pool.shutdown(grace, before_kill=self._hand_back)
             self._unregister()
+            self._stopping.clear()  # a stopped worker can be run again
         return pool.finished
 
     def _dispatch(self, pool: _Pool, burst: bool) -> None:
