@@ -21,24 +21,19 @@ def test_worker_processes_share_one_file_and_a_killed_one_loses_nothing(tmp_path
         queue.enqueue("test_only", {"action": "progress", "steps": 3000, "interval": 0.01}, id="long")
         for job_id in ids:
             queue.enqueue("test_only", {"action": "duplicate_text", "text": job_id}, id=job_id)
-        command = [
-            *dtq_command(),
-            "worker",
-            "--plugins",
-            "test_only",
-            "--lease",
-            "1",
-            "-c",
-            "2",
-            "--mode",
-            "thread",
-        ]
-        victim = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+        command = [*dtq_command(), "worker", "--plugins", "test_only", "--mode", "thread"]
+        # The victim has one slot, so the only job it holds is "long" (the first
+        # queued), and a short lease, so that job comes back fast. The others have
+        # a long lease: a loaded machine must not expire a live lease (a second run).
+        victim = subprocess.Popen(
+            [*command, "--lease", "1", "-c", "1"], env=env, cwd=tmp_path, stderr=subprocess.DEVNULL
+        )
         wait_for(lambda: (j := queue.get("long")) is not None and j.status is JobStatus.RUNNING)
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(10)
+        others = [*command, "--lease", "10", "-c", "2"]
         workers = [
-            subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.DEVNULL) for _ in range(3)
+            subprocess.Popen(others, env=env, cwd=tmp_path, stderr=subprocess.DEVNULL) for _ in range(3)
         ]
         try:
             results = [queue.result(job_id, timeout=60) for job_id in ids]
@@ -50,7 +45,7 @@ def test_worker_processes_share_one_file_and_a_killed_one_loses_nothing(tmp_path
                 worker.terminate()
             for worker in workers:
                 assert worker.wait(30) == 0
-        jobs = [queue.get(job_id) for job_id in ids]
-        assert all(job is not None and job.attempts == 1 for job in jobs)  # each ran once
+        attempts = {job_id: job.attempts for job_id in ids if (job := queue.get(job_id)) is not None}
+        assert attempts == dict.fromkeys(ids, 1)  # each ran once
         long = queue.get("long")
         assert long is not None and long.lost_leases == 1  # the killed worker's lease was recovered
