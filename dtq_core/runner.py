@@ -135,7 +135,19 @@ class ProcessRunner:
     def run(self, control: Control, limit_s: float | None) -> Attempt | None:
         """Run the job in the child; None when the child died (the lease is then lost)."""
         conn = self._ensure_child()
-        _send(conn, {"op": "run", "job": control.lease.job.to_dict()})
+        try:
+            _send(conn, {"op": "run", "job": control.lease.job.to_dict()})
+            return self._supervise(conn, control, limit_s)
+        except (OSError, ValueError):
+            self.abort()  # the pipe broke: the child is gone
+            return None
+        except BaseException:
+            # Anything else (the engine down while serving a request, a bug): the
+            # child may still be busy with this job, so it must not get the next one.
+            self.abort()
+            raise
+
+    def _supervise(self, conn: Connection, control: Control, limit_s: float | None) -> Attempt | None:
         handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "progress": functools.partial(self._on_progress, control),
             "poll": lambda _msg: {"cancel": control.should_stop},
