@@ -104,11 +104,11 @@ class ThreadRunner:
         self.engine = engine
         self.queue = queue
 
-    def run(self, control: Control, limit_s: float | None) -> Attempt | None:
+    def run(self, control: Control, limit_s: float | None, plugin: Plugin) -> Attempt | None:
         """Run the job; the result is discarded if it finished past its time limit."""
         job = control.lease.job
         caller = LocalCaller(control, self.engine, self.queue)
-        attempt = call_plugin(self.registry.get(job.plugin), job, caller)
+        attempt = call_plugin(plugin, job, caller)
         if control.cancel.is_set() and attempt.ending is not Ending.OK:
             return stopped_by_cancel()
         if limit_s is not None and control.deadline is not None and time.monotonic() > control.deadline:
@@ -132,8 +132,8 @@ class ProcessRunner:
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
 
-    def run(self, control: Control, limit_s: float | None) -> Attempt | None:
-        """Run the job in the child; None when the child died (the lease is then lost)."""
+    def run(self, control: Control, limit_s: float | None, plugin: Plugin) -> Attempt | None:
+        """Run the job in the child (which loads ``plugin`` itself); None when the child died."""
         conn = self._ensure_child()
         try:
             _send(conn, {"op": "run", "job": control.lease.job.to_dict()})

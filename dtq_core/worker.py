@@ -346,7 +346,7 @@ class Worker:
         with self._in_hand_lock:
             self._in_hand[job.id] = control
         try:
-            attempt = runner.run(control, limit)
+            attempt = runner.run(control, limit, plugin)
         finally:
             with self._in_hand_lock:
                 self._in_hand.pop(job.id, None)

@@ -11,6 +11,7 @@ process: use it for unit tests of plugins and applications, never in production.
 from __future__ import annotations
 
 import bisect
+import heapq
 import json
 import threading
 import time
@@ -71,6 +72,8 @@ class _Space:
     index: dict[str, dict[str, int]] = attrs.field(factory=dict)
     workers: dict[str, tuple[int, dict[str, str]]] = attrs.field(factory=dict)
     plugins: set[str] = attrs.field(factory=set)
+    #: heap of (expiry ms, id) of final records, so expiry never scans every job
+    expiring: list[tuple[int, str]] = attrs.field(factory=list)
     seq: int = 0
 
 
@@ -448,6 +451,7 @@ class MemoryEngine(Engine):
         now = _now_ms()
         record.state.update(status=status, finished=now)
         record.expires_ms = now + int(ttl_s * 1000)
+        heapq.heappush(space.expiring, (record.expires_ms, job_id))
         if status in (s.value for s in _INDEXED):
             index = space.index.setdefault(status, {})
             index[job_id] = now
@@ -462,9 +466,11 @@ class MemoryEngine(Engine):
 
     def _expire(self, space: _Space) -> None:
         now = _now_ms()
-        for job_id in [
-            i for i, r in space.records.items() if r.expires_ms is not None and r.expires_ms <= now
-        ]:
+        while space.expiring and space.expiring[0][0] <= now:
+            expiry, job_id = heapq.heappop(space.expiring)
+            record = space.records.get(job_id)
+            if record is None or record.expires_ms != expiry:
+                continue  # requeued, purged or finished again since
             del space.records[job_id]
             space.errors.pop(job_id, None)
             for index in space.index.values():
