@@ -272,14 +272,13 @@ class PluginRegistry:
             return attrs.evolve(row, status="import error", error=str(exc))
         return attrs.evolve(row, api_version=plugin.api_version, description=plugin.description)
 
-    def loaded(self) -> dict[str, Plugin]:
-        """The plugins created so far, by name."""
-        with self._lock:
-            return dict(self._instances)
-
     def changed_since_load(self) -> list[str]:
-        """Loaded plugins whose installed distribution changed since (a restart is needed)."""
-        fresh = installed(self.group)
+        """Loaded plugins whose installed distribution changed since (a restart is needed).
+
+        Reads installed metadata afresh (it refreshes the registry's scan).
+        """
+        self.refresh()
+        fresh = self._scan()
         return [
             name
             for name, info in self._loaded_from.items()

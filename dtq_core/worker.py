@@ -280,8 +280,7 @@ class Worker:
 
     def _rescan_plugins(self) -> None:
         self._next_rescan = time.monotonic() + self.rescan_s
-        self.registry.refresh()
-        for name in self.registry.changed_since_load():
+        for name in self.registry.changed_since_load():  # also refreshes the registry's scan
             log.warning(
                 "plugin %s changed on disk since this worker loaded it; restart the worker to run "
                 "the new code (it keeps running the loaded one)",
@@ -289,14 +288,9 @@ class Worker:
             )
         if self.registry.allow is not None:
             return
-        for name in sorted(set(self.registry.names()) - set(self.plugins)):
-            try:
-                self.registry.get(name)
-            except PluginError as exc:
-                log.error("not serving newly installed %s: %s", name, exc)
-            else:
-                log.info("now serving newly installed plugin %s", name)
-                self.plugins.append(name)
+        for name in self._load_reporting_failures(sorted(set(self.registry.names()) - set(self.plugins))):
+            log.info("now serving newly installed plugin %s", name)
+            self.plugins.append(name)
 
     def _recover(self) -> None:
         for plugin in self.plugins:
@@ -386,6 +380,17 @@ class Worker:
             for name in names:
                 self.registry.get(name)  # an explicitly named plugin must load: fail fast
             return names
+        loadable = self._load_reporting_failures(names)
+        if not loadable:
+            raise PluginError(
+                "no installed plugin loads, so there is nothing to serve; install one "
+                "(pip install dtq-plugin-...) and check it with `dtq plugins`",
+                plugin="",
+            )
+        return loadable
+
+    def _load_reporting_failures(self, names: Iterable[str]) -> list[str]:
+        """The names whose plugin loads; the others are logged and left unserved."""
         loadable = []
         for name in names:
             try:
@@ -394,12 +399,6 @@ class Worker:
                 log.error("not serving %s: %s", name, exc)
             else:
                 loadable.append(name)
-        if not loadable:
-            raise PluginError(
-                "no installed plugin loads, so there is nothing to serve; install one "
-                "(pip install dtq-plugin-...) and check it with `dtq plugins`",
-                plugin="",
-            )
         return loadable
 
     def _install_signal_handlers(self) -> Callable[[], None]:
