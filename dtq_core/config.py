@@ -35,14 +35,26 @@ def namespace_from_env(namespace: str | None = None) -> str:
     return namespace or os.environ.get("DTQ_NAMESPACE") or DEFAULT_NAMESPACE
 
 
+#: URL query options whose values are secrets.
+SECRET_OPTIONS = ("password", "sentinel_password", "ssl_password", "token")
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe to log or print."""
+    """The URL with every password (in the user part or the query) replaced by ``***``.
+
+    Works on host lists (``redis+cluster://:pw@a:1,b:2``), which ``urllib`` cannot
+    parse a port from.
+    """
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    query = "&".join(
+        f"{name}=***" if name in SECRET_OPTIONS else f"{name}={value}"
+        for name, _, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    # Built by hand: urlunsplit drops the empty host of sqlite:///file.
+    return f"{parts.scheme}://{netloc}{parts.path}{'?' if query else ''}{query}"

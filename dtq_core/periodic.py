@@ -124,8 +124,8 @@ class PeriodicScheduler:
         if len(set(names)) != len(names):
             raise InvalidJob(f"periodic names must be unique, got {names}")
         for schedule in schedules:
-            queue.registry.check_allowed(schedule.plugin)
-            parse_job(schedule.job(datetime.now(timezone.utc)))  # refuse a bad schedule at start
+            # Refuse at start a schedule whose jobs the queue would refuse at every tick.
+            queue.check(parse_job(schedule.job(datetime.now(timezone.utc))))
         self.schedules = list(schedules)
         self.queue = queue
         self._checked_until = since or datetime.now(timezone.utc) - timedelta(seconds=catch_up_s)

@@ -249,7 +249,12 @@ class Queue:
         )
         return [job for job in jobs if job is not None and job.status is status]
 
-    def _append(self, job: Job, delay_s: float = 0.0, eta: datetime | None = None) -> Job:
+    def check(self, job: Job) -> str:
+        """Refuse ``job`` as :meth:`append` would, without appending it; return its encoded payload.
+
+        Raises:
+            PluginNotAllowed, UnknownPlugin, ValidationError, PayloadTooLarge: as for ``append``.
+        """
         self.registry.check_allowed(job.plugin)
         self._validate(job)
         payload = encode_payload(job)
@@ -260,6 +265,10 @@ class Queue:
                 f"{self.max_payload_bytes} (max_payload_bytes); keep large inputs elsewhere "
                 "(a file, a database, object storage) and put their location in data"
             )
+        return payload
+
+    def _append(self, job: Job, delay_s: float = 0.0, eta: datetime | None = None) -> Job:
+        payload = self.check(job)
         outcome = self.engine.append(job, payload, delay_s=delay_s, eta=eta)
         if outcome is AppendOutcome.CONFLICT:
             raise DuplicateJob(

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
+import random
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
+
+from dtq_core.testing import running, wait_for
+
+__all__ = [
+    "FakeSite",
+    "RedisClusterServers",
+    "RedisServer",
+    "dtq_command",
+    "free_port",
+    "running",
+    "unique_module",
+    "wait_for",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,14 +38,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster-bus partner (port + 10000) is free too and still a valid port."""
+    for _ in range(1000):
+        port = random.randrange(20000, 55000)
+        if all(_is_free(p) for p in (port, port + 10000)):
+            return port
+    pytest.fail("no free pair of ports for a cluster node")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 class RedisServer:
     """A redis-server process of the test session's own."""
 
-    def __init__(self, directory: Path, *extra: str) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed: apt-get install -y redis-server")
-        self.port = free_port()
+    def __init__(self, directory: Path, *extra: str, port: int | None = None) -> None:
+        binary = _redis_server()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         args = [
             binary,
@@ -73,23 +99,110 @@ class RedisServer:
         self.process.wait(10)
 
 
+class RedisClusterServers:
+    """Three redis-server processes in cluster mode, joined into one cluster of three masters."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        self.servers = []
+        for n in range(masters):
+            node_dir = directory / f"node{n}"
+            node_dir.mkdir()
+            self.servers.append(
+                RedisServer(
+                    node_dir,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "5000",
+                    port=free_cluster_port(),
+                )
+            )
+        addresses = [f"127.0.0.1:{server.port}" for server in self.servers]
+        created = subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if created.returncode != 0:
+            self.stop()
+            pytest.fail(f"redis-cli --cluster create failed: {created.stdout}{created.stderr}")
+        self.url = f"redis+cluster://{','.join(addresses)}"
+        wait_for(self._ready, timeout=30)
+
+    def _ready(self) -> bool:
+        return all("cluster_state:ok" in s.client.execute_command("CLUSTER", "INFO") for s in self.servers)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+class RedisSentinelSet:
+    """A master, two replicas and one sentinel watching them (quorum 1), all on loopback."""
+
+    service = "dtqmaster"
+
+    def __init__(self, directory: Path) -> None:
+        self.master = RedisServer(_mkdir(directory / "master"))
+        self.replicas = [
+            RedisServer(_mkdir(directory / f"replica{n}"), "--replicaof", "127.0.0.1", str(self.master.port))
+            for n in range(2)
+        ]
+        config = directory / "sentinel.conf"  # the sentinel rewrites it: it must be its own file
+        config.write_text(
+            f"port {free_port()}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            f"sentinel failover-timeout {self.service} 10000\n"
+        )
+        self.sentinel_port = int(config.read_text().split()[1])
+        self.sentinel = subprocess.Popen(
+            [_redis_server(), str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        self.sentinel_client = redis.Redis(port=self.sentinel_port, decode_responses=True)
+        self.url = f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.service}"
+        wait_for(self._watching_both_replicas, timeout=30)
+
+    def _watching_both_replicas(self) -> bool:
+        try:
+            replicas = self.sentinel_client.sentinel_slaves(self.service)
+        except redis.ConnectionError:
+            return False
+        up = [r for r in replicas if "s_down" not in r["flags"] and r.get("master-link-status") == "ok"]
+        return len(up) == len(self.replicas)
+
+    def master_port(self) -> int:
+        return int(self.sentinel_client.sentinel_get_master_addr_by_name(self.service)[1])
+
+    def stop(self) -> None:
+        self.sentinel_client.close()
+        self.sentinel.terminate()
+        self.sentinel.wait(10)
+        for server in [self.master, *self.replicas]:
+            if server.process.poll() is None:
+                server.stop()
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
+def _redis_server() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: apt-get install -y redis-server")
+    return binary
+
+
 def dtq_command() -> list[str]:
     """The installed ``dtq`` console script of the interpreter running the tests."""
     script = Path(sys.executable).parent / "dtq"
     if not script.exists():
         pytest.fail(f"the dtq console script is not installed next to {sys.executable}")
     return [str(script)]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"condition not met within {timeout} s")
 
 
 class FakeSite:
@@ -117,16 +230,3 @@ class FakeSite:
 def unique_module(prefix: str = "fakeplugin") -> str:
     """A module name no other test has imported."""
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-
-@contextlib.contextmanager
-def running(worker: Any) -> Iterator[Any]:
-    """Run ``worker.work()`` in a thread for the duration of the block, then stop it."""
-    thread = threading.Thread(target=worker.work, name="test-worker", daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(30)
-        assert not thread.is_alive(), "the worker did not stop within 30 s"

@@ -250,3 +250,19 @@ def test_an_engine_from_another_distribution_is_chosen_by_its_url_scheme(
         check=False,
     )
     assert unknown.returncode == 1 and "no engine named 'nosuch' is installed" in unknown.stderr
+    # The engine guide's last step: dtq's contract suite, from the installed wheel, against it.
+    subprocess.run([*pip, "pytest>=8"], cwd=tmp_path, env=env, check=True)
+    contract = subprocess.run(
+        [
+            *(str(installed / "python"), "-m", "pytest", "--pyargs", "dtq_core.testing.contract"),
+            *("--dtq-url", "mystore://contract", "-q", "-p", "no:cacheprovider"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=400,
+    )
+    assert contract.returncode == 0, contract.stdout[-3000:] + contract.stderr[-2000:]
+    assert "\n52 passed" in contract.stdout, contract.stdout[-500:]

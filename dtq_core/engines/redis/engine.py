@@ -15,8 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
+from redis.cluster import RedisCluster
 
 from dtq_core.config import DEFAULT_NAMESPACE, DEFAULT_PREFIX, mask_url
 from dtq_core.engine import (
@@ -34,6 +33,7 @@ from dtq_core.engine import (
     dead_after_lost_leases,
     job_from_state,
 )
+from dtq_core.engines.redis.connect import Client, connect, engine_options
 from dtq_core.engines.redis.keys import Keys
 from dtq_core.errors import EngineError, EngineUnavailable
 from dtq_core.job import Job, JobStatus
@@ -50,6 +50,8 @@ _SCRIPTS = (
     "requeue",
     "heartbeat",
 )
+#: A script's name, KEYS and ARGV.
+_ScriptCall = tuple[str, list[str], list[str | int]]
 #: Final statuses whose ids are kept in an index, for listing and requeueing.
 INDEXED = (JobStatus.DEAD, JobStatus.FAILED)
 _RELEASED = {
@@ -79,11 +81,16 @@ class RedisEngine(Engine):
             timeout so a silent server is noticed.
         index_cap: the most ids kept in the dead and the failed index.
         errors_kept: the most attempt errors kept per job.
+        wait_replicas: when above 0, an append or a completion is acknowledged
+            only once that many replicas hold it (Redis ``WAIT``), so a failover
+            to a replica cannot lose it; otherwise it raises
+            :class:`EngineUnavailable` and may be retried with the same id.
+        wait_timeout_s: the longest wait for those replicas.
     """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
         url: str = "redis://",
         prefix: str = DEFAULT_PREFIX,
@@ -92,6 +99,8 @@ class RedisEngine(Engine):
         block_s: float = 5.0,
         index_cap: int = 10_000,
         errors_kept: int = 10,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 2.0,
     ) -> None:
         self.client = client
         self.url = url
@@ -100,6 +109,10 @@ class RedisEngine(Engine):
         self.block_s = block_s
         self.index_cap = index_cap
         self.errors_kept = errors_kept
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_s = wait_timeout_s
+        if wait_replicas and isinstance(client, RedisCluster):
+            raise EngineError("wait_replicas is not supported on Redis Cluster; leave it at 0 there")
         self._scripts = {name: client.register_script(_lua(name)) for name in _SCRIPTS}
 
     @classmethod
@@ -112,28 +125,19 @@ class RedisEngine(Engine):
         retries: int = 3,
         **options: Any,
     ) -> RedisEngine:
-        """Connect to ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+        """Connect to ``url``: one server, a Cluster or a Sentinel-watched master (see :mod:`.connect`).
 
         The client retries a failed command ``retries`` times with jittered
         exponential backoff (up to about a second between tries), so a Redis
         restart is ridden out instead of surfacing as an error; workers add their
         own backoff on top. ``options`` go to :class:`RedisEngine`.
         """
-        try:
-            client = redis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_timeout=socket_timeout_s,
-                socket_connect_timeout=connect_timeout_s,
-                socket_keepalive=True,
-                health_check_interval=15,
-                retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries),
-                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            )
-        except ValueError as exc:
-            raise EngineError(f"bad Redis URL {mask_url(url)!r}: {exc}") from exc
+        redis_url, from_query = engine_options(url)
+        client = connect(
+            redis_url, socket_timeout_s=socket_timeout_s, connect_timeout_s=connect_timeout_s, retries=retries
+        )
         block_s = max(0.5, min(5.0, socket_timeout_s - 1.0))
-        return cls(client, url=url, block_s=block_s, **options)
+        return cls(client, url=url, block_s=block_s, **{**from_query, **options})
 
     # --- producer side ---------------------------------------------------------
 
@@ -155,7 +159,7 @@ class RedisEngine(Engine):
             p,
         ]
         with self._talking():
-            reply = self._scripts["append"](keys, args)
+            reply = self._write("append", keys, args, f"job {job.id!r} was stored on the master")
         if int(reply[0]):
             return AppendOutcome.CREATED
         return AppendOutcome.EXISTS if int(reply[1]) else AppendOutcome.CONFLICT
@@ -244,7 +248,7 @@ class RedisEngine(Engine):
             self.errors_kept,
         ]
         with self._talking():
-            return bool(self._scripts["complete"](keys, args))
+            return bool(self._write("complete", keys, args, f"the outcome of job {job.id!r} was stored"))
 
     def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:
         """Extend the leases, one script call per plugin, all in one round trip."""
@@ -253,12 +257,12 @@ class RedisEngine(Engine):
             by_plugin.setdefault(lease.job.plugin, []).extend([lease.job.id, lease.token])
         if not by_plugin:
             return Renewal()
+        calls: list[_ScriptCall] = [
+            ("renew", [self.keys.state, self.keys.active(plugin)], [int(lease_s * 1000), *pairs])
+            for plugin, pairs in by_plugin.items()
+        ]
         with self._talking():
-            pipe = self.client.pipeline(transaction=False)
-            for plugin, pairs in by_plugin.items():
-                keys = [self.keys.state, self.keys.active(plugin)]
-                self._scripts["renew"](keys, [int(lease_s * 1000), *pairs], client=pipe)
-            replies = pipe.execute()
+            replies = self._run_scripts(calls)
         renewal = Renewal()
         for flat in replies:
             for job_id, what in zip(flat[::2], flat[1::2], strict=True):
@@ -274,10 +278,9 @@ class RedisEngine(Engine):
 
     def release(self, lease: Lease, *, lost: bool, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
         """Give a held job back (see ``release.lua``)."""
+        call = self._release(lease.job.plugin, lease.job.id, lease.token, lost, max_lost_leases, ttl_s)
         with self._talking():
-            pipe = self.client.pipeline(transaction=False)
-            self._release(pipe, lease.job.plugin, lease.job.id, lease.token, lost, max_lost_leases, ttl_s)
-            [reply] = pipe.execute()
+            [reply] = self._run_scripts([call])
         return _RELEASED[int(reply)]
 
     def recover(self, plugin: str, *, max_lost_leases: int, ttl_s: float, limit: int = 100) -> int:
@@ -286,14 +289,12 @@ class RedisEngine(Engine):
             expired = self._scripts["expired"]([self.keys.active(plugin)], [limit])
             if not expired:
                 return 0
-            pipe = self.client.pipeline(transaction=False)
-            for job_id in expired:
-                self._release(pipe, plugin, job_id, "", True, max_lost_leases, ttl_s)
-            return sum(1 for reply in pipe.execute() if int(reply))
+            calls = [self._release(plugin, job_id, "", True, max_lost_leases, ttl_s) for job_id in expired]
+            return sum(1 for reply in self._run_scripts(calls) if int(reply))
 
     def _release(
-        self, pipe: Any, plugin: str, job_id: str, token: str, lost: bool, max_lost: int, ttl_s: float
-    ) -> None:
+        self, plugin: str, job_id: str, token: str, lost: bool, max_lost: int, ttl_s: float
+    ) -> _ScriptCall:
         k = self.keys
         keys = [
             k.jobs,
@@ -318,7 +319,7 @@ class RedisEngine(Engine):
             self.errors_kept,
             json.dumps(dead_after_lost_leases(max_lost).to_dict()),
         ]
-        self._scripts["release"](keys, args, client=pipe)
+        return ("release", keys, args)
 
     def cancel(self, job: Job, *, ttl_s: float) -> CancelOutcome:
         """Cancel a job now, or ask its worker to stop it (see ``cancel.lua``)."""
@@ -424,6 +425,32 @@ class RedisEngine(Engine):
         """Close the client's connections."""
         self.client.close()
 
+    def _write(self, name: str, keys: list[str], args: list[str | int], what: str) -> Any:
+        """Run a script; with ``wait_replicas``, return only once enough replicas hold its writes."""
+        if self.wait_replicas <= 0:
+            return self._scripts[name](keys, args)
+        # WAIT counts the writes of its own connection: send both down one pipeline.
+        pipe = self.client.pipeline(transaction=False)
+        self._scripts[name](keys, args, client=pipe)
+        pipe.wait(self.wait_replicas, int(self.wait_timeout_s * 1000))
+        reply, acked = pipe.execute()
+        if int(acked) < self.wait_replicas:
+            raise EngineUnavailable(
+                f"{what} but reached only {acked} of {self.wait_replicas} replicas within "
+                f"{self.wait_timeout_s} s (wait_replicas), so a failover could lose it; retrying with "
+                "the same job id is safe. Check the replicas' health (INFO replication)"
+            )
+        return reply
+
+    def _run_scripts(self, calls: Sequence[_ScriptCall]) -> list[Any]:
+        """Run script calls in one round trip; one by one on a cluster, whose pipelines refuse scripts."""
+        if isinstance(self.client, RedisCluster):
+            return [self._scripts[name](keys, args) for name, keys, args in calls]
+        pipe = self.client.pipeline(transaction=False)
+        for name, keys, args in calls:
+            self._scripts[name](keys, args, client=pipe)
+        return pipe.execute()
+
     @contextlib.contextmanager
     def _talking(self) -> Iterator[None]:
         try:
@@ -452,7 +479,7 @@ def _check_indexed(status: JobStatus) -> None:
         raise ValueError(f"only {', '.join(s.value for s in INDEXED)} jobs are indexed, not {status.value}")
 
 
-def _server_ms(client: redis.Redis) -> int:
+def _server_ms(client: Client) -> int:
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
 

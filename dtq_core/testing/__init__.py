@@ -12,19 +12,27 @@ Fixtures:
   of their own whose keys are deleted afterwards.
 * ``dtq_namespace``: a namespace no other test uses.
 * ``dtq_queue``: a :class:`~dtq_core.Queue` on that engine (no allow-list).
+* ``dtq_engine``: the :class:`~dtq_core.Engine` itself, on that URL and namespace.
+* ``dtq_make_worker``: ``dtq_make_worker(**options)`` makes a
+  :class:`~dtq_core.Worker` on the engine, closed after the test.
 * ``dtq_run``: ``dtq_run(plugin, data, *, config=None, mode="thread",
   timeout_s=30, **options)`` appends one job and runs it through a real
   worker in the test process until it is final (retries included); returns
   the final :class:`~dtq_core.Job`.
 
-Assertions (plain functions, usable anywhere): :func:`assert_succeeded`,
-:func:`assert_failed`, :func:`check_plugin_installed`.
+Assertions and helpers (plain functions, usable anywhere): :func:`assert_succeeded`,
+:func:`assert_failed`, :func:`check_plugin_installed`, :func:`wait_for`, :func:`running`.
+
+Engine authors: :mod:`dtq_core.testing.contract` is the suite every engine must pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -32,7 +40,8 @@ from typing import Any
 import pytest
 import redis
 
-from dtq_core.engines.redis import Keys
+from dtq_core.engine import Engine, open_engine
+from dtq_core.engines.redis import RedisEngine
 from dtq_core.job import Job, JobStatus
 from dtq_core.plugin import PluginRegistry, PluginStatus
 from dtq_core.queue import Queue
@@ -89,6 +98,30 @@ def check_plugin_installed(name: str) -> PluginStatus:
     if bad:
         raise AssertionError(f"plugin {name!r} is {bad[0].status}: {bad[0].error}")
     return rows[0]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
+    """Call ``predicate`` until it returns something truthy, and return that; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"condition not met within {timeout} s")
+
+
+@contextlib.contextmanager
+def running(worker: Worker) -> Iterator[Worker]:
+    """Run ``worker.work()`` in a thread for the duration of the block, then stop it."""
+    thread = threading.Thread(target=worker.work, name="test-worker", daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(30)
+        assert not thread.is_alive(), "the worker did not stop within 30 s"
 
 
 def run_job(
@@ -161,6 +194,33 @@ def dtq_queue(dtq_url: str, dtq_namespace: str) -> Iterator[Queue]:
 
 
 @pytest.fixture
+def dtq_engine(dtq_url: str, dtq_namespace: str) -> Iterator[Engine]:
+    """The engine itself, opened on the test's URL and namespace."""
+    engine = open_engine(dtq_url, namespace=dtq_namespace)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def dtq_make_worker(dtq_url: str, dtq_namespace: str) -> Iterator[Callable[..., Worker]]:
+    """``dtq_make_worker(**options)``: a :class:`~dtq_core.Worker` on the test's engine, closed after.
+
+    It serves the ``test_only`` plugin unless ``options`` name others.
+    """
+    made: list[Worker] = []
+
+    def make(**options: Any) -> Worker:
+        options.setdefault("plugins", ["test_only"])
+        worker = Worker(url=dtq_url, namespace=dtq_namespace, **options)
+        made.append(worker)
+        return worker
+
+    yield make
+    for worker in made:
+        worker.close()
+
+
+@pytest.fixture
 def dtq_run(dtq_url: str, dtq_namespace: str) -> Callable[..., Job]:
     """Run one job through a real worker in the test process; see :func:`run_job`."""
 
@@ -171,13 +231,15 @@ def dtq_run(dtq_url: str, dtq_namespace: str) -> Callable[..., Job]:
 
 
 def _delete_namespace(url: str, namespace: str) -> None:
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        return  # memory stores vanish with the process
-    client = redis.Redis.from_url(url)
+    if urllib.parse.urlsplit(url).scheme.partition("+")[0] not in ("redis", "rediss", "unix"):
+        return  # memory stores vanish with the process; SQLite files with the test's directory
+    engine = open_engine(url, namespace=namespace, retries=0)
+    assert isinstance(engine, RedisEngine)
     try:
-        for key in client.scan_iter(match=f"{Keys(namespace=namespace).base}:*"):
-            client.delete(key)
+        # A cluster client scans every primary; the keys all share one slot anyway.
+        for key in engine.client.scan_iter(match=f"{engine.keys.base}:*"):
+            engine.client.delete(key)
     except redis.RedisError:
         pass  # the server is gone: the test has already said so
     finally:
-        client.close()
+        engine.close()

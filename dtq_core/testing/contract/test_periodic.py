@@ -8,15 +8,15 @@ from datetime import datetime, timezone
 
 import pytest
 
-from dtq_core import InvalidJob, JobStatus, Periodic, Queue, Worker
+from dtq_core import InvalidJob, JobStatus, Periodic, PluginNotAllowed, Queue, UnknownPlugin, Worker
 from dtq_core.periodic import PeriodicScheduler
 
 START = datetime(2026, 1, 1, 0, 0, tzinfo=timezone.utc)
 EVERY_5 = Periodic("report", "*/5 * * * *", "test_only", {"action": "echo"})
 
 
-def test_ticks_become_jobs_with_the_tick_in_the_id(queue: Queue) -> None:
-    scheduler = PeriodicScheduler([EVERY_5], queue, since=START)
+def test_ticks_become_jobs_with_the_tick_in_the_id(dtq_queue: Queue) -> None:
+    scheduler = PeriodicScheduler([EVERY_5], dtq_queue, since=START)
     jobs = scheduler.run_due(now=datetime(2026, 1, 1, 0, 12, tzinfo=timezone.utc))
     assert [job.id for job in jobs] == [
         "periodic:report@2026-01-01T00:05:00Z",
@@ -26,9 +26,9 @@ def test_ticks_become_jobs_with_the_tick_in_the_id(queue: Queue) -> None:
 
 
 def test_each_tick_is_enqueued_once_however_many_workers_race(
-    queue: Queue,
+    dtq_queue: Queue,
 ) -> None:
-    schedulers = [PeriodicScheduler([EVERY_5], queue, since=START) for _ in range(6)]
+    schedulers = [PeriodicScheduler([EVERY_5], dtq_queue, since=START) for _ in range(6)]
     now = datetime(2026, 1, 1, 1, 0, tzinfo=timezone.utc)
     barrier = threading.Barrier(len(schedulers))
 
@@ -41,15 +41,15 @@ def test_each_tick_is_enqueued_once_however_many_workers_race(
         thread.start()
     for thread in threads:
         thread.join()
-    [counts] = queue.stats().queues
+    [counts] = dtq_queue.stats().queues
     assert counts.waiting == 12  # 00:05 ... 01:00
 
 
 def test_worker_enqueues_the_current_tick_and_runs_it(
-    queue: Queue, make_worker: Callable[..., Worker]
+    dtq_queue: Queue, dtq_make_worker: Callable[..., Worker]
 ) -> None:
     every_minute = Periodic("minutely", "* * * * *", "test_only", {"action": "echo"})
-    workers = [make_worker(mode="thread", periodic=[every_minute]) for _ in range(3)]
+    workers = [dtq_make_worker(mode="thread", periodic=[every_minute]) for _ in range(3)]
     done = [job for worker in workers for job in worker.get_jobs()]
     # The tick of the last minute (two, if a minute turned while the workers
     # started), each once for three workers.
@@ -57,16 +57,21 @@ def test_worker_enqueues_the_current_tick_and_runs_it(
     assert len({job.id for job in done}) == len(done)
     for job in done:
         assert job.id.startswith("periodic:minutely@") and job.status is JobStatus.SUCCEEDED
-        stored = queue.get(job.id)
+        stored = dtq_queue.get(job.id)
         assert stored is not None and stored.attempts == 1
 
 
-def test_bad_schedules_are_refused_at_start(queue: Queue) -> None:
+def test_bad_schedules_are_refused_at_start(dtq_queue: Queue, dtq_url: str, dtq_namespace: str) -> None:
     with pytest.raises(InvalidJob, match="bad cron expression"):
         Periodic("x", "61 * * * *", "test_only")
     with pytest.raises(InvalidJob, match="must be unique"):
-        PeriodicScheduler([EVERY_5, EVERY_5], queue)
+        PeriodicScheduler([EVERY_5, EVERY_5], dtq_queue)
     with pytest.raises(InvalidJob, match="must be a dict"):
         Periodic("y", "* * * * *", "test_only", "no")  # type: ignore[arg-type]
-    with pytest.raises(Exception, match="not on the allow-list"):
-        PeriodicScheduler([Periodic("z", "* * * * *", "elsewhere")], queue)
+    with (
+        Queue(["test_only"], dtq_url, namespace=dtq_namespace) as allow_listed,
+        pytest.raises(PluginNotAllowed, match="not on the allow-list"),
+    ):
+        PeriodicScheduler([Periodic("z", "* * * * *", "elsewhere")], allow_listed)
+    with pytest.raises(UnknownPlugin, match="no plugin named 'elsewhere'"):
+        PeriodicScheduler([Periodic("z", "* * * * *", "elsewhere")], dtq_queue)

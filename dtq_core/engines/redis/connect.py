@@ -1,0 +1,169 @@
+"""Turning an engine URL into a redis-py client: one server, a Cluster, or a Sentinel-watched master.
+
+URL forms (options after ``?`` go to redis-py's connections, e.g. ``ssl_ca_certs``):
+
+* ``redis://[[user]:password@]host:port/db``, ``rediss://...`` (TLS), ``unix:///path.sock``
+* ``redis+cluster://[[user]:password@]host:port[,host:port...]`` (``rediss+cluster://`` for TLS):
+  any reachable nodes; the client learns the rest from the cluster.
+* ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``
+  (``rediss+sentinel://`` for TLS to the master): the sentinels to ask; ``service`` is the
+  name the sentinels monitor. The password is the master's; a password for the sentinels
+  themselves goes in ``?sentinel_password=``.
+
+dtq's own options may go in the query too: ``wait_replicas`` and ``wait_timeout_s``
+(see :class:`~dtq_core.engines.redis.RedisEngine`).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from dtq_core.config import mask_url
+from dtq_core.errors import EngineError
+
+#: A client for one server (or a Sentinel-managed master), or a cluster client.
+Client = redis.Redis | RedisCluster
+
+#: URL query options that redis-py would not understand as strings.
+_NUMBERS = ("db", "socket_timeout", "socket_connect_timeout", "health_check_interval")
+
+
+def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, retries: int) -> Client:
+    """A client for ``url``, set to retry a dropped connection ``retries`` times with jittered backoff.
+
+    Raises:
+        EngineError: the URL is malformed; the message says what is wrong.
+    """
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": connect_timeout_s,
+        "socket_keepalive": True,
+        "retry": Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries),
+    }
+    scheme = urllib.parse.urlsplit(url).scheme
+    try:
+        if scheme.endswith("+cluster"):
+            return _cluster(url, common)
+        if scheme.endswith("+sentinel"):
+            return _sentinel(url, common)
+        return redis.Redis.from_url(
+            url,
+            health_check_interval=15,
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            **common,
+        )
+    except (ValueError, TypeError) as exc:
+        raise EngineError(f"bad Redis URL {mask_url(url)!r}: {exc}") from exc
+
+
+#: Query options meant for the engine, not for redis-py, with their types.
+ENGINE_OPTIONS = {"wait_replicas": int, "wait_timeout_s": float}
+
+
+def engine_options(url: str) -> tuple[str, dict[str, Any]]:
+    """Split dtq's own options (:data:`ENGINE_OPTIONS`) off the URL's query.
+
+    Raises:
+        EngineError: an option's value is not a number.
+    """
+    parts = urllib.parse.urlsplit(url)
+    kept, options = [], {}
+    for name, value in urllib.parse.parse_qsl(parts.query):
+        if name not in ENGINE_OPTIONS:
+            kept.append((name, value))
+            continue
+        try:
+            options[name] = ENGINE_OPTIONS[name](value)
+        except ValueError:
+            raise EngineError(
+                f"bad Redis URL {mask_url(url)!r}: {name} must be a number, not {value!r}"
+            ) from None
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept))), options
+
+
+def _cluster(url: str, common: dict[str, Any]) -> RedisCluster:
+    parts = urllib.parse.urlsplit(url)
+    nodes = [ClusterNode(host, port) for host, port in _hosts(parts)]  # type: ignore[no-untyped-call]
+    options = _query(parts)
+    if parts.scheme.startswith("rediss"):
+        options["ssl"] = True
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=_unquote(parts.username),
+        password=_unquote(_password(parts)),
+        **common,
+        **options,
+    )
+
+
+def _sentinel(url: str, common: dict[str, Any]) -> redis.Redis:
+    parts = urllib.parse.urlsplit(url)
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("name the monitored service in the path, e.g. redis+sentinel://host:26379/mymaster")
+    service, db = path[0], int(path[1]) if len(path) > 1 else 0
+    options = _query(parts)
+    sentinel_kwargs = {
+        "password": options.pop("sentinel_password", None),
+        "username": options.pop("sentinel_username", None),
+        "socket_timeout": common["socket_timeout"],
+        "socket_connect_timeout": common["socket_connect_timeout"],
+        "decode_responses": True,
+    }
+    if parts.scheme.startswith("rediss"):
+        options["ssl"] = True
+    sentinel = Sentinel(_hosts(parts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    # The pool asks the sentinels for the master on every new connection, so a
+    # retried command after a failover reaches the promoted replica.
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        service,
+        db=db,
+        username=_unquote(parts.username),
+        password=_unquote(_password(parts)),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        **common,
+        **options,
+    )
+    return client
+
+
+def _hosts(parts: urllib.parse.SplitResult) -> list[tuple[str, int]]:
+    hosts = parts.netloc.rpartition("@")[2]
+    if not hosts:
+        raise ValueError("no host given; expected host:port[,host:port...]")
+    found = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{item!r} is not host:port")
+        found.append((host.strip("[]"), int(port)))
+    return found
+
+
+def _password(parts: urllib.parse.SplitResult) -> str | None:
+    # SplitResult.password parses the port too, which fails on a host list.
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return None
+    return userinfo.partition(":")[2]
+
+
+def _query(parts: urllib.parse.SplitResult) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for name, value in urllib.parse.parse_qsl(parts.query):
+        options[name] = float(value) if name in _NUMBERS else value
+    if "db" in options:
+        options["db"] = int(options["db"])
+    return options
+
+
+def _unquote(text: str | None) -> str | None:
+    return None if text is None else urllib.parse.unquote(text)

@@ -1,0 +1,130 @@
+"""The worker and the dtq_engine's lease operations, in one process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from dtq_core import Engine, JobStatus, Outcome, Queue, Worker
+
+
+def test_failing_plugin_marks_the_job_failed_and_the_worker_carries_on(
+    dtq_queue: Queue, dtq_make_worker: Callable[..., Worker]
+) -> None:
+    dtq_queue.enqueue("test_only", {"action": "fail", "message": "kaput"}, id="bad")
+    dtq_queue.enqueue("test_only", {"action": "duplicate_text", "text": "ok"}, id="good")
+    done = {job.id: job for job in dtq_make_worker().get_jobs()}
+    assert done["bad"].status is JobStatus.FAILED
+    assert done["good"].result == "okok"
+    stored = dtq_queue.get("bad")
+    assert stored is not None and stored.error is not None
+    assert (stored.status, stored.error.type, stored.error.message) == (
+        JobStatus.FAILED,
+        "RuntimeError",
+        "kaput",
+    )
+    assert "Traceback" in stored.error.traceback and "_fail" in stored.error.traceback
+
+
+def test_echo_returns_the_data_as_result(dtq_queue: Queue, dtq_make_worker: Callable[..., Worker]) -> None:
+    data = {"action": "echo", "nested": {"list": [1, 2.5, None, True, "é"]}}
+    dtq_queue.enqueue("test_only", data, id="e")
+    dtq_make_worker().get_jobs()
+    assert dtq_queue.result("e", timeout=5) == data
+
+
+def test_worker_only_takes_jobs_of_plugins_it_serves(
+    dtq_url: str, dtq_namespace: str, dtq_make_worker: Callable[..., Worker]
+) -> None:
+    with Queue(["test_only", "elsewhere"], dtq_url, namespace=dtq_namespace) as dtq_queue:
+        dtq_queue.enqueue("elsewhere", {"x": 1}, id="foreign")
+        dtq_queue.enqueue("test_only", {"action": "echo"}, id="mine")
+        assert [job.id for job in dtq_make_worker().get_jobs()] == ["mine"]
+        foreign = dtq_queue.get("foreign")
+        assert foreign is not None and foreign.status is JobStatus.QUEUED
+
+
+def test_worker_refuses_to_start_when_a_named_plugin_does_not_load(dtq_url: str, dtq_namespace: str) -> None:
+    with pytest.raises(Exception) as caught:
+        Worker(["test_only", "missing_plugin"], dtq_url, namespace=dtq_namespace)
+    assert "no plugin named 'missing_plugin' is installed" in str(caught.value)
+
+
+def test_completion_with_a_lost_lease_is_rejected(dtq_queue: Queue, dtq_engine: Engine) -> None:
+    """A stale worker cannot overwrite the result of the job's new owner (fencing)."""
+    dtq_queue.enqueue("test_only", {"action": "echo"}, id="contested")
+    [stale] = dtq_engine.fetch(["test_only"], count=1, lease_s=0.05, worker_id="stale").leases
+    time.sleep(0.1)
+    assert dtq_engine.recover("test_only", max_lost_leases=3, ttl_s=60) == 1
+    [owner] = dtq_engine.fetch(["test_only"], count=1, lease_s=30, worker_id="owner").leases
+    assert owner.token != stale.token
+    assert dtq_engine.renew([stale], 30).lost == ["contested"]
+    assert not dtq_engine.complete(stale, Outcome(JobStatus.SUCCEEDED, result_json='"stale"'), ttl_s=60)
+    assert dtq_engine.complete(owner, Outcome(JobStatus.SUCCEEDED, result_json='"owner"'), ttl_s=60)
+    assert not dtq_engine.complete(stale, Outcome(JobStatus.SUCCEEDED, result_json='"stale"'), ttl_s=60)
+    final = dtq_queue.get("contested")
+    assert final is not None
+    assert (final.result, final.attempts, final.lost_leases) == ("owner", 2, 1)
+
+
+def test_repeated_completion_by_the_holder_is_idempotent(dtq_queue: Queue, dtq_engine: Engine) -> None:
+    dtq_queue.enqueue("test_only", {"action": "echo"}, id="twice")
+    [lease] = dtq_engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases
+    assert dtq_engine.complete(lease, Outcome(JobStatus.SUCCEEDED, result_json="1"), ttl_s=60)
+    assert dtq_engine.complete(lease, Outcome(JobStatus.SUCCEEDED, result_json="2"), ttl_s=60)
+    assert dtq_queue.result("twice", timeout=1) == 1
+
+
+def test_unexpired_leases_are_not_recovered(dtq_queue: Queue, dtq_engine: Engine) -> None:
+    dtq_queue.enqueue("test_only", {"action": "echo"}, id="held")
+    assert len(dtq_engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases) == 1
+    assert dtq_engine.recover("test_only", max_lost_leases=3, ttl_s=60) == 0
+    assert dtq_engine.fetch(["test_only"], count=1, lease_s=30, worker_id="other").leases == []
+
+
+def test_job_that_keeps_losing_its_lease_ends_dead(dtq_queue: Queue, dtq_engine: Engine) -> None:
+    dtq_queue.enqueue("test_only", {"action": "echo"}, id="poison")
+    for _ in range(3):
+        assert len(dtq_engine.fetch(["test_only"], count=1, lease_s=0.01, worker_id="w").leases) == 1
+        time.sleep(0.03)
+        dtq_engine.recover("test_only", max_lost_leases=3, ttl_s=60)
+    dead = dtq_queue.get("poison")
+    assert dead is not None and dead.error is not None
+    assert (dead.status, dead.lost_leases, dead.error.type) == (JobStatus.DEAD, 3, "LeaseLost")
+    assert "lost its lease 3 times" in dead.error.message
+    assert dtq_engine.fetch(["test_only"], count=1, lease_s=1, worker_id="w").leases == []
+    [counts] = dtq_engine.stats().queues
+    assert (counts.waiting, counts.scheduled, counts.running) == (0, 0, 0)
+
+
+def test_heartbeat_keeps_a_job_longer_than_three_leases_with_its_worker(
+    dtq_queue: Queue, dtq_make_worker: Callable[..., Worker]
+) -> None:
+    dtq_queue.enqueue("test_only", {"action": "sleep", "seconds": 1.2}, id="long")
+    busy = dtq_make_worker(lease_s=0.3)
+    thread = threading.Thread(target=busy.get_jobs)
+    thread.start()
+    rival = dtq_make_worker(lease_s=0.3)
+    taken = []
+    deadline = time.monotonic() + 1.1
+    while time.monotonic() < deadline:  # a rival keeps trying to take it
+        taken += rival.get_jobs()
+        time.sleep(0.05)
+    thread.join()
+    assert taken == []
+    final = dtq_queue.get("long")
+    assert final is not None
+    assert (final.status, final.attempts, final.lost_leases) == (JobStatus.SUCCEEDED, 1, 0)
+
+
+def test_get_jobs_recovers_expired_leases_first(
+    dtq_queue: Queue, dtq_engine: Engine, dtq_make_worker: Callable[..., Worker]
+) -> None:
+    dtq_queue.enqueue("test_only", {"action": "duplicate_text", "text": "x"}, id="orphan")
+    assert len(dtq_engine.fetch(["test_only"], count=1, lease_s=0.01, worker_id="dead-worker").leases) == 1
+    time.sleep(0.03)
+    [job] = dtq_make_worker().get_jobs()
+    assert (job.id, job.result, job.attempts) == ("orphan", "xx", 2)

@@ -1,0 +1,113 @@
+"""The Redis engine on a real three-master Redis Cluster (the contract suite runs there too).
+
+These tests check what is particular to a cluster: a namespace's keys share one
+slot (so every script is single-slot), namespaces spread over the masters, and
+scripts come back after a node forgets them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from dtqtest import RedisClusterServers
+
+from dtq_core import JobStatus, Queue, ReleaseOutcome, Worker, open_engine
+from dtq_core.engines.redis import RedisEngine
+
+
+def cluster_queue(cluster: RedisClusterServers, namespace: str) -> Queue:
+    return Queue(["test_only"], cluster.url, namespace=namespace)
+
+
+def run_mixed_jobs(cluster: RedisClusterServers, namespace: str) -> None:
+    """Succeeded, failed, scheduled, dead and cancelled jobs, and a registered worker."""
+    with cluster_queue(cluster, namespace) as queue:
+        queue.enqueue("test_only", {"action": "echo"}, id="ok")
+        queue.enqueue("test_only", {"action": "fail"}, id="bad", max_retries=0)
+        queue.enqueue("test_only", {"action": "permanent"}, id="permanent")
+        queue.enqueue("test_only", {"action": "echo"}, id="dead", priority=100)
+        [lease] = queue.engine.fetch(["test_only"], count=1, lease_s=60, worker_id="lost").leases
+        assert queue.engine.release(lease, lost=True, max_lost_leases=1, ttl_s=60) is ReleaseOutcome.DEAD
+        queue.enqueue("test_only", {"action": "echo"}, id="later", delay_s=3600)
+        queue.enqueue("test_only", {"action": "echo"}, id="cancelled", delay_s=3600)
+        queue.cancel("cancelled")
+        worker = Worker(["test_only"], cluster.url, namespace=namespace, mode="thread")
+        try:
+            worker.engine.heartbeat("cluster-test-worker", {"host": "test"}, 60)
+            statuses = {job.id: job.status for job in worker.get_jobs()}
+        finally:
+            worker.close()
+        assert statuses == {"ok": JobStatus.SUCCEEDED, "bad": JobStatus.FAILED, "permanent": JobStatus.FAILED}
+        assert [job.id for job in queue.dead()] == ["dead"]
+        assert queue.result("ok", timeout=5) == {"action": "echo"}
+
+
+@pytest.fixture
+def namespaces(redis_cluster: RedisClusterServers) -> Iterator[list[str]]:
+    made: list[str] = []
+    yield made
+    for namespace in made:
+        engine = open_engine(redis_cluster.url, namespace=namespace)
+        assert isinstance(engine, RedisEngine)
+        for key in engine.client.scan_iter(match=f"{engine.keys.base}:*"):
+            engine.client.delete(key)
+        engine.close()
+
+
+def test_every_key_of_a_namespace_is_in_one_slot_on_one_master(
+    redis_cluster: RedisClusterServers, namespaces: list[str]
+) -> None:
+    namespace = f"c-{uuid.uuid4().hex[:8]}"
+    namespaces.append(namespace)
+    run_mixed_jobs(redis_cluster, namespace)
+    found = {server.port: server.client.keys(f"dtq:{{{namespace}}}:*") for server in redis_cluster.servers}
+    holders = [port for port, keys in found.items() if keys]
+    assert len(holders) == 1, f"the namespace's keys are spread over {holders}"
+    keys = found[holders[0]]
+    assert len(keys) >= 8  # jobs, state, ready, active, scheduled, done:*, index, plugins, workers...
+    slots = {redis_cluster.servers[0].client.execute_command("CLUSTER", "KEYSLOT", key) for key in keys}
+    assert len(slots) == 1
+
+
+def test_namespaces_on_different_masters_each_work(
+    redis_cluster: RedisClusterServers, namespaces: list[str]
+) -> None:
+    engine = open_engine(redis_cluster.url)
+    assert isinstance(engine, RedisEngine)
+    by_master: dict[str, str] = {}
+    try:
+        # Pick one namespace per master: a namespace's slot decides its master.
+        while len(by_master) < len(redis_cluster.servers):
+            namespace = f"c-{uuid.uuid4().hex[:8]}"
+            slot = engine.client.keyslot(f"dtq:{{{namespace}}}:jobs")
+            master = engine.client.nodes_manager.get_node_from_slot(slot).name
+            by_master.setdefault(master, namespace)
+    finally:
+        engine.close()
+    namespaces.extend(by_master.values())
+    for namespace in by_master.values():
+        run_mixed_jobs(redis_cluster, namespace)
+
+
+def test_scripts_are_loaded_again_after_every_node_forgets_them(
+    redis_cluster: RedisClusterServers, namespaces: list[str]
+) -> None:
+    namespace = f"c-{uuid.uuid4().hex[:8]}"
+    namespaces.append(namespace)
+    with cluster_queue(redis_cluster, namespace) as queue:
+        queue.enqueue("test_only", {"action": "echo"}, id="before")
+        for server in redis_cluster.servers:
+            server.client.script_flush()
+        queue.enqueue("test_only", {"action": "echo"}, id="after")
+        worker = Worker(["test_only"], redis_cluster.url, namespace=namespace, mode="thread")
+        try:
+            assert sorted(job.id for job in worker.get_jobs()) == ["after", "before"]
+        finally:
+            worker.close()
+
+
+def test_a_cluster_refuses_wait_replicas_with_a_clear_error(redis_cluster: RedisClusterServers) -> None:
+    with pytest.raises(Exception, match="wait_replicas is not supported on Redis Cluster"):
+        open_engine(f"{redis_cluster.url}?wait_replicas=1")

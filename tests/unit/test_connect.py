@@ -1,0 +1,58 @@
+"""Engine URLs: parsing, dtq's own query options, and masking secrets (no server needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dtq_core import EngineError
+from dtq_core.config import mask_url
+from dtq_core.engines.redis.connect import connect, engine_options
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+        (
+            "rediss://app:s3cret@host:6380/1?ssl_ca_certs=/ca.pem",
+            "rediss://app:***@host:6380/1?ssl_ca_certs=/ca.pem",
+        ),
+        ("redis+cluster://app:s3cret@a:7000,b:7001", "redis+cluster://app:***@a:7000,b:7001"),
+        (
+            "redis+sentinel://a:26379,b:26379/main?sentinel_password=s3cret&db=2",
+            "redis+sentinel://a:26379,b:26379/main?sentinel_password=***&db=2",
+        ),
+        ("redis://host:6379/0?password=s3cret", "redis://host:6379/0?password=***"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("sqlite:///dtq.db", "sqlite:///dtq.db"),
+    ],
+)
+def test_mask_url_hides_every_password(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+    assert "s3cret" not in mask_url(url)
+
+
+def test_engine_options_are_split_off_the_query() -> None:
+    url, options = engine_options("redis+sentinel://a:1/m?wait_replicas=1&db=3&wait_timeout_s=0.5")
+    assert url == "redis+sentinel://a:1/m?db=3"
+    assert options == {"wait_replicas": 1, "wait_timeout_s": 0.5}
+
+
+def test_a_non_numeric_engine_option_is_refused_with_its_name() -> None:
+    with pytest.raises(EngineError, match="wait_replicas must be a number, not 'all'"):
+        engine_options("redis://:pw@h:1/0?wait_replicas=all")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis+cluster://", "no host given"),
+        ("redis+cluster://a:7000,b", "'b' is not host:port"),
+        ("redis+sentinel://a:26379", "name the monitored service in the path"),
+        ("redis+sentinel://:pw@a:x/main", "'a:x' is not host:port"),
+    ],
+)
+def test_malformed_cluster_and_sentinel_urls_say_what_is_wrong(url: str, message: str) -> None:
+    with pytest.raises(EngineError, match=message) as caught:
+        connect(url, socket_timeout_s=1, connect_timeout_s=1, retries=0)
+    assert "pw" not in str(caught.value)
