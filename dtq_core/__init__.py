@@ -10,12 +10,16 @@ Applications append jobs with :class:`Queue`; workers process them with
 """
 
 from dtq_core.caller import Caller
+from dtq_core.config import Settings
 from dtq_core.engine import (
     AppendOutcome,
     Batch,
     CancelOutcome,
     Engine,
+    Event,
+    EventType,
     Lease,
+    MinuteCounts,
     Outcome,
     QueueStats,
     ReleaseOutcome,
@@ -25,6 +29,7 @@ from dtq_core.engine import (
 )
 from dtq_core.errors import (
     Cancelled,
+    ConfigError,
     DtqError,
     DuplicateJob,
     DuplicatePlugin,
@@ -59,6 +64,7 @@ __all__ = [
     "Caller",
     "CancelOutcome",
     "Cancelled",
+    "ConfigError",
     "DtqError",
     "DuplicateJob",
     "DuplicatePlugin",
@@ -66,12 +72,15 @@ __all__ = [
     "EngineError",
     "EngineUnavailable",
     "ErrorInfo",
+    "Event",
+    "EventType",
     "InvalidJob",
     "Job",
     "JobFailed",
     "JobNotFound",
     "JobStatus",
     "Lease",
+    "MinuteCounts",
     "Outcome",
     "PayloadTooLarge",
     "Periodic",
@@ -88,6 +97,7 @@ __all__ = [
     "ResultTimeout",
     "Retry",
     "RetryPolicy",
+    "Settings",
     "Stats",
     "UnknownEngine",
     "UnknownPlugin",

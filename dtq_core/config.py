@@ -1,13 +1,30 @@
-"""Defaults and the small pieces of configuration shared by the queue, worker and CLI.
+"""Settings: every default of Queue, Worker and engines, and where each value came from.
 
-Every default here can be overridden by a constructor argument; the URL also by
-the ``DTQ_URL`` environment variable.
+A value is taken from, in order: the constructor argument (or command-line
+option), the ``DTQ_<NAME>`` environment variable, the config file, the
+default. The config file is ``$DTQ_CONFIG`` if set, else ``dtq.toml`` in the
+working directory, else the ``[tool.dtq]`` table of ``pyproject.toml`` there.
+
+In the file, settings are top-level keys; ``[engine]`` holds engine attributes
+(``wait_replicas``, ``signal_cap``...) and ``[plugin.NAME]`` one plugin's
+settings. In the environment they are ``DTQ_ENGINE__<ATTR>`` and
+``DTQ_PLUGIN__<NAME>__<KEY>`` (values parsed as JSON when they parse, else
+kept as text). Plugin settings may hold secrets: they are never shown.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import tomllib
+
+from dtq_core.errors import ConfigError
 
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_NAMESPACE = "default"
@@ -18,21 +35,245 @@ DEFAULT_LEASE_S = 30.0
 #: How many times a job may lose its lease (its worker died) before it is dead.
 DEFAULT_MAX_LOST_LEASES = 3
 #: How long a succeeded job's record and result are kept.
-DEFAULT_RESULT_TTL_S = 24 * 3600
+DEFAULT_RESULT_TTL_S = 24 * 3600.0
 #: How long a failed or dead job's record is kept.
-DEFAULT_FAILURE_TTL_S = 7 * 24 * 3600
+DEFAULT_FAILURE_TTL_S = 7 * 24 * 3600.0
 #: Largest encoded payload accepted by ``append``.
 DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024
+
+_ENV_PREFIX = "DTQ_"
+_TABLES = ("engine", "plugin")
+
+
+@attrs.frozen
+class Settings:
+    """Every setting of a queue and a worker, resolved; build it with :meth:`load`.
+
+    Attributes are documented where they are used (:class:`~dtq_core.Queue`,
+    :class:`~dtq_core.Worker`); ``sources`` says where each came from
+    (``default``, ``argument``, ``env DTQ_...`` or the file's path).
+    """
+
+    url: str = DEFAULT_URL
+    namespace: str = DEFAULT_NAMESPACE
+    prefix: str = DEFAULT_PREFIX
+    plugins: tuple[str, ...] | None = None
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    result_ttl_s: float = DEFAULT_RESULT_TTL_S
+    failure_ttl_s: float = DEFAULT_FAILURE_TTL_S
+    concurrency: int = 1
+    mode: str = "process"
+    lease_s: float = DEFAULT_LEASE_S
+    heartbeat_s: float | None = None
+    max_lost_leases: int = DEFAULT_MAX_LOST_LEASES
+    grace_s: float = 30.0
+    poll_s: float = 1.0
+    rescan_s: float = 30.0
+    log_format: str = "text"
+    metrics_port: int | None = None
+    engine: Mapping[str, Any] = attrs.field(factory=dict)
+    plugin: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    sources: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
+
+    @classmethod
+    def load(
+        cls,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Settings:
+        """Resolve every setting: ``arguments`` (None values ignored), environment, file, default.
+
+        Raises:
+            ConfigError: a value has the wrong type, a name is unknown, or the file is unreadable.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        file_values, file_name = _read_file(environ, cwd or Path.cwd())
+        layers = [
+            (file_values, file_name),
+            (_from_environ(environ), "env"),
+            ({k: v for k, v in (arguments or {}).items() if v is not None}, "argument"),
+        ]
+        for layer, origin in layers:
+            for name, value in layer.items():
+                _merge(values, sources, name, value, origin)
+        return cls(**values, sources=sources)
+
+    def replace(self, **arguments: Any) -> Settings:
+        """These settings with ``arguments`` (those not None) taking precedence."""
+        given = {k: v for k, v in arguments.items() if v is not None}
+        values = {**attrs.asdict(self, recurse=False), "sources": {**self.sources}}
+        for name, value in given.items():
+            _merge(values, values["sources"], name, value, "argument")
+        return Settings(**values)
+
+    def source(self, name: str) -> str:
+        """Where the setting came from: ``default``, ``argument``, ``env DTQ_X`` or a file."""
+        return self.sources.get(name, "default")
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every setting as ``{"name", "value", "source"}``, secrets masked: safe to print or log."""
+        rows = []
+        for field in attrs.fields(Settings):
+            if field.name in ("sources", *_TABLES):
+                continue
+            value = getattr(self, field.name)
+            shown = mask_url(value) if field.name == "url" else _plain(value)
+            rows.append({"name": field.name, "value": shown, "source": self.source(field.name)})
+        for attr, value in sorted(self.engine.items()):
+            name = f"engine.{attr}"
+            secret = any(word in attr for word in ("password", "token", "secret", "key"))
+            rows.append({"name": name, "value": "***" if secret else value, "source": self.source(name)})
+        for plugin, config in sorted(self.plugin.items()):
+            for key in sorted(config):
+                name = f"plugin.{plugin}.{key}"
+                rows.append({"name": name, "value": "***", "source": self.source(name)})
+        return rows
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _merge(values: dict[str, Any], sources: dict[str, str], name: str, value: Any, origin: str) -> None:
+    """Set one setting (or a whole table) from one layer, checking its type."""
+    source = origin if origin != "env" else f"env {_env_name(name)}"
+    if name in _TABLES:
+        _merge_table(values, sources, name, value, origin)
+        return
+    values[name] = _coerce(name, value, source)
+    sources[name] = source
+
+
+def _merge_table(
+    values: dict[str, Any], sources: dict[str, str], table: str, value: Any, origin: str
+) -> None:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{table} must be a table of settings, got {value!r} ({origin})")
+    merged = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (values.get(table) or {}).items()}
+    for key, item in value.items():
+        if table == "plugin":
+            if not isinstance(item, Mapping):
+                raise ConfigError(f"plugin.{key} must be a table of the plugin's settings ({origin})")
+            merged.setdefault(key, {}).update(item)
+            for inner in item:
+                sources[f"plugin.{key}.{inner}"] = _table_source(origin, f"PLUGIN__{key}__{inner}")
+        else:
+            merged[key] = item
+            sources[f"engine.{key}"] = _table_source(origin, f"ENGINE__{key}")
+    values[table] = merged
+
+
+def _table_source(origin: str, env_suffix: str) -> str:
+    return f"env {_ENV_PREFIX}{env_suffix.upper()}" if origin == "env" else origin
+
+
+def _env_name(name: str) -> str:
+    return f"{_ENV_PREFIX}{name.upper()}"
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """The value in the field's type; text (from the environment) is parsed."""
+    fields = attrs.fields_dict(Settings)
+    if name not in fields or name == "sources":
+        known = ", ".join(f for f in fields if f != "sources")
+        raise ConfigError(f"unknown setting {name!r} ({source}); known settings: {known}")
+    default = fields[name].default
+    try:
+        return _convert(name, value, default)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name} = {value!r} ({source}): {exc}") from None
+
+
+def _convert(name: str, value: Any, default: Any) -> Any:
+    if name == "plugins":
+        names = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(n).strip() for n in names if str(n).strip()) or None
+    if name in _OPTIONAL_NUMBERS:
+        return None if value in ("", None) else _number(value, _OPTIONAL_NUMBERS[name])
+    if isinstance(default, (int, float)):
+        return _number(value, type(default))
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ValueError(f"expected one of {', '.join(_CHOICES[name])}")
+    return value
+
+
+#: Settings whose text must be one of a few words.
+_CHOICES = {"mode": ("process", "thread"), "log_format": ("text", "json")}
+
+
+#: Settings that are unset (None) by default, and their type when set.
+_OPTIONAL_NUMBERS: dict[str, type] = {"heartbeat_s": float, "metrics_port": int}
+
+
+def _number(value: Any, kind: type) -> int | float:
+    if isinstance(value, bool):
+        raise TypeError("expected a number, not true/false")
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError("expected a whole number")
+        return int(value)
+    return float(value)
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings named by ``DTQ_*`` variables (``DTQ_URL``, ``DTQ_ENGINE__X``, ``DTQ_PLUGIN__P__K``)."""
+    found: dict[str, Any] = {"engine": {}, "plugin": {}}
+    names = {f.name for f in attrs.fields(Settings)} - {"sources", *_TABLES}
+    for variable, text in environ.items():
+        if not variable.startswith(_ENV_PREFIX):
+            continue
+        rest = variable[len(_ENV_PREFIX) :]
+        parts = rest.split("__")
+        if parts[0] == "ENGINE" and len(parts) == 2:
+            found["engine"][parts[1].lower()] = _json_or_text(text)
+        elif parts[0] == "PLUGIN" and len(parts) == 3:
+            found["plugin"].setdefault(parts[1].lower(), {})[parts[2].lower()] = _json_or_text(text)
+        elif rest.lower() in names:
+            found[rest.lower()] = text
+    return {k: v for k, v in found.items() if v != {}}
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _read_file(environ: Mapping[str, str], cwd: Path) -> tuple[dict[str, Any], str]:
+    """The config file's settings, and how to name it in messages."""
+    explicit = environ.get("DTQ_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"DTQ_CONFIG names {explicit}, which is not a file")
+        return _parse_toml(path), str(path)
+    if (cwd / "dtq.toml").is_file():
+        return _parse_toml(cwd / "dtq.toml"), str(cwd / "dtq.toml")
+    pyproject = cwd / "pyproject.toml"
+    if pyproject.is_file():
+        table = _parse_toml(pyproject).get("tool", {}).get("dtq")
+        if isinstance(table, dict):
+            return table, f"{pyproject} [tool.dtq]"
+    return {}, ""
+
+
+def _parse_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
 
 
 def url_from_env(url: str | None = None) -> str:
     """``url`` if given, else ``$DTQ_URL``, else :data:`DEFAULT_URL`."""
     return url or os.environ.get("DTQ_URL") or DEFAULT_URL
-
-
-def namespace_from_env(namespace: str | None = None) -> str:
-    """``namespace`` if given, else ``$DTQ_NAMESPACE``, else :data:`DEFAULT_NAMESPACE`."""
-    return namespace or os.environ.get("DTQ_NAMESPACE") or DEFAULT_NAMESPACE
 
 
 #: URL query options whose values are secrets.

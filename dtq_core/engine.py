@@ -11,9 +11,10 @@ from __future__ import annotations
 import abc
 import enum
 import json
+import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import attrs
@@ -94,17 +95,177 @@ class Outcome:
 
 @attrs.frozen
 class QueueStats:
-    """The jobs of one plugin's queue, by state, and the live workers serving it."""
+    """The jobs of one plugin's queue, by state, and the live workers serving it.
+
+    ``succeeded``, ``failed`` and ``dead`` count the jobs that ended so in the
+    last hour; ``throughput`` is the jobs finished (any final status) per
+    second over the last five minutes. :meth:`dtq_core.Queue.stats` fills them
+    (and ``workers``) from :meth:`Engine.history` and the worker registry.
+    """
 
     plugin: str
     waiting: int = 0
     scheduled: int = 0
     running: int = 0
     workers: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    dead: int = 0
+    throughput: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dtq stats --json`` shape of one queue."""
         return {**attrs.asdict(self), "served": self.workers > 0}
+
+
+class EventType(str, enum.Enum):
+    """What happened to a job, as :class:`Event` records it."""
+
+    #: Appended and queued at once.
+    APPENDED = "appended"
+    #: Appended with a delay or an ETA (``delay_ms`` until due).
+    SCHEDULED = "scheduled"
+    #: Taken and leased by ``worker``; ``attempt`` is this delivery's number.
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    #: An attempt failed and the job waits ``delay_ms`` before the next one.
+    RETRYING = "retrying"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+    #: The job was running: its worker is asked to stop it.
+    CANCEL_REQUESTED = "cancel_requested"
+    #: Back in its queue: a final job requeued, or a released or lost lease put back.
+    REQUEUED = "requeued"
+    #: The worker holding the job died or stopped renewing its lease.
+    LEASE_LOST = "lease_lost"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Event messages are cut to this many characters: events say what happened,
+#: the job's record keeps the whole error and its traceback.
+EVENT_MESSAGE_CHARS = 200
+
+
+@attrs.frozen
+class Event:
+    """One state change of one job, recorded by the engine in the same atomic step.
+
+    ``id`` is opaque: it orders the events of a namespace, and
+    ``Engine.events(after=id)`` returns those recorded after it. ``time_ms``
+    comes from the engine's clock. ``attempt`` is the job's delivery count at
+    the time (0 before its first start), ``worker`` the worker that holds or
+    last held it, when known. Failures carry the error's type and the start of
+    its message; ``delay_ms`` is the wait of a ``scheduled`` or ``retrying`` job.
+    """
+
+    id: str
+    time_ms: int
+    type: EventType
+    job_id: str
+    plugin: str
+    attempt: int = 0
+    worker: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    delay_ms: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape (``dtq events --json``): every field, the type as its name."""
+        return {**attrs.asdict(self), "type": self.type.value}
+
+
+def short_message(message: str) -> str:
+    """An error message as events keep it: at most :data:`EVENT_MESSAGE_CHARS` characters."""
+    if len(message) <= EVENT_MESSAGE_CHARS:
+        return message
+    return message[: EVENT_MESSAGE_CHARS - 3] + "..."
+
+
+_COUNTER_ID = re.compile(r"[0-9]{1,19}")
+
+
+def counter_event_id(seq: int) -> str:
+    """The event id of the ``seq``-th event, for engines that number events.
+
+    Zero-padded, so ids compare as strings exactly as their numbers do.
+    """
+    return f"{seq:016d}"
+
+
+def counter_event_seq(event_id: str | None) -> int:
+    """The number in an id made by :func:`counter_event_id` (0 for None: before every event).
+
+    Raises:
+        ValueError: ``event_id`` is not such an id.
+    """
+    if event_id is None:
+        return 0
+    if not _COUNTER_ID.fullmatch(event_id):
+        raise ValueError(f"{event_id!r} is not an event id of this engine")
+    return int(event_id)
+
+
+#: Outcomes counted per minute by :meth:`Engine.history` (a retry is counted as it is scheduled).
+COUNTED = ("succeeded", "failed", "dead", "cancelled", "retrying")
+#: The outcomes that end a job, for throughput.
+FINISHED = ("succeeded", "failed", "dead", "cancelled")
+#: How long per-minute counts are kept (seconds): about two hours.
+HISTORY_S = 7200
+MINUTE_MS = 60_000
+
+
+@attrs.frozen
+class MinuteCounts:
+    """The outcomes counted in one minute, per plugin: ``counts[plugin][status]``.
+
+    ``start`` is the minute's first instant (aware UTC). Statuses are those of
+    :data:`COUNTED`; a plugin or status with nothing counted is absent.
+    """
+
+    start: datetime
+    counts: dict[str, dict[str, int]] = attrs.field(factory=dict)
+
+    def count(self, plugin: str, status: str) -> int:
+        """How many jobs of ``plugin`` ended with (or were retried for) ``status`` this minute."""
+        return self.counts.get(plugin, {}).get(status, 0)
+
+
+def history_minutes(
+    minutes: int, now_ms: int, counts: Mapping[int, dict[str, dict[str, int]]]
+) -> list[MinuteCounts]:
+    """The last ``minutes`` minutes up to the one holding ``now_ms``, oldest first, empty ones included.
+
+    ``counts`` maps an epoch minute (ms // 60000) to its counts.
+    """
+    current = now_ms // MINUTE_MS
+    return [
+        MinuteCounts(datetime.fromtimestamp(m * 60, timezone.utc), counts.get(m, {}))
+        for m in range(current - minutes + 1, current + 1)
+    ]
+
+
+def with_outcomes(queue: QueueStats, history: Sequence[MinuteCounts], now_s: float) -> QueueStats:
+    """``queue`` with its outcomes of the last hour and its throughput over the last five minutes.
+
+    ``history`` is :meth:`Engine.history` (60 minutes, the current one last);
+    throughput divides the jobs finished in the last five minutes (the current
+    one included) by the time since the first of them began.
+    """
+    hour = history[-60:]
+    totals = {status: sum(m.count(queue.plugin, status) for m in hour) for status in FINISHED}
+    recent = history[-5:]
+    finished = sum(m.count(queue.plugin, status) for m in recent for status in FINISHED)
+    span_s = now_s - recent[0].start.timestamp() if recent else 0.0
+    return attrs.evolve(
+        queue,
+        succeeded=totals["succeeded"],
+        failed=totals["failed"],
+        dead=totals["dead"],
+        throughput=finished / span_s if span_s > 0 else 0.0,
+    )
 
 
 @attrs.frozen
@@ -220,6 +381,34 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def purge(self, status: JobStatus) -> int:
         """Delete every dead (or failed) job's record; return how many."""
+
+    # --- events and history ----------------------------------------------
+
+    @abc.abstractmethod
+    def events(self, *, after: str | None = None, limit: int = 100, block_s: float = 0.0) -> list[Event]:
+        """Up to ``limit`` recorded events after the one with id ``after``, oldest first.
+
+        ``after=None`` starts at the oldest event kept. When there are none yet,
+        wait up to ``block_s`` seconds for one. The engine keeps about its
+        ``events_max`` newest events (0: it records none); an ``after`` older
+        than the oldest kept starts there.
+
+        Raises:
+            ValueError: ``after`` is not an event id of this engine.
+        """
+
+    @abc.abstractmethod
+    def last_event_id(self) -> str | None:
+        """The id of the newest event kept, or None: where a follower starts to see only new ones."""
+
+    @abc.abstractmethod
+    def history(self, minutes: int = 60) -> list[MinuteCounts]:
+        """Outcomes per minute and plugin for the last ``minutes`` minutes (at most two hours kept).
+
+        Oldest first, one entry per minute up to the current one, empty minutes
+        included; each final outcome and each retry counts once, in the minute
+        it was recorded.
+        """
 
     # --- plumbing ----------------------------------------------------------
 

@@ -18,6 +18,10 @@ class DtqError(Exception):
 # --- bad input -----------------------------------------------------------------
 
 
+class ConfigError(DtqError, ValueError):
+    """A setting has a bad value, or a config file cannot be read; the message names where it came from."""
+
+
 class InvalidJob(DtqError, ValueError):
     """A job (dict, id, data or options) is malformed; nothing was queued."""
 

@@ -10,13 +10,17 @@ from typing import Any
 
 import attrs
 
-from dtq_core.config import (
-    DEFAULT_FAILURE_TTL_S,
-    DEFAULT_MAX_PAYLOAD_BYTES,
-    DEFAULT_PREFIX,
-    namespace_from_env,
+from dtq_core.config import Settings
+from dtq_core.engine import (
+    AppendOutcome,
+    CancelOutcome,
+    Engine,
+    Event,
+    MinuteCounts,
+    Stats,
+    resolve_engine,
+    with_outcomes,
 )
-from dtq_core.engine import AppendOutcome, CancelOutcome, Engine, Stats, resolve_engine
 from dtq_core.errors import (
     DuplicateJob,
     JobFailed,
@@ -46,17 +50,23 @@ class Queue:
             on the list need not be installed here: the job is then queued
             without local validation, for workers that have the plugin. ``None``
             allows every plugin installed here (and only those).
-        url: engine URL; default ``$DTQ_URL``, then ``redis://localhost:6379/0``.
+        url: engine URL (``redis://localhost:6379/0`` by default).
         engine: an :class:`~dtq_core.Engine` instance or subclass to use instead
             of the one the URL's scheme names.
-        namespace: scopes job ids and queues; workers must use the same one.
-            Default ``$DTQ_NAMESPACE``, then ``default``.
+        settings: resolved :class:`~dtq_core.Settings`; by default
+            ``Settings.load()`` (``DTQ_*`` variables, then the config file).
+            The other arguments, when given, take precedence over it.
+        namespace: scopes job ids and queues; workers must use the same one
+            (``default`` by default).
         prefix: first part of every storage key.
         max_payload_bytes: largest encoded job accepted.
         failure_ttl_s: how long a cancelled job's record is kept.
         engine_options: further engine attributes to override.
         plugin_config: settings per plugin name, given to each plugin's
             ``configure`` at load (never logged).
+
+    Raises:
+        ConfigError: a setting (argument, variable or file) is malformed.
     """
 
     def __init__(
@@ -65,19 +75,28 @@ class Queue:
         url: str | None = None,
         *,
         engine: Engine | type[Engine] | None = None,
+        settings: Settings | None = None,
         namespace: str | None = None,
-        prefix: str = DEFAULT_PREFIX,
-        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-        failure_ttl_s: float = DEFAULT_FAILURE_TTL_S,
+        prefix: str | None = None,
+        max_payload_bytes: int | None = None,
+        failure_ttl_s: float | None = None,
         engine_options: Mapping[str, Any] | None = None,
         plugin_config: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
-        self.registry = PluginRegistry(plugins, config=plugin_config)
-        self.engine = resolve_engine(
-            engine, url, prefix=prefix, namespace=namespace_from_env(namespace), **dict(engine_options or {})
+        self.settings = s = (settings or Settings.load()).replace(
+            plugins=plugins,
+            url=url,
+            namespace=namespace,
+            prefix=prefix,
+            max_payload_bytes=max_payload_bytes,
+            failure_ttl_s=failure_ttl_s,
+            engine=engine_options,
+            plugin=plugin_config,
         )
-        self.max_payload_bytes = max_payload_bytes
-        self.failure_ttl_s = failure_ttl_s
+        self.registry = PluginRegistry(s.plugins, config=s.plugin)
+        self.engine = resolve_engine(engine, s.url, prefix=s.prefix, namespace=s.namespace, **s.engine)
+        self.max_payload_bytes = s.max_payload_bytes
+        self.failure_ttl_s = s.failure_ttl_s
 
     def append(self, job: Mapping[str, Any]) -> Job:
         """Queue a job given in the wire format ``{"id", "job": {"plugin", "data"}}``.
@@ -211,17 +230,34 @@ class Queue:
         return self.engine.purge(status)
 
     def stats(self) -> Stats:
-        """Each plugin's queue (waiting, scheduled, running, live workers serving it),
-        and the numbers of dead and failed jobs. ``stats().unserved()`` names the
-        queues with jobs that no live worker serves.
+        """Each plugin's queue (waiting, scheduled, running, live workers serving it,
+        jobs succeeded, failed and dead in the last hour, jobs finished per second
+        over the last five minutes), and the numbers of dead and failed jobs kept.
+        ``stats().unserved()`` names the queues with jobs that no live worker serves.
         """
         stats = self.engine.stats()
         serving: dict[str, int] = {}
         for worker in self.engine.workers():
             for plugin in filter(None, worker.get("plugins", "").split(",")):
                 serving[plugin] = serving.get(plugin, 0) + 1
-        queues = [attrs.evolve(q, workers=serving.get(q.plugin, 0)) for q in stats.queues]
+        history, now_s = self.engine.history(60), time.time()
+        queues = [
+            with_outcomes(attrs.evolve(q, workers=serving.get(q.plugin, 0)), history, now_s)
+            for q in stats.queues
+        ]
         return attrs.evolve(stats, queues=queues)
+
+    def events(self, *, after: str | None = None, limit: int = 100, block_s: float = 0.0) -> list[Event]:
+        """Job lifecycle events after the one with id ``after`` (see :meth:`Engine.events`)."""
+        return self.engine.events(after=after, limit=limit, block_s=block_s)
+
+    def last_event_id(self) -> str | None:
+        """The newest event's id, to follow only events recorded from now on."""
+        return self.engine.last_event_id()
+
+    def history(self, minutes: int = 60) -> list[MinuteCounts]:
+        """Outcomes per minute and plugin, oldest first (see :meth:`Engine.history`)."""
+        return self.engine.history(minutes)
 
     def workers(self) -> list[dict[str, str]]:
         """The live workers: id, host, pid, plugins, concurrency, mode, jobs in hand, last heartbeat."""

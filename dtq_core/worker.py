@@ -29,15 +29,7 @@ from typing import Any
 import attrs
 
 from dtq_core.caller import Control
-from dtq_core.config import (
-    DEFAULT_FAILURE_TTL_S,
-    DEFAULT_LEASE_S,
-    DEFAULT_MAX_LOST_LEASES,
-    DEFAULT_PREFIX,
-    DEFAULT_RESULT_TTL_S,
-    mask_url,
-    namespace_from_env,
-)
+from dtq_core.config import Settings, mask_url
 from dtq_core.engine import Engine, Lease, Outcome, ReleaseOutcome, resolve_engine
 from dtq_core.errors import DtqError, EngineUnavailable, PluginError
 from dtq_core.job import Job, JobStatus
@@ -54,6 +46,20 @@ _MAX_BACKOFF_S = 5.0
 MODES = ("process", "thread")
 
 
+class Observer:
+    """Told what a worker does, from its threads; the Prometheus exporter is one.
+
+    Methods must return quickly and not raise. The default ones do nothing.
+    """
+
+    def attempt_ended(self, job: Job, status: JobStatus, duration_s: float | None) -> None:
+        """An attempt ended with ``status``: final, SCHEDULED for a retry, or QUEUED when the
+        process running it died and the job went back (``duration_s`` is None then)."""
+
+    def leases_recovered(self, plugin: str, count: int) -> None:
+        """``count`` jobs of ``plugin`` whose worker stopped renewing were taken back."""
+
+
 class Worker:
     """Processes jobs of the plugins it serves.
 
@@ -61,9 +67,12 @@ class Worker:
         plugins: the plugins to serve (the allow-list). Every one must load, or
             the worker refuses to start. ``None`` serves every installed plugin
             that loads; the others are reported and their jobs stay queued.
-        url: engine URL; default ``$DTQ_URL``, then ``redis://localhost:6379/0``.
+        url: engine URL (``redis://localhost:6379/0`` by default).
         engine: an engine instance or subclass instead of the URL's.
-        namespace: must match the producers'; default ``$DTQ_NAMESPACE``.
+        settings: resolved :class:`~dtq_core.Settings`; by default
+            ``Settings.load()`` (``DTQ_*`` variables, then the config file).
+            The other arguments, when given, take precedence over it.
+        namespace: must match the producers' (``default`` by default).
         prefix: must match the producers'.
         concurrency: jobs run at once.
         mode: ``"process"`` (each slot runs jobs in a child process: isolation,
@@ -96,48 +105,67 @@ class Worker:
         url: str | None = None,
         *,
         engine: Engine | type[Engine] | None = None,
+        settings: Settings | None = None,
         namespace: str | None = None,
-        prefix: str = DEFAULT_PREFIX,
-        concurrency: int = 1,
-        mode: str = "process",
-        lease_s: float = DEFAULT_LEASE_S,
+        prefix: str | None = None,
+        concurrency: int | None = None,
+        mode: str | None = None,
+        lease_s: float | None = None,
         heartbeat_s: float | None = None,
-        max_lost_leases: int = DEFAULT_MAX_LOST_LEASES,
-        result_ttl_s: float = DEFAULT_RESULT_TTL_S,
-        failure_ttl_s: float = DEFAULT_FAILURE_TTL_S,
-        grace_s: float = 30.0,
-        poll_s: float = 1.0,
+        max_lost_leases: int | None = None,
+        result_ttl_s: float | None = None,
+        failure_ttl_s: float | None = None,
+        grace_s: float | None = None,
+        poll_s: float | None = None,
         periodic: Sequence[Periodic] = (),
-        rescan_s: float = 30.0,
+        rescan_s: float | None = None,
         worker_id: str | None = None,
         engine_options: Mapping[str, Any] | None = None,
         plugin_config: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise DtqError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if concurrency < 1:
-            raise DtqError(f"concurrency must be at least 1, got {concurrency}")
-        self.registry = PluginRegistry(plugins, config=plugin_config)
-        self.plugins = self._loadable_plugins()
-        self.engine = resolve_engine(
-            engine, url, prefix=prefix, namespace=namespace_from_env(namespace), **dict(engine_options or {})
+        self.settings = s = (settings or Settings.load()).replace(
+            plugins=plugins,
+            url=url,
+            namespace=namespace,
+            prefix=prefix,
+            concurrency=concurrency,
+            mode=mode,
+            lease_s=lease_s,
+            heartbeat_s=heartbeat_s,
+            max_lost_leases=max_lost_leases,
+            result_ttl_s=result_ttl_s,
+            failure_ttl_s=failure_ttl_s,
+            grace_s=grace_s,
+            poll_s=poll_s,
+            rescan_s=rescan_s,
+            engine=engine_options,
+            plugin=plugin_config,
         )
-        self.concurrency = concurrency
-        self.mode = mode
-        self.lease_s = lease_s
-        self.heartbeat_s = heartbeat_s or min(lease_s / 3, 2.0)
-        self.max_lost_leases = max_lost_leases
-        self.result_ttl_s = result_ttl_s
-        self.failure_ttl_s = failure_ttl_s
-        self.grace_s = grace_s
-        self.poll_s = poll_s
+        if s.mode not in MODES:
+            raise DtqError(f"mode must be one of {', '.join(MODES)}, got {s.mode!r}")
+        if s.concurrency < 1:
+            raise DtqError(f"concurrency must be at least 1, got {s.concurrency}")
+        self.registry = PluginRegistry(s.plugins, config=s.plugin)
+        self.plugins = self._loadable_plugins()
+        self.engine = resolve_engine(engine, s.url, prefix=s.prefix, namespace=s.namespace, **s.engine)
+        self.concurrency = s.concurrency
+        self.mode = s.mode
+        self.lease_s = s.lease_s
+        self.heartbeat_s = s.heartbeat_s or min(s.lease_s / 3, 2.0)
+        self.max_lost_leases = s.max_lost_leases
+        self.result_ttl_s = s.result_ttl_s
+        self.failure_ttl_s = s.failure_ttl_s
+        self.grace_s = s.grace_s
+        self.poll_s = s.poll_s
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # Follow-up jobs appended by plugins go through a queue on the same engine.
-        self.queue = Queue(self.registry.allow, engine=self.engine, plugin_config=self.registry.config)
+        self.queue = Queue(engine=self.engine, settings=s)
         self.scheduler = PeriodicScheduler(periodic, self.queue) if periodic else None
         self._next_tick_s = 0.0  # time.monotonic() of the next periodic check
-        self.rescan_s = rescan_s
-        self._next_rescan = time.monotonic() + rescan_s
+        self.rescan_s = s.rescan_s
+        #: Told of attempts ending and leases recovered (the metrics exporter is one).
+        self.observers: list[Observer] = []
+        self._next_rescan = time.monotonic() + self.rescan_s
         self._in_hand: dict[str, Control] = {}
         self._in_hand_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -299,6 +327,8 @@ class Worker:
             )
             if count:
                 log.warning("recovered %d job(s) of %s whose worker stopped renewing", count, plugin)
+                for observer in self.observers:
+                    observer.leases_recovered(plugin, count)
         self._next_recovery = time.monotonic() + max(0.05, self.lease_s / 4)
 
     def _hand_back(self) -> None:
@@ -352,7 +382,10 @@ class Worker:
         job = lease.job
         ttl = self.result_ttl_s if outcome.status is JobStatus.SUCCEEDED else self.failure_ttl_s
         stored = self.engine.complete(lease, outcome, ttl_s=ttl)
-        _log_outcome(job, outcome, stored, time.monotonic() - started)
+        duration_s = time.monotonic() - started
+        _log_outcome(job, outcome, stored, duration_s)
+        if stored:
+            self._tell_ended(job, outcome.status, duration_s)
         result = None if outcome.result_json is None else json.loads(outcome.result_json)
         return attrs.evolve(job, status=outcome.status, result=result, error=outcome.error)
 
@@ -365,12 +398,23 @@ class Worker:
             log.info("job %s: stopped after its lease was handed back or lost", job.id)
         else:
             log.warning(
-                "job %s (%s) attempt %d: its process died; %s", job.id, job.plugin, job.attempts, released
+                "job %s (%s) attempt %d: its process died; %s",
+                job.id,
+                job.plugin,
+                job.attempts,
+                released,
+                extra={"job_id": job.id, "plugin": job.plugin, "attempt": job.attempts, "status": "lost"},
             )
         status = {ReleaseOutcome.DEAD: JobStatus.DEAD, ReleaseOutcome.CANCELLED: JobStatus.CANCELLED}.get(
             released, JobStatus.QUEUED
         )
+        if released is not ReleaseOutcome.NOT_HELD:
+            self._tell_ended(job, status, None)
         return attrs.evolve(job, status=status, lost_leases=job.lost_leases + 1)
+
+    def _tell_ended(self, job: Job, status: JobStatus, duration_s: float | None) -> None:
+        for observer in self.observers:
+            observer.attempt_ended(job, status, duration_s)
 
     # --- set-up ------------------------------------------------------------------
 
@@ -457,6 +501,14 @@ def _log_outcome(job: Job, outcome: Outcome, stored: bool, duration_s: float) ->
         duration_s,
         error,
         retry,
+        extra={
+            "job_id": job.id,
+            "plugin": job.plugin,
+            "attempt": job.attempts,
+            "status": "retrying" if outcome.status is JobStatus.SCHEDULED else outcome.status.value,
+            "duration_s": round(duration_s, 6),
+            "error": None if outcome.error is None else f"{outcome.error.type}: {outcome.error.message}",
+        },
     )
 
 

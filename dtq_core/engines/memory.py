@@ -11,7 +11,9 @@ process: use it for unit tests of plugins and applications, never in production.
 from __future__ import annotations
 
 import bisect
+import collections
 import heapq
+import itertools
 import json
 import threading
 import time
@@ -24,21 +26,30 @@ import attrs
 
 from dtq_core.config import DEFAULT_NAMESPACE
 from dtq_core.engine import (
+    HISTORY_S,
     LOST_LEASE,
+    MINUTE_MS,
     AppendOutcome,
     Batch,
     CancelOutcome,
     Engine,
+    Event,
+    EventType,
     Lease,
+    MinuteCounts,
     Outcome,
     QueueStats,
     ReleaseOutcome,
     Renewal,
     Stats,
+    counter_event_id,
+    counter_event_seq,
     dead_after_lost_leases,
+    history_minutes,
     job_from_state,
+    short_message,
 )
-from dtq_core.job import Job, JobStatus
+from dtq_core.job import ErrorInfo, Job, JobStatus
 
 _INDEXED = (JobStatus.DEAD, JobStatus.FAILED)
 
@@ -53,6 +64,7 @@ def _score(state: Mapping[str, Any]) -> float:
 
 @attrs.define
 class _Record:
+    plugin: str
     payload: str
     state: dict[str, Any]
     result: str | None = None
@@ -75,6 +87,12 @@ class _Space:
     #: heap of (expiry ms, id) of final records, so expiry never scans every job
     expiring: list[tuple[int, str]] = attrs.field(factory=list)
     seq: int = 0
+    #: (number, event), oldest first; numbers run on without gaps, so an
+    #: event's place is its number minus the first one's
+    events: collections.deque[tuple[int, Event]] = attrs.field(factory=collections.deque)
+    event_seq: int = 0
+    #: epoch minute -> plugin -> status -> count
+    rates: dict[int, dict[str, dict[str, int]]] = attrs.field(factory=dict)
 
 
 class _Store:
@@ -100,6 +118,7 @@ class MemoryEngine(Engine):
         namespace: scopes job ids and queues.
         errors_kept: the most attempt errors kept per job.
         index_cap: the most ids kept in the dead and the failed index.
+        events_max: how many lifecycle events the namespace keeps; 0 records none.
     """
 
     def __init__(
@@ -111,12 +130,14 @@ class MemoryEngine(Engine):
         prefix: str = "dtq",
         errors_kept: int = 10,
         index_cap: int = 10_000,
+        events_max: int = 10_000,
     ) -> None:
         self._store = store or _Store()
         self.url = url
         self.namespace = f"{prefix}:{namespace}"
         self.errors_kept = errors_kept
         self.index_cap = index_cap
+        self.events_max = events_max
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryEngine:
@@ -153,14 +174,16 @@ class MemoryEngine(Engine):
             }
             state.setdefault("priority", 0)
             due = int(eta.timestamp() * 1000) if eta is not None else now + int(delay_s * 1000)
-            space.records[job.id] = _Record(payload, state)
+            record = space.records[job.id] = _Record(job.plugin, payload, state)
             space.plugins.add(job.plugin)
             if due > now:
                 state.update(status="scheduled", due=due)
                 space.scheduled.setdefault(job.plugin, {})[job.id] = due
+                self._event(space, EventType.SCHEDULED, job.id, record, delay_ms=due - now)
             else:
                 state["status"] = "queued"
                 self._enqueue(space, job.plugin, job.id, state)
+                self._event(space, EventType.APPENDED, job.id, record)
             self._store.lock.notify_all()
             return AppendOutcome.CREATED
 
@@ -192,7 +215,9 @@ class MemoryEngine(Engine):
                 return CancelOutcome.NOT_FOUND
             status = record.state["status"]
             if status == "running":
-                record.state["cancel"] = 1
+                if not record.state.get("cancel"):
+                    record.state["cancel"] = 1
+                    self._event(space, EventType.CANCEL_REQUESTED, job.id, record)
                 return CancelOutcome.REQUESTED
             if status not in ("queued", "scheduled"):
                 return CancelOutcome.ALREADY_FINAL
@@ -240,13 +265,15 @@ class MemoryEngine(Engine):
             if outcome.error is not None:
                 self._add_error(space, job.id, json.dumps(outcome.error.to_dict()))
             if outcome.status is JobStatus.SCHEDULED:
-                due = _now_ms() + int(outcome.retry_in_s * 1000)
-                record.state.update(status="scheduled", due=due)
-                space.scheduled.setdefault(job.plugin, {})[job.id] = due
+                delay_ms = int(outcome.retry_in_s * 1000)
+                record.state.update(status="scheduled", due=_now_ms() + delay_ms)
+                space.scheduled.setdefault(job.plugin, {})[job.id] = record.state["due"]
+                self._count(space, job.plugin, EventType.RETRYING.value)
+                self._event(space, EventType.RETRYING, job.id, record, outcome.error, delay_ms)
                 return True
             record.result = outcome.result_json
             record.error = None if outcome.error is None else json.dumps(outcome.error.to_dict())
-            self._finish(space, job.id, record, outcome.status.value, ttl_s)
+            self._finish(space, job.id, record, outcome.status.value, ttl_s, outcome.error)
             return True
 
     def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:
@@ -368,8 +395,9 @@ class MemoryEngine(Engine):
                 "seq": space.seq,
                 **{k: old[k] for k in ("max_retries", "retry_backoff_s", "timeout_s") if k in old},
             }
-            space.records[job.id] = _Record(record.payload, state)
+            space.records[job.id] = _Record(job.plugin, record.payload, state)
             self._enqueue(space, job.plugin, job.id, state)
+            self._event(space, EventType.REQUEUED, job.id, space.records[job.id])
             self._store.lock.notify_all()
             return True
 
@@ -382,6 +410,32 @@ class MemoryEngine(Engine):
                 space.records.pop(job_id, None)
                 space.errors.pop(job_id, None)
             return len(index)
+
+    # --- events and history --------------------------------------------------------
+
+    def events(self, *, after: str | None = None, limit: int = 100, block_s: float = 0.0) -> list[Event]:
+        """The kept events after ``after``; waits on the store's condition for new ones."""
+        after_seq = counter_event_seq(after)
+        deadline = time.monotonic() + block_s
+        with self._store.lock:
+            while True:
+                events = self._events_after(self._space, after_seq, limit)
+                remaining = deadline - time.monotonic()
+                if events or remaining <= 0:
+                    return events
+                self._store.lock.wait(remaining)
+
+    def last_event_id(self) -> str | None:
+        """The newest kept event's id."""
+        with self._store.lock:
+            events = self._space.events
+            return events[-1][1].id if events else None
+
+    def history(self, minutes: int = 60) -> list[MinuteCounts]:
+        """Outcomes per minute and plugin, from the store's counters."""
+        with self._store.lock:
+            rates = {minute: _copy(counts) for minute, counts in self._space.rates.items()}
+        return history_minutes(max(1, minutes), _now_ms(), rates)
 
     def ping(self) -> None:
         """Always answers."""
@@ -421,6 +475,7 @@ class MemoryEngine(Engine):
         state.pop("progress", None)
         state.pop("message", None)
         space.active.setdefault(plugin, {})[job_id] = now + int(lease_s * 1000)
+        self._event(space, EventType.STARTED, job_id, record)
         return Lease(_job(job_id, record, space.errors.get(job_id, [])), token=state["token"])
 
     def _release(
@@ -435,19 +490,30 @@ class MemoryEngine(Engine):
         if lost:
             state["lost"] = int(state["lost"]) + 1
             self._add_error(space, job_id, json.dumps(LOST_LEASE.to_dict()))
+            self._event(space, EventType.LEASE_LOST, job_id, record, LOST_LEASE)
         if state.get("cancel"):
             self._finish(space, job_id, record, "cancelled", ttl_s)
             return ReleaseOutcome.CANCELLED
         if state["lost"] >= max_lost:
-            record.error = json.dumps(dead_after_lost_leases(max_lost).to_dict())
-            self._finish(space, job_id, record, "dead", ttl_s)
+            dead = dead_after_lost_leases(max_lost)
+            record.error = json.dumps(dead.to_dict())
+            self._finish(space, job_id, record, "dead", ttl_s, dead)
             return ReleaseOutcome.DEAD
         state["status"] = "queued"
         self._enqueue(space, plugin, job_id, state)
+        self._event(space, EventType.REQUEUED, job_id, record)
         self._store.lock.notify_all()
         return ReleaseOutcome.REQUEUED
 
-    def _finish(self, space: _Space, job_id: str, record: _Record, status: str, ttl_s: float) -> None:
+    def _finish(
+        self,
+        space: _Space,
+        job_id: str,
+        record: _Record,
+        status: str,
+        ttl_s: float,
+        error: ErrorInfo | None = None,
+    ) -> None:
         now = _now_ms()
         record.state.update(status=status, finished=now)
         record.expires_ms = now + int(ttl_s * 1000)
@@ -457,7 +523,54 @@ class MemoryEngine(Engine):
             index[job_id] = now
             while len(index) > self.index_cap:
                 del index[min(index, key=lambda i: index[i])]
+        self._count(space, record.plugin, status)
+        self._event(space, EventType(status), job_id, record, error)
         self._store.lock.notify_all()
+
+    def _event(
+        self,
+        space: _Space,
+        kind: EventType,
+        job_id: str,
+        record: _Record,
+        error: ErrorInfo | None = None,
+        delay_ms: int | None = None,
+    ) -> None:
+        """Record a lifecycle event (as the scripts' XADD), keeping the newest ``events_max``."""
+        if self.events_max <= 0:
+            return
+        space.event_seq += 1
+        event = Event(
+            id=counter_event_id(space.event_seq),
+            time_ms=_now_ms(),
+            type=kind,
+            job_id=job_id,
+            plugin=record.plugin,
+            attempt=int(record.state.get("attempts", 0)),
+            worker=record.state.get("worker"),
+            error_type=None if error is None else error.type,
+            error_message=None if error is None else short_message(error.message),
+            delay_ms=delay_ms,
+        )
+        space.events.append((space.event_seq, event))
+        while len(space.events) > self.events_max:
+            space.events.popleft()
+        self._store.lock.notify_all()
+
+    def _events_after(self, space: _Space, after_seq: int, limit: int) -> list[Event]:
+        if not space.events:
+            return []
+        start = max(0, after_seq - space.events[0][0] + 1)
+        return [event for _, event in itertools.islice(space.events, start, start + max(1, limit))]
+
+    def _count(self, space: _Space, plugin: str, status: str) -> None:
+        """Count an outcome in the current minute; forget minutes older than two hours."""
+        minute = _now_ms() // MINUTE_MS
+        by_status = space.rates.setdefault(minute, {}).setdefault(plugin, {})
+        by_status[status] = by_status.get(status, 0) + 1
+        if len(space.rates) > HISTORY_S // 60:
+            for old in [m for m in space.rates if m <= minute - HISTORY_S // 60]:
+                del space.rates[old]
 
     def _add_error(self, space: _Space, job_id: str, error_json: str) -> None:
         errors = space.errors.setdefault(job_id, [])
@@ -475,6 +588,10 @@ class MemoryEngine(Engine):
             space.errors.pop(job_id, None)
             for index in space.index.values():
                 index.pop(job_id, None)
+
+
+def _copy(counts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    return {plugin: dict(by_status) for plugin, by_status in counts.items()}
 
 
 def _job(job_id: str, record: _Record, errors: Sequence[str]) -> Job:

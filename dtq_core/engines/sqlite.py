@@ -16,6 +16,9 @@ Schema (one file can hold several namespaces):
   columns, the rest of the job's bookkeeping is JSON in ``state``, exactly the
   fields the other engines keep; ``expires_ms`` is set once the job is final.
 * ``dtq_workers``: the worker registry. ``dtq_seq``: the arrival counter.
+* ``dtq_events``: lifecycle events, numbered per namespace (``n``) without
+  gaps, trimmed to the newest ``events_max``.
+* ``dtq_rates``: outcomes counted per minute, plugin and status, kept two hours.
 """
 
 from __future__ import annotations
@@ -32,22 +35,31 @@ from typing import Any
 
 from dtq_core.config import DEFAULT_NAMESPACE
 from dtq_core.engine import (
+    HISTORY_S,
     LOST_LEASE,
+    MINUTE_MS,
     AppendOutcome,
     Batch,
     CancelOutcome,
     Engine,
+    Event,
+    EventType,
     Lease,
+    MinuteCounts,
     Outcome,
     QueueStats,
     ReleaseOutcome,
     Renewal,
     Stats,
+    counter_event_id,
+    counter_event_seq,
     dead_after_lost_leases,
+    history_minutes,
     job_from_state,
+    short_message,
 )
 from dtq_core.errors import EngineError, EngineUnavailable
-from dtq_core.job import Job, JobStatus
+from dtq_core.job import ErrorInfo, Job, JobStatus
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dtq_jobs (
@@ -79,6 +91,28 @@ CREATE TABLE IF NOT EXISTS dtq_workers (
     PRIMARY KEY (namespace, id)
 );
 CREATE TABLE IF NOT EXISTS dtq_seq (namespace TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dtq_events (
+    namespace TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker TEXT,
+    error_type TEXT,
+    error_message TEXT,
+    delay_ms INTEGER,
+    PRIMARY KEY (namespace, n)
+);
+CREATE TABLE IF NOT EXISTS dtq_rates (
+    namespace TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    plugin TEXT NOT NULL,
+    status TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (namespace, minute, plugin, status)
+);
 """
 
 _LIVE = ("queued", "scheduled", "running")
@@ -103,6 +137,7 @@ class SqliteEngine(Engine):
         busy_timeout_s: how long a transaction waits for another process's.
         errors_kept: the most attempt errors kept per job.
         index_cap: the most dead (and failed) jobs kept.
+        events_max: how many lifecycle events the namespace keeps; 0 records none.
     """
 
     def __init__(
@@ -115,6 +150,7 @@ class SqliteEngine(Engine):
         busy_timeout_s: float = 30.0,
         errors_kept: int = 10,
         index_cap: int = 10_000,
+        events_max: int = 10_000,
     ) -> None:
         self.path = path
         self.url = url or f"sqlite:///{path}"
@@ -122,6 +158,7 @@ class SqliteEngine(Engine):
         self.busy_timeout_s = busy_timeout_s
         self.errors_kept = errors_kept
         self.index_cap = index_cap
+        self.events_max = events_max
         self._local = threading.local()
         try:
             self._connection().executescript(_SCHEMA)  # executescript manages its own transaction
@@ -169,6 +206,11 @@ class SqliteEngine(Engine):
                     due if scheduled else None,
                 ),
             )
+            new = {"id": job.id, "plugin": job.plugin, "state": state}
+            if scheduled:
+                self._event(db, EventType.SCHEDULED, new, delay_ms=due - now)
+            else:
+                self._event(db, EventType.APPENDED, new)
             return AppendOutcome.CREATED
 
     def get(self, job_id: str) -> Job | None:
@@ -193,8 +235,10 @@ class SqliteEngine(Engine):
             if row is None:
                 return CancelOutcome.NOT_FOUND
             if row["status"] == "running":
-                row["state"]["cancel"] = 1
-                self._save(db, row)
+                if not row["state"].get("cancel"):
+                    row["state"]["cancel"] = 1
+                    self._save(db, row)
+                    self._event(db, EventType.CANCEL_REQUESTED, row)
                 return CancelOutcome.REQUESTED
             if row["status"] not in ("queued", "scheduled"):
                 return CancelOutcome.ALREADY_FINAL
@@ -258,11 +302,14 @@ class SqliteEngine(Engine):
             if error is not None:
                 self._add_error(row, error)
             if outcome.status is JobStatus.SCHEDULED:
-                row.update(status="scheduled", due_ms=_now_ms() + int(outcome.retry_in_s * 1000))
+                delay_ms = int(outcome.retry_in_s * 1000)
+                row.update(status="scheduled", due_ms=_now_ms() + delay_ms)
                 self._save(db, row)
+                self._count(db, row["plugin"], EventType.RETRYING.value)
+                self._event(db, EventType.RETRYING, row, outcome.error, delay_ms)
                 return True
             row.update(result=outcome.result_json, error=error)
-            self._finish(db, row, outcome.status.value, ttl_s)
+            self._finish(db, row, outcome.status.value, ttl_s, outcome.error)
             return True
 
     def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:
@@ -392,6 +439,7 @@ class SqliteEngine(Engine):
             row.update(state=state, status="queued", score=_score(state), token=None, expires_ms=None)
             row.update(result=None, error=None, finished_ms=None)
             self._save(db, row)
+            self._event(db, EventType.REQUEUED, row)
             return True
 
     def purge(self, status: JobStatus) -> int:
@@ -401,6 +449,44 @@ class SqliteEngine(Engine):
                 "DELETE FROM dtq_jobs WHERE namespace = ? AND status = ?", (self.namespace, status.value)
             )
             return int(cursor.rowcount)
+
+    # --- events and history --------------------------------------------------------
+
+    def events(self, *, after: str | None = None, limit: int = 100, block_s: float = 0.0) -> list[Event]:
+        """The kept events after ``after``; polls the file for new ones while ``block_s`` lasts."""
+        after_n = counter_event_seq(after)
+        deadline = time.monotonic() + block_s
+        while True:
+            with self._tx(write=False) as db:
+                rows = db.execute(
+                    f"SELECT n, {_EVENT_FIELDS} FROM dtq_events WHERE namespace = ? AND n > ? "  # noqa: S608
+                    "ORDER BY n LIMIT ?",
+                    (self.namespace, after_n, max(1, limit)),
+                ).fetchall()
+            remaining = deadline - time.monotonic()
+            if rows or remaining <= 0:
+                return [_event(row) for row in rows]
+            time.sleep(min(_POLL_S * 5, remaining))
+
+    def last_event_id(self) -> str | None:
+        """The newest kept event's id."""
+        with self._tx(write=False) as db:
+            newest = db.execute("SELECT MAX(n) FROM dtq_events WHERE namespace = ?", (self.namespace,))
+            n = newest.fetchone()[0]
+        return None if n is None else counter_event_id(int(n))
+
+    def history(self, minutes: int = 60) -> list[MinuteCounts]:
+        """Outcomes per minute and plugin, from ``dtq_rates``."""
+        now = _now_ms()
+        with self._tx(write=False) as db:
+            rows = db.execute(
+                "SELECT minute, plugin, status, count FROM dtq_rates WHERE namespace = ? AND minute > ?",
+                (self.namespace, now // MINUTE_MS - max(1, minutes)),
+            ).fetchall()
+        counts: dict[int, dict[str, dict[str, int]]] = {}
+        for minute, plugin, status, n in rows:
+            counts.setdefault(minute, {}).setdefault(plugin, {})[status] = n
+        return history_minutes(max(1, minutes), now, counts)
 
     def ping(self) -> None:
         """Raise :class:`EngineUnavailable` unless the file can be read."""
@@ -501,6 +587,7 @@ class SqliteEngine(Engine):
         token = f"{worker_id}/{state['attempts']}"
         row.update(status="running", token=token, deadline_ms=now + int(lease_s * 1000))
         self._save(db, row)
+        self._event(db, EventType.STARTED, row)
         return Lease(_job(row), token=token)
 
     def _release(
@@ -513,23 +600,35 @@ class SqliteEngine(Engine):
         if lost:
             state["lost"] = int(state.get("lost", 0)) + 1
             self._add_error(row, json.dumps(LOST_LEASE.to_dict()))
+            self._event(db, EventType.LEASE_LOST, row, LOST_LEASE)
         if state.get("cancel"):
             self._finish(db, row, "cancelled", ttl_s)
             return ReleaseOutcome.CANCELLED
         if state["lost"] >= max_lost:
-            row["error"] = json.dumps(dead_after_lost_leases(max_lost).to_dict())
-            self._finish(db, row, "dead", ttl_s)
+            dead = dead_after_lost_leases(max_lost)
+            row["error"] = json.dumps(dead.to_dict())
+            self._finish(db, row, "dead", ttl_s, dead)
             return ReleaseOutcome.DEAD
         row["status"] = "queued"
         self._save(db, row)
+        self._event(db, EventType.REQUEUED, row)
         return ReleaseOutcome.REQUEUED
 
-    def _finish(self, db: sqlite3.Connection, row: dict[str, Any], status: str, ttl_s: float) -> None:
+    def _finish(
+        self,
+        db: sqlite3.Connection,
+        row: dict[str, Any],
+        status: str,
+        ttl_s: float,
+        error: ErrorInfo | None = None,
+    ) -> None:
         now = _now_ms()
         row["state"]["finished"] = now
         # The token stays on the final row, so a retried complete is recognised.
         row.update(status=status, finished_ms=now, expires_ms=now + int(ttl_s * 1000))
         self._save(db, row)
+        self._count(db, row["plugin"], status)
+        self._event(db, EventType(status), row, error)
         if status in _INDEXED:
             # Keep at most index_cap jobs of this status: the oldest go first.
             db.execute(
@@ -541,6 +640,56 @@ class SqliteEngine(Engine):
 
     def _add_error(self, row: dict[str, Any], error_json: str) -> None:
         row["errors"] = [*row["errors"], error_json][-self.errors_kept :]
+
+    def _event(
+        self,
+        db: sqlite3.Connection,
+        kind: EventType,
+        row: Mapping[str, Any],
+        error: ErrorInfo | None = None,
+        delay_ms: int | None = None,
+    ) -> None:
+        """Record a lifecycle event in the operation's transaction, keeping the newest ``events_max``."""
+        if self.events_max <= 0:
+            return
+        # Events are trimmed from the oldest, never the newest, so MAX(n) only grows.
+        n = db.execute(
+            "SELECT COALESCE(MAX(n), 0) + 1 FROM dtq_events WHERE namespace = ?", (self.namespace,)
+        ).fetchone()[0]
+        state = row["state"]
+        db.execute(
+            f"INSERT INTO dtq_events (namespace, n, {_EVENT_FIELDS}) "  # noqa: S608
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.namespace,
+                n,
+                _now_ms(),
+                kind.value,
+                row["id"],
+                row["plugin"],
+                int(state.get("attempts", 0)),
+                state.get("worker"),
+                None if error is None else error.type,
+                None if error is None else short_message(error.message),
+                delay_ms,
+            ),
+        )
+        db.execute(
+            "DELETE FROM dtq_events WHERE namespace = ? AND n <= ?", (self.namespace, n - self.events_max)
+        )
+
+    def _count(self, db: sqlite3.Connection, plugin: str, status: str) -> None:
+        """Count an outcome in the current minute; forget minutes older than two hours."""
+        minute = _now_ms() // MINUTE_MS
+        db.execute(
+            "INSERT INTO dtq_rates (namespace, minute, plugin, status, count) VALUES (?, ?, ?, ?, 1) "
+            "ON CONFLICT (namespace, minute, plugin, status) DO UPDATE SET count = count + 1",
+            (self.namespace, minute, plugin, status),
+        )
+        db.execute(
+            "DELETE FROM dtq_rates WHERE namespace = ? AND minute <= ?",
+            (self.namespace, minute - HISTORY_S // 60),
+        )
 
 
 _COLUMNS = (
@@ -560,6 +709,26 @@ _COLUMNS = (
     "finished_ms",
     "expires_ms",
 )
+
+
+#: The columns of an event after its namespace and number, in :class:`Event`'s order.
+_EVENT_FIELDS = "time_ms, type, job_id, plugin, attempt, worker, error_type, error_message, delay_ms"
+
+
+def _event(row: Sequence[Any]) -> Event:
+    n, time_ms, kind, job_id, plugin, attempt, worker, error_type, error_message, delay_ms = row
+    return Event(
+        id=counter_event_id(int(n)),
+        time_ms=int(time_ms),
+        type=EventType(kind),
+        job_id=job_id,
+        plugin=plugin,
+        attempt=int(attempt),
+        worker=worker,
+        error_type=error_type,
+        error_message=error_message,
+        delay_ms=delay_ms,
+    )
 
 
 def _decode(row: Sequence[Any]) -> dict[str, Any]:

@@ -44,8 +44,11 @@ def test_every_key_of_a_finished_job_has_a_lifetime(
         kind = client.type(key)
         ttl = client.ttl(key)
         # No lifetime, but a bounded size: one counter, one name per plugin, the
-        # pruned worker registry, and the indexes capped by count and age.
-        fixed_size = key in (keys.seq, keys.plugins, keys.workers) or key.startswith(f"{keys.base}:index:")
+        # pruned worker registry, the events stream (MAXLEN ~ events_max), and
+        # the indexes capped by count and age.
+        fixed_size = key in (keys.seq, keys.plugins, keys.workers, keys.events) or key.startswith(
+            f"{keys.base}:index:"
+        )
         bounded = ttl > 0 or fixed_size
         assert bounded, f"{key} ({kind}) has no lifetime"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import json
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -19,24 +20,31 @@ from redis.cluster import RedisCluster
 
 from dtq_core.config import DEFAULT_NAMESPACE, DEFAULT_PREFIX, mask_url
 from dtq_core.engine import (
+    HISTORY_S,
     LOST_LEASE,
+    MINUTE_MS,
     AppendOutcome,
     Batch,
     CancelOutcome,
     Engine,
+    Event,
+    EventType,
     Lease,
+    MinuteCounts,
     Outcome,
     QueueStats,
     ReleaseOutcome,
     Renewal,
     Stats,
     dead_after_lost_leases,
+    history_minutes,
     job_from_state,
+    short_message,
 )
 from dtq_core.engines.redis.connect import Client, connect, engine_options
 from dtq_core.engines.redis.keys import Keys
 from dtq_core.errors import EngineError, EngineUnavailable
-from dtq_core.job import Job, JobStatus
+from dtq_core.job import ErrorInfo, Job, JobStatus
 
 _SCRIPTS = (
     "append",
@@ -66,6 +74,8 @@ _CANCELLED = {
     0: CancelOutcome.ALREADY_FINAL,
     -1: CancelOutcome.NOT_FOUND,
 }
+#: A stream entry id: ms-seq (or ms alone, which Redis reads as ms-0).
+_STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 
 
 class RedisEngine(Engine):
@@ -86,6 +96,8 @@ class RedisEngine(Engine):
             to a replica cannot lose it; otherwise it raises
             :class:`EngineUnavailable` and may be retried with the same id.
         wait_timeout_s: the longest wait for those replicas.
+        events_max: about how many lifecycle events the namespace's stream
+            keeps (``XADD MAXLEN ~``); 0 records none and adds no commands.
     """
 
     def __init__(
@@ -101,6 +113,7 @@ class RedisEngine(Engine):
         errors_kept: int = 10,
         wait_replicas: int = 0,
         wait_timeout_s: float = 2.0,
+        events_max: int = 10_000,
     ) -> None:
         self.client = client
         self.url = url
@@ -111,6 +124,7 @@ class RedisEngine(Engine):
         self.errors_kept = errors_kept
         self.wait_replicas = wait_replicas
         self.wait_timeout_s = wait_timeout_s
+        self.events_max = events_max
         if wait_replicas and isinstance(client, RedisCluster):
             raise EngineError("wait_replicas is not supported on Redis Cluster; leave it at 0 there")
         self._scripts = {name: client.register_script(_lua(name)) for name in _SCRIPTS}
@@ -147,7 +161,17 @@ class RedisEngine(Engine):
         """Queue or schedule ``job`` atomically unless its id exists (see ``append.lua``)."""
         k = self.keys
         p = job.plugin
-        keys = [k.jobs, k.state, k.ready(p), k.scheduled(p), k.signal(p), k.seq, k.done(job.id), k.plugins]
+        keys = [
+            k.jobs,
+            k.state,
+            k.ready(p),
+            k.scheduled(p),
+            k.signal(p),
+            k.seq,
+            k.done(job.id),
+            k.plugins,
+            k.events,
+        ]
         eta_ms = 0 if eta is None else max(1, int(eta.timestamp() * 1000))
         args: list[str | int] = [
             job.id,
@@ -157,6 +181,7 @@ class RedisEngine(Engine):
             eta_ms,
             self.signal_cap,
             p,
+            self.events_max,
         ]
         with self._talking():
             reply = self._write("append", keys, args, f"job {job.id!r} was stored on the master")
@@ -203,11 +228,12 @@ class RedisEngine(Engine):
     def fetch(self, plugins: Sequence[str], *, count: int, lease_s: float, worker_id: str) -> Batch:
         """Promote due jobs, pop and lease up to ``count`` in one script call (``fetch.lua``)."""
         k = self.keys
-        keys = [k.jobs, k.state]
+        keys = [k.jobs, k.state, k.events]
         for plugin in plugins:
             keys += [k.ready(plugin), k.active(plugin), k.scheduled(plugin)]
+        args: list[str | int] = [count, int(lease_s * 1000), worker_id, self.events_max, *plugins]
         with self._talking():
-            flat = self._scripts["fetch"](keys, [count, int(lease_s * 1000), worker_id])
+            flat = self._scripts["fetch"](keys, args)
         next_due_ms = int(flat[0])
         leases = [
             Lease(_job(flat[i], flat[i + 1], flat[i + 2]), token=flat[i + 3]) for i in range(1, len(flat), 4)
@@ -234,6 +260,8 @@ class RedisEngine(Engine):
             k.done(job.id),
             k.errors(job.id),
             k.index(status.value),
+            k.events,
+            k.rate(_minute()),
         ]
         args: list[str | int] = [
             job.id,
@@ -246,6 +274,10 @@ class RedisEngine(Engine):
             int(outcome.retry_in_s * 1000),
             self.index_cap if indexed else 0,
             self.errors_kept,
+            job.plugin,
+            self.events_max,
+            *_event_error(outcome.error),
+            HISTORY_S,
         ]
         with self._talking():
             return bool(self._write("complete", keys, args, f"the outcome of job {job.id!r} was stored"))
@@ -305,7 +337,10 @@ class RedisEngine(Engine):
             k.done(job_id),
             k.errors(job_id),
             k.index(JobStatus.DEAD.value),
+            k.events,
+            k.rate(_minute()),
         ]
+        dead = dead_after_lost_leases(max_lost)
         args: list[str | int] = [
             job_id,
             token,
@@ -317,16 +352,30 @@ class RedisEngine(Engine):
             self.signal_cap,
             self.index_cap,
             self.errors_kept,
-            json.dumps(dead_after_lost_leases(max_lost).to_dict()),
+            json.dumps(dead.to_dict()),
+            plugin,
+            self.events_max,
+            HISTORY_S,
+            *_event_error(LOST_LEASE),
+            *_event_error(dead),
         ]
         return ("release", keys, args)
 
     def cancel(self, job: Job, *, ttl_s: float) -> CancelOutcome:
         """Cancel a job now, or ask its worker to stop it (see ``cancel.lua``)."""
         k = self.keys
-        keys = [k.jobs, k.state, k.ready(job.plugin), k.scheduled(job.plugin), k.done(job.id)]
+        p = job.plugin
+        keys = [k.jobs, k.state, k.ready(p), k.scheduled(p), k.done(job.id), k.events, k.rate(_minute())]
+        args: list[str | int] = [
+            job.id,
+            max(1, int(ttl_s)),
+            k.finished_channel(job.id),
+            p,
+            self.events_max,
+            HISTORY_S,
+        ]
         with self._talking():
-            reply = self._scripts["cancel"](keys, [job.id, max(1, int(ttl_s)), k.finished_channel(job.id)])
+            reply = self._scripts["cancel"](keys, args)
         return _CANCELLED[int(reply)]
 
     # --- worker registry -------------------------------------------------------
@@ -396,9 +445,11 @@ class RedisEngine(Engine):
             k.seq,
             k.done(job.id),
             k.index(job.status.value),
+            k.events,
         ]
+        args: list[str | int] = [job.id, self.signal_cap, job.plugin, self.events_max]
         with self._talking():
-            return bool(self._scripts["requeue"](keys, [job.id, self.signal_cap]))
+            return bool(self._scripts["requeue"](keys, args))
 
     def purge(self, status: JobStatus) -> int:
         """Delete the records of every job in the status's index, in batches of transactions."""
@@ -413,6 +464,45 @@ class RedisEngine(Engine):
                 pipe.zrem(index, *ids)
                 purged += int(pipe.execute()[-1])
         return purged
+
+    # --- events and history ----------------------------------------------------
+
+    def events(self, *, after: str | None = None, limit: int = 100, block_s: float = 0.0) -> list[Event]:
+        """Read the events stream after ``after`` (XREAD), blocking at most ``block_s`` at a time."""
+        if after is not None and not _STREAM_ID.fullmatch(after):
+            raise ValueError(f"{after!r} is not an event id of the Redis engine (a stream id, ms-seq)")
+        deadline = time.monotonic() + block_s
+        with self._talking():
+            while True:
+                # Slices stay below the socket timeout; BLOCK 0 would wait forever.
+                block_ms = int(min(deadline - time.monotonic(), self.block_s) * 1000)
+                reply = self.client.xread(
+                    {self.keys.events: after or "0-0"},
+                    count=max(1, limit),
+                    block=block_ms if block_ms > 0 else None,
+                )
+                events = [_event(entry_id, fields) for entry_id, fields in _entries(reply)]
+                if events or deadline - time.monotonic() <= 0:
+                    return events
+
+    def last_event_id(self) -> str | None:
+        """The newest entry's id (XREVRANGE ... COUNT 1)."""
+        with self._talking():
+            newest = self.client.xrevrange(self.keys.events, count=1)
+        return str(newest[0][0]) if newest else None
+
+    def history(self, minutes: int = 60) -> list[MinuteCounts]:
+        """Read the per-minute hashes of the last ``minutes`` minutes (client's clock) in one round trip."""
+        now_ms = int(time.time() * 1000)
+        current = now_ms // MINUTE_MS
+        span = range(current - max(1, minutes) + 1, current + 1)
+        with self._talking():
+            pipe = self.client.pipeline(transaction=False)
+            for minute in span:
+                pipe.hgetall(self.keys.rate(minute))
+            replies = pipe.execute()
+        counts = {minute: _minute_counts(fields) for minute, fields in zip(span, replies, strict=True)}
+        return history_minutes(max(1, minutes), now_ms, counts)
 
     # --- plumbing --------------------------------------------------------------
 
@@ -477,6 +567,55 @@ def _lua(name: str) -> str:
 def _check_indexed(status: JobStatus) -> None:
     if status not in INDEXED:
         raise ValueError(f"only {', '.join(s.value for s in INDEXED)} jobs are indexed, not {status.value}")
+
+
+def _minute() -> int:
+    """The current epoch minute by this client's clock: names the hash an outcome is counted in.
+
+    The client names it, not the script: a script builds no key names (Cluster).
+    """
+    return int(time.time() // 60)
+
+
+def _event_error(error: ErrorInfo | None) -> tuple[str, str]:
+    """An outcome's error as an event carries it: type and short message ('' for none)."""
+    return ("", "") if error is None else (error.type, short_message(error.message))
+
+
+def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """The entries of an XREAD reply on one stream (RESP2 list or RESP3 dict)."""
+    if not reply:
+        return []
+    streams = reply.values() if isinstance(reply, dict) else [entries for _key, entries in reply]
+    return [(str(i), dict(fields)) for entries in streams for i, fields in entries]
+
+
+def _event(entry_id: str, fields: Mapping[str, str]) -> Event:
+    def optional(name: str) -> str | None:
+        return fields.get(name) or None
+
+    delay = optional("delay_ms")
+    return Event(
+        id=entry_id,
+        time_ms=int(fields["time"]),
+        type=EventType(fields["type"]),
+        job_id=fields["job"],
+        plugin=fields["plugin"],
+        attempt=int(fields.get("attempt", 0)),
+        worker=optional("worker"),
+        error_type=optional("error_type"),
+        error_message=optional("error_message"),
+        delay_ms=None if delay is None else int(delay),
+    )
+
+
+def _minute_counts(fields: Mapping[str, str]) -> dict[str, dict[str, int]]:
+    """``{plugin: {status: n}}`` from a minute hash's ``<plugin>|<status>`` fields."""
+    counts: dict[str, dict[str, int]] = {}
+    for field, n in fields.items():
+        plugin, _, status = field.rpartition("|")
+        counts.setdefault(plugin, {})[status] = int(n)
+    return counts
 
 
 def _server_ms(client: Client) -> int:

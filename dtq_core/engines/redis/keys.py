@@ -24,6 +24,10 @@ key                               type    holds
 ``P:plugins``                     set     plugins that have had jobs (for stats)
 ``P:workers``                     zset    live worker ids, score = registration expiry
 ``P:worker:<id>``                 hash    a worker's description (expires)
+``P:events``                      stream  lifecycle events of every job, newest last
+                                          (``MAXLEN ~ events_max``)
+``P:rate:<epoch minute>``         hash    ``<plugin>|<status>`` -> outcomes counted that
+                                          minute (expires after two hours)
 ================================  ======  =============================================
 
 Channel ``P:finished:<id>`` receives the id when the job becomes final.
@@ -108,6 +112,15 @@ class Keys:
     def worker(self, worker_id: str) -> str:
         """Hash describing one worker."""
         return f"{self.base}:worker:{worker_id}"
+
+    @property
+    def events(self) -> str:
+        """Stream of the namespace's job lifecycle events."""
+        return f"{self.base}:events"
+
+    def rate(self, epoch_minute: int) -> str:
+        """Hash of the outcomes counted in one minute (``epoch_minute`` = Unix time // 60)."""
+        return f"{self.base}:rate:{epoch_minute}"
 
     def finished_channel(self, job_id: str) -> str:
         """Pub/Sub channel told when one job becomes final."""

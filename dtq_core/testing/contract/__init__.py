@@ -2,9 +2,10 @@
 
 It drives real queues and workers through the engine (append, dedupe by id,
 leases and fencing, retries, dead letters, delays, priorities, cancellation,
-progress, results, periodic jobs), so an engine that passes behaves like the
-Redis engine everywhere dtq depends on it. Jobs go to the ``test_only`` and
-``test_only_async`` plugins: ``pip install dtq-plugins-testonly`` first.
+progress, results, periodic jobs, lifecycle events and outcome counts), so an
+engine that passes behaves like the Redis engine everywhere dtq depends on it.
+Jobs go to the ``test_only`` and ``test_only_async`` plugins: ``pip install
+dtq-plugins-testonly`` first.
 
 The fixtures come from dtq's pytest plugin (:mod:`dtq_core.testing`):
 ``dtq_url`` picks the engine, ``dtq_namespace`` isolates each test,
@@ -43,6 +44,7 @@ def _require_test_plugins() -> None:
 
 _require_test_plugins()
 
+from dtq_core.testing.contract.test_events import *  # noqa: E402, F403
 from dtq_core.testing.contract.test_leases import *  # noqa: E402, F403
 from dtq_core.testing.contract.test_lifecycle import *  # noqa: E402, F403
 from dtq_core.testing.contract.test_periodic import *  # noqa: E402, F403

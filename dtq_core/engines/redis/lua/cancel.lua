@@ -6,10 +6,15 @@ KEYS[1] jobs       hash  id -> payload JSON
 KEYS[2] state      hash  id -> state JSON
 KEYS[3] ready      zset  the plugin's queue
 KEYS[4] scheduled  zset  the plugin's delayed jobs
-KEYS[5] done       hash  this id's final record
+KEYS[5] done       hash    this id's final record
+KEYS[6] events     stream  the namespace's lifecycle events
+KEYS[7] rate       hash    outcomes counted in the current minute (client's clock)
 ARGV[1] id
 ARGV[2] retention in seconds of the final record
 ARGV[3] channel published to with the id when the job becomes final
+ARGV[4] plugin name
+ARGV[5] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
+ARGV[6] lifetime in seconds of the minute's counts
 
 Returns 1 cancelled, 2 cancellation requested (running), 0 already final,
 -1 no such job.
@@ -19,15 +24,29 @@ local ok, state = pcall(cjson.decode, redis.call('HGET', KEYS[2], id) or '')
 if not ok or type(state) ~= 'table' then
   return redis.call('EXISTS', KEYS[5]) == 1 and 0 or -1
 end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+
+-- Record the lifecycle event unless events are off.
+local function event(kind)
+  local cap = tonumber(ARGV[5])
+  if cap <= 0 then return end
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', cap, '*', 'type', kind, 'time', now, 'job', id,
+    'plugin', ARGV[4], 'attempt', tonumber(state.attempts) or 0, 'worker', state.worker or '')
+end
+
 if state.status == 'running' then
-  state.cancel = 1
-  redis.call('HSET', KEYS[2], id, cjson.encode(state))
+  -- Asked once: a repeated request changes nothing and records nothing.
+  if not state.cancel then
+    state.cancel = 1
+    redis.call('HSET', KEYS[2], id, cjson.encode(state))
+    event('cancel_requested')
+  end
   return 2
 end
 
-local t = redis.call('TIME')
 state.status = 'cancelled'
-state.finished = t[1] * 1000 + math.floor(t[2] / 1000)
+state.finished = now
 state.due = nil
 local payload = redis.call('HGET', KEYS[1], id)
 redis.call('ZREM', KEYS[3], id)
@@ -36,5 +55,8 @@ redis.call('HDEL', KEYS[1], id)
 redis.call('HDEL', KEYS[2], id)
 redis.call('HSET', KEYS[5], 'payload', payload, 'state', cjson.encode(state))
 redis.call('EXPIRE', KEYS[5], tonumber(ARGV[2]))
+redis.call('HINCRBY', KEYS[7], ARGV[4] .. '|cancelled', 1)
+redis.call('EXPIRE', KEYS[7], tonumber(ARGV[6]))
+event('cancelled')
 redis.call('PUBLISH', ARGV[3], id)
 return 1

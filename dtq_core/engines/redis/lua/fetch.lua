@@ -10,12 +10,15 @@ KEYS[1] jobs    hash  id -> payload JSON
 KEYS[2] state   hash  id -> state JSON: {status, attempts, lost, priority, seq,
                       created, started, finished, due, worker, token, cancel,
                       progress, message, max_retries, retry_backoff_s, timeout_s}
-KEYS[3..]       triples of (ready zset, active zset, scheduled zset) of each
+KEYS[3] events  stream  the namespace's lifecycle events
+KEYS[4..]       triples of (ready zset, active zset, scheduled zset) of each
                 plugin, in the order to take from; active: id -> lease deadline
                 (ms, server clock); scheduled: id -> due time (ms)
 ARGV[1] count: most jobs to take
 ARGV[2] lease_ms
 ARGV[3] worker id: goes into the fencing token
+ARGV[4] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
+ARGV[5..] the plugins' names, one per triple of KEYS, in the same order
 
 Returns {next_due_in_ms, id, payload, state JSON, token, id, ...}: the wait until
 the next delayed job of these plugins is due (-1 if none), then four entries
@@ -48,7 +51,7 @@ local function promote(ready, scheduled)
   end
 end
 
-local function lease(id, active)
+local function lease(id, active, plugin)
   local payload = redis.call('HGET', KEYS[1], id)
   local ok, state = pcall(cjson.decode, redis.call('HGET', KEYS[2], id) or '')
   -- An id without a record (written by something other than dtq) is dropped.
@@ -64,6 +67,11 @@ local function lease(id, active)
   local encoded = cjson.encode(state)
   redis.call('HSET', KEYS[2], id, encoded)
   redis.call('ZADD', active, deadline, id)
+  local cap = tonumber(ARGV[4])
+  if cap > 0 then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', 'type', 'started', 'time', now, 'job', id,
+      'plugin', plugin, 'attempt', state.attempts, 'worker', ARGV[3])
+  end
   out[#out + 1] = id
   out[#out + 1] = payload
   out[#out + 1] = encoded
@@ -71,17 +79,17 @@ local function lease(id, active)
   taken = taken + 1
 end
 
-for k = 3, #KEYS, 3 do
+for k = 4, #KEYS, 3 do
   promote(KEYS[k], KEYS[k + 2])
 end
-for k = 3, #KEYS, 3 do
+for k = 4, #KEYS, 3 do
   -- Pop again after dropping ids without a record, so that garbage in a queue
   -- cannot make it look empty while real jobs wait behind it.
   while taken < count do
     local popped = redis.call('ZPOPMIN', KEYS[k], count - taken)
     if #popped == 0 then break end
     for i = 1, #popped, 2 do
-      lease(popped[i], KEYS[k + 1])
+      lease(popped[i], KEYS[k + 1], ARGV[5 + (k - 4) / 3])
     end
   end
 end

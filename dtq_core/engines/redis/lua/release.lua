@@ -14,7 +14,9 @@ KEYS[4] ready   zset  the plugin's queue
 KEYS[5] signal  list  wake-up hints
 KEYS[6] done    hash  this id's final record
 KEYS[7] errors  list  this id's attempt errors
-KEYS[8] index   zset  ids of dead jobs -> finish time
+KEYS[8] index   zset    ids of dead jobs -> finish time
+KEYS[9] events  stream  the namespace's lifecycle events
+KEYS[10] rate   hash    outcomes counted in the current minute (client's clock)
 ARGV[1] id
 ARGV[2] token, or '' to release only if the lease has expired
 ARGV[3] 1 to count a lost lease (and record ARGV[6] as an attempt error), else 0
@@ -26,6 +28,11 @@ ARGV[8] signal cap
 ARGV[9] dead index cap
 ARGV[10] most errors kept per job
 ARGV[11] error JSON recorded as the reason when the job goes dead
+ARGV[12] plugin name
+ARGV[13] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
+ARGV[14] lifetime in seconds of the minute's counts
+ARGV[15], ARGV[16] the lost lease's error type and short message, for its event
+ARGV[17], ARGV[18] the dead job's error type and short message, for its event
 
 Returns 1 requeued, 2 dead, 3 cancelled, 0 nothing to do (the lease was renewed
 or belongs to someone else, or the job finished meanwhile).
@@ -46,6 +53,14 @@ if not payload or not ok or type(state) ~= 'table' or state.status ~= 'running' 
   return 0
 end
 
+-- Record a lifecycle event unless events are off.
+local function event(kind, ...)
+  local cap = tonumber(ARGV[13])
+  if cap <= 0 then return end
+  redis.call('XADD', KEYS[9], 'MAXLEN', '~', cap, '*', 'type', kind, 'time', now, 'job', id,
+    'plugin', ARGV[12], 'attempt', tonumber(state.attempts) or 0, 'worker', state.worker or '', ...)
+end
+
 local ttl = tonumber(ARGV[5])
 state.token = nil
 if ARGV[3] == '1' then
@@ -53,6 +68,7 @@ if ARGV[3] == '1' then
   redis.call('RPUSH', KEYS[7], ARGV[6])
   redis.call('LTRIM', KEYS[7], -tonumber(ARGV[10]), -1)
   redis.call('EXPIRE', KEYS[7], ttl)
+  event('lease_lost', 'error_type', ARGV[15], 'error_message', ARGV[16])
 end
 
 local final = nil
@@ -74,6 +90,13 @@ if final then
     redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -tonumber(ARGV[9]) - 1)
   end
   redis.call('EXPIRE', KEYS[6], ttl)
+  redis.call('HINCRBY', KEYS[10], ARGV[12] .. '|' .. final, 1)
+  redis.call('EXPIRE', KEYS[10], tonumber(ARGV[14]))
+  if final == 'dead' then
+    event('dead', 'error_type', ARGV[17], 'error_message', ARGV[18])
+  else
+    event('cancelled')
+  end
   redis.call('PUBLISH', ARGV[7], id)
   return final == 'dead' and 2 or 3
 end
@@ -85,4 +108,5 @@ redis.call('ZADD', KEYS[4], string.format('%.0f', score), id)
 if redis.call('LLEN', KEYS[5]) < tonumber(ARGV[8]) then
   redis.call('LPUSH', KEYS[5], '1')
 end
+event('requeued')
 return 1

@@ -8,8 +8,11 @@ KEYS[4] signal  list    wake-up hints
 KEYS[5] seq     string  arrival counter
 KEYS[6] done    hash    this id's final record
 KEYS[7] index   zset    the index the job is listed in (dead or failed)
+KEYS[8] events  stream  the namespace's lifecycle events
 ARGV[1] id
 ARGV[2] signal cap
+ARGV[3] plugin name
+ARGV[4] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
 
 Returns 1 requeued, 0 no final record (expired, or already requeued).
 ]]
@@ -31,5 +34,11 @@ redis.call('HSET', KEYS[2], id, cjson.encode(state))
 redis.call('ZADD', KEYS[3], string.format('%.0f', -state.priority * 2^40 + state.seq), id)
 if redis.call('LLEN', KEYS[4]) < tonumber(ARGV[2]) then
   redis.call('LPUSH', KEYS[4], '1')
+end
+local cap = tonumber(ARGV[4])
+if cap > 0 then
+  local t = redis.call('TIME')
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', cap, '*', 'type', 'requeued',
+    'time', t[1] * 1000 + math.floor(t[2] / 1000), 'job', id, 'plugin', ARGV[3], 'attempt', 0, 'worker', '')
 end
 return 1
