@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import enum
-import json
 import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -21,8 +20,11 @@ import attrs
 
 from dtq_core.config import url_from_env
 from dtq_core.errors import UnknownEngine, UnknownPlugin
-from dtq_core.job import ErrorInfo, Job, JobStatus, from_ms
+from dtq_core.job import ErrorInfo, Job, JobStatus
 from dtq_core.plugin import ENGINE_GROUP, load_entry_point
+
+# Re-exported: engines written before dtq_core.record existed import it from here.
+from dtq_core.record import job_from_state as job_from_state  # noqa: PLC0414
 
 
 class AppendOutcome(enum.Enum):
@@ -419,47 +421,6 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""
-
-
-def job_from_state(
-    job_id: str,
-    payload: str,
-    state: Mapping[str, Any],
-    result_json: str | None = None,
-    error_json: str | None = None,
-    errors: Sequence[str] = (),
-) -> Job:
-    """Rebuild a :class:`Job` from what engines store.
-
-    ``payload`` is the canonical ``{"data", "plugin"}`` JSON; ``state`` the
-    job's bookkeeping with the keys the bundled engines use (status, attempts,
-    lost, priority, created/started/finished/due in ms, worker, cancel,
-    progress, message and the per-job options); errors are JSON strings.
-    """
-    body = json.loads(payload)
-    return Job(
-        id=job_id,
-        plugin=body["plugin"],
-        data=body["data"],
-        status=JobStatus(state.get("status", "queued")),
-        result=None if result_json is None else json.loads(result_json),
-        error=None if error_json is None else ErrorInfo.from_dict(json.loads(error_json)),
-        errors=tuple(ErrorInfo.from_dict(json.loads(e)) for e in errors),
-        attempts=int(state.get("attempts", 0)),
-        lost_leases=int(state.get("lost", 0)),
-        priority=int(state.get("priority", 0)),
-        max_retries=state.get("max_retries"),
-        retry_backoff_s=state.get("retry_backoff_s"),
-        timeout_s=state.get("timeout_s"),
-        progress=state.get("progress"),
-        message=state.get("message"),
-        cancel_requested=bool(state.get("cancel")),
-        worker=state.get("worker"),
-        created_at=from_ms(state.get("created")),
-        started_at=from_ms(state.get("started")),
-        finished_at=from_ms(state.get("finished")),
-        eta=from_ms(state.get("due")),
-    )
 
 
 #: Recorded for each delivery whose worker (or job process) died.

@@ -88,6 +88,22 @@ class UnknownEngine(EngineError):
     """No engine is registered for a URL scheme."""
 
 
+class MalformedRecord(EngineError):
+    """A stored job record is not one dtq could have written (garbage put into storage, or corruption).
+
+    ``reason`` says what is wrong. A worker that takes such a job never runs
+    it: the job ends dead with the error ``malformed record: <reason>``.
+    """
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(
+            f"job {job_id!r} has a malformed record: {reason}; dtq did not write it so (something else "
+            "wrote into dtq's storage, or it is corrupted), and a worker that takes the job buries it as dead"
+        )
+        self.job_id = job_id
+        self.reason = reason
+
+
 # --- jobs at run time ----------------------------------------------------------
 
 

@@ -28,6 +28,13 @@ from dtq_core.errors import InvalidJob
 
 MAX_ID_LENGTH = 256
 MAX_PRIORITY = 4095
+#: The most retries a job may ask for.
+MAX_RETRIES = 1_000_000
+#: The longest delay, backoff or time limit (about a century): longer ones are
+#: mistakes, and would overflow the clocks and timers that must hold them.
+MAX_SECONDS = 100 * 365.25 * 24 * 3600
+#: ETAs must fall before this: stored times must stay within what a datetime holds.
+LATEST_ETA = datetime(9999, 1, 1, tzinfo=timezone.utc)
 _TOP_LEVEL_KEYS = frozenset({"id", "job", "options"})
 _JOB_KEYS = frozenset({"plugin", "data"})
 _OPTION_KEYS = frozenset({"priority", "max_retries", "retry_backoff_s", "timeout_s", "delay_s", "eta"})
@@ -270,18 +277,29 @@ def schedule_of(options: Mapping[str, Any]) -> tuple[float, datetime | None]:
             eta = datetime.fromisoformat(eta)
         except ValueError as exc:
             raise InvalidJob(f"eta must be an ISO 8601 time, got {eta!r}") from exc
-    if eta is not None and (not isinstance(eta, datetime) or eta.tzinfo is None):
+    if eta is not None:
+        _check_eta(eta)
+    return delay, eta
+
+
+def _check_eta(eta: object) -> None:
+    if not isinstance(eta, datetime) or eta.utcoffset() is None:
         raise InvalidJob(
             f"eta must be a timezone-aware datetime (e.g. datetime.now(timezone.utc)), got {eta!r}"
         )
-    return delay, eta
+    try:
+        too_late = eta.astimezone(timezone.utc) >= LATEST_ETA
+    except OverflowError:  # past the end of year 9999 once in UTC
+        too_late = True
+    if too_late:
+        raise InvalidJob(f"eta must be before {LATEST_ETA.isoformat()}, got {eta.isoformat()}")
 
 
 def _optional_count(name: str, value: object) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidJob(f"{name} must be a whole number from 0 up, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+        raise InvalidJob(f"{name} must be a whole number from 0 up, at most {MAX_RETRIES}, got {value!r}")
     return value
 
 
@@ -292,9 +310,11 @@ def _optional_seconds(name: str, value: object) -> float | None:
         isinstance(value, bool)
         or not isinstance(value, (int, float))
         or not math.isfinite(value)
-        or value < 0
+        or not 0 <= value <= MAX_SECONDS
     ):
-        raise InvalidJob(f"{name} must be a number of seconds from 0 up, got {value!r}")
+        raise InvalidJob(
+            f"{name} must be a number of seconds from 0 up, at most {MAX_SECONDS:.0f}, got {value!r}"
+        )
     return float(value)
 
 
@@ -308,6 +328,8 @@ def normalise_id(value: object) -> str:
         return new_job_id()
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidJob(f"a job id must be a string or an integer, got {type(value).__name__}")
+    if isinstance(value, int) and abs(value) >= 10**MAX_ID_LENGTH:
+        raise InvalidJob(f"a job id must be 1 to {MAX_ID_LENGTH} printable characters, got a longer integer")
     text = str(value)
     if not text or len(text) > MAX_ID_LENGTH or not text.isprintable():
         raise InvalidJob(f"a job id must be 1 to {MAX_ID_LENGTH} printable characters, got {text[:40]!r}")
@@ -344,14 +366,33 @@ def check_data(value: object) -> dict[str, Any]:
             "job['job']['data'] must be a dict (a JSON object) holding everything the "
             f"plugin needs, got {'nothing' if value is None else type(value).__name__}"
         )
-    _check_keys_are_strings(value, "data")
     try:
-        decoded = json.loads(dumps(value))
+        _check_keys_are_strings(value, "data")
+        text = dumps(value)
+        decoded = json.loads(text)
+    except InvalidJob:
+        raise
+    except RecursionError as exc:
+        raise InvalidJob("job data is nested too deeply, or contains itself: JSON cannot carry it") from exc
     except (TypeError, ValueError) as exc:
         raise InvalidJob(
             f"job data must be JSON-serialisable (dicts, lists, strings, numbers, booleans, null): {exc}"
         ) from exc
+    if not is_utf8(text):
+        raise InvalidJob(
+            "job data holds text that is not valid Unicode (a lone surrogate such as '\\ud800'), "
+            "which JSON text in UTF-8 cannot carry"
+        )
     return dict(decoded)
+
+
+def is_utf8(text: str) -> bool:
+    """True if ``text`` encodes to UTF-8: it holds no lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def dumps(value: Any) -> str:

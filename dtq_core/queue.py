@@ -23,6 +23,7 @@ from dtq_core.engine import (
 )
 from dtq_core.errors import (
     DuplicateJob,
+    InvalidJob,
     JobFailed,
     JobNotFound,
     PayloadTooLarge,
@@ -37,6 +38,7 @@ from dtq_core.job import (
     schedule_of,
 )
 from dtq_core.plugin import PluginRegistry
+from dtq_core.record import MALFORMED
 
 #: How long one wait for a result may block before checking again (seconds).
 _WAIT_SLICE_S = 30.0
@@ -49,7 +51,8 @@ class Queue:
         plugins: the allow-list. A job naming any other plugin is refused. A name
             on the list need not be installed here: the job is then queued
             without local validation, for workers that have the plugin. ``None``
-            allows every plugin installed here (and only those).
+            takes the ``plugins`` setting (``DTQ_PLUGINS``, the config file), and
+            without one allows every plugin installed here (and only those).
         url: engine URL (``redis://localhost:6379/0`` by default).
         engine: an :class:`~dtq_core.Engine` instance or subclass to use instead
             of the one the URL's scheme names.
@@ -215,11 +218,18 @@ class Queue:
 
         Raises:
             JobNotFound: no such job, or it is not final.
+            InvalidJob: the job was buried because its stored record was malformed:
+                there is no data to run again.
         """
         job = self._existing(job_id)
         if not job.status.is_final or job.status is JobStatus.SUCCEEDED:
             raise JobNotFound(
                 f"job {job.id!r} is {job.status.value}; only dead, failed or cancelled jobs requeue"
+            )
+        if job.error is not None and job.error.type == MALFORMED:
+            raise InvalidJob(
+                f"job {job.id!r} cannot run again: it was buried because its stored record was "
+                f"malformed ({job.error.message}), so dtq has no data for it; append a new job instead"
             )
         if not self.engine.requeue(job):
             raise JobNotFound(f"job {job.id!r} was requeued or expired meanwhile")

@@ -65,8 +65,10 @@ class Worker:
 
     Args:
         plugins: the plugins to serve (the allow-list). Every one must load, or
-            the worker refuses to start. ``None`` serves every installed plugin
-            that loads; the others are reported and their jobs stay queued.
+            the worker refuses to start. ``None`` takes the ``plugins`` setting
+            (``DTQ_PLUGINS``, the config file), and without one serves every
+            installed plugin that loads; the others are reported and their jobs
+            stay queued.
         url: engine URL (``redis://localhost:6379/0`` by default).
         engine: an engine instance or subclass instead of the URL's.
         settings: resolved :class:`~dtq_core.Settings`; by default
@@ -166,8 +168,11 @@ class Worker:
         #: Told of attempts ending and leases recovered (the metrics exporter is one).
         self.observers: list[Observer] = []
         self._next_rescan = time.monotonic() + self.rescan_s
-        self._in_hand: dict[str, Control] = {}
+        # Keyed by delivery (job id and lease token), not job id alone: a worker woken from a
+        # stall may hold a new lease of a job while the stale attempt of a lost one still stops.
+        self._in_hand: dict[tuple[str, str], Control] = {}
         self._in_hand_lock = threading.Lock()
+        self._stale: set[tuple[str, str]] = set()  # deliveries in hand whose lease is lost: not renewed
         self._stopping = threading.Event()
         self._next_recovery = 0.0
 
@@ -345,6 +350,41 @@ class Worker:
                     "job %s (%s): stopped at shutdown, %s", lease.job.id, lease.job.plugin, outcome.value
                 )
 
+    def _renew(self) -> None:
+        """Renew the leases in hand; stop the attempts whose lease is lost or whose job is cancelled."""
+        with self._in_hand_lock:
+            leases = [c.lease for delivery, c in self._in_hand.items() if delivery not in self._stale]
+        for batch in _one_lease_per_job(leases):
+            renewal = self.engine.renew(batch, self.lease_s)
+            by_id = {lease.job.id: lease for lease in batch}
+            for job_id in renewal.lost:
+                self._lease_lost(by_id[job_id])
+            for job_id in renewal.cancel:
+                self._stop(by_id[job_id])
+
+    def _lease_lost(self, lease: Lease) -> None:
+        """The lease ran out (this worker was cut off or stalled past it) and the job went back.
+
+        Another worker may run it now, and this attempt's outcome will be refused,
+        so the attempt is stopped rather than left to run for nothing.
+        """
+        with self._in_hand_lock:
+            if _delivery(lease) not in self._in_hand:
+                return  # the attempt ended meanwhile: its completion had the last word
+            self._stale.add(_delivery(lease))
+        log.warning(
+            "job %s attempt %d: lease lost; another worker may run it, so this attempt is stopped",
+            lease.job.id,
+            lease.job.attempts,
+        )
+        self._stop(lease)
+
+    def _stop(self, lease: Lease) -> None:
+        with self._in_hand_lock:
+            control = self._in_hand.get(_delivery(lease))
+        if control is not None:
+            control.cancel.set()
+
     def _unregister(self) -> None:
         try:
             self.engine.unregister(self.worker_id)
@@ -367,13 +407,15 @@ class Worker:
             return self._record(lease, decide(RetryPolicy(), job, unrunnable(exc)), started)  # dead
         limit = timeout_for(plugin, job)
         control = Control(lease, deadline=None if limit is None else started + limit)
+        delivery = _delivery(lease)
         with self._in_hand_lock:
-            self._in_hand[job.id] = control
+            self._in_hand[delivery] = control
         try:
             attempt = runner.run(control, limit, plugin)
         finally:
             with self._in_hand_lock:
-                self._in_hand.pop(job.id, None)
+                self._in_hand.pop(delivery, None)
+                self._stale.discard(delivery)
         if attempt is None:
             return self._lost(lease)
         return self._record(lease, decide(policy_for(plugin, job), job, attempt), started)
@@ -512,6 +554,25 @@ def _log_outcome(job: Job, outcome: Outcome, stored: bool, duration_s: float) ->
     )
 
 
+def _delivery(lease: Lease) -> tuple[str, str]:
+    # A token is unique per delivery of one job only: the same worker's first attempts
+    # at two jobs share a token.
+    return (lease.job.id, lease.token)
+
+
+def _one_lease_per_job(leases: Sequence[Lease]) -> list[list[Lease]]:
+    """Split leases into batches that name each job once, so that a job id the engine reports
+    lost names one lease. Two leases of one job are in hand only while a stale attempt stops."""
+    batches: list[list[Lease]] = []
+    seen: dict[str, int] = {}
+    for lease in leases:
+        n = seen[lease.job.id] = seen.get(lease.job.id, -1) + 1
+        if n == len(batches):
+            batches.append([])
+        batches[n].append(lease)
+    return batches
+
+
 class _Pool:
     """``size`` slot threads, each with its own runner, fed one lease at a time."""
 
@@ -599,7 +660,8 @@ class _Heartbeat:
     """Renews the leases of the jobs in hand and keeps the worker registered.
 
     It runs in a thread of its own, so a plugin that keeps the main thread busy
-    cannot starve it; leases whose job was asked to cancel are flagged.
+    cannot starve it; attempts whose job was asked to cancel, or whose lease
+    was lost, are told to stop.
     """
 
     def __init__(self, worker: Worker) -> None:
@@ -626,17 +688,6 @@ class _Heartbeat:
             worker.engine.heartbeat(
                 worker.worker_id, worker.describe(), ttl_s=max(3 * worker.heartbeat_s, 5.0)
             )
-            leases = worker.in_hand()
-            if not leases:
-                return
-            renewal = worker.engine.renew(leases, worker.lease_s)
+            worker._renew()
         except DtqError as exc:
             log.warning("heartbeat failed: %s", exc)
-            return
-        for job_id in renewal.lost:
-            log.warning("job %s: lease lost; another worker may run it", job_id)
-        with worker._in_hand_lock:
-            for job_id in renewal.cancel:
-                control = worker._in_hand.get(job_id)
-                if control is not None:
-                    control.cancel.set()

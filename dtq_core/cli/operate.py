@@ -23,6 +23,7 @@ from dtq_core.cli.common import (
     settings,
 )
 from dtq_core.engine import Event, Stats
+from dtq_core.errors import InvalidJob
 from dtq_core.job import JobStatus
 from dtq_core.logs import configure_logging
 from dtq_core.periodic import load_schedules
@@ -210,9 +211,12 @@ def health(queues: tuple[str, ...], as_json: bool, url: str | None, namespace: s
         queue.engine.ping()
         live = queue.workers()
     served = {name for row in live for name in row.get("plugins", "").split(",") if name}
-    unserved = [name for name in queues if name not in served] if queues else ([] if live else ["(any)"])
+    unserved = [name for name in queues if name not in served]
+    healthy = bool(live) and not unserved
     if as_json:
-        print_json({"engine": "ok", "workers": len(live), "unserved": unserved, "healthy": not unserved})
+        print_json({"engine": "ok", "workers": len(live), "unserved": unserved, "healthy": healthy})
+    if not live:
+        fail(f"no live worker in namespace {queue.settings.namespace!r}", EXIT_UNHEALTHY)
     if unserved:
         fail(f"no live worker serves: {', '.join(unserved)}", EXIT_UNHEALTHY)
     if not as_json:
@@ -281,10 +285,17 @@ def dead_requeue(job_ids: tuple[str, ...], everything: bool, url: str | None, na
     if not job_ids and not everything:
         fail("name the jobs to requeue, or pass --all")
     with Queue(settings=settings(url=url, namespace=namespace)) as queue:
-        ids = list(job_ids) or [job.id for job in queue.dead(limit=10_000)]
-        for job_id in ids:
-            queue.requeue(job_id)
-            click.echo(f"{job_id}: requeued")
+        if job_ids:
+            for job_id in job_ids:
+                queue.requeue(job_id)
+                click.echo(f"{job_id}: requeued")
+            return
+        for job in queue.dead(limit=10_000):
+            try:
+                queue.requeue(job.id)
+                click.echo(f"{job.id}: requeued")
+            except InvalidJob as exc:  # a buried malformed record: report it, requeue the rest
+                click.echo(f"{job.id}: skipped: {exc}", err=True)
 
 
 @dead.command("purge")

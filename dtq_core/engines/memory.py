@@ -46,10 +46,10 @@ from dtq_core.engine import (
     counter_event_seq,
     dead_after_lost_leases,
     history_minutes,
-    job_from_state,
     short_message,
 )
 from dtq_core.job import ErrorInfo, Job, JobStatus
+from dtq_core.record import job_from_state
 
 _INDEXED = (JobStatus.DEAD, JobStatus.FAILED)
 

@@ -19,12 +19,22 @@ Schema (one file can hold several namespaces):
 * ``dtq_events``: lifecycle events, numbered per namespace (``n``) without
   gaps, trimmed to the newest ``events_max``.
 * ``dtq_rates``: outcomes counted per minute, plugin and status, kept two hours.
+
+A row written by something other than dtq (any sqlite3 client can) is never
+run and never crashes a worker: a queued or leased row whose payload, state or
+errors fail the checks of :mod:`dtq_core.record`, or whose payload names
+another plugin than its ``plugin`` column, is buried as dead with the reason
+in the transaction that found it. A scheduled or leased row whose ``due_ms``
+or ``deadline_ms`` is not a number counts as due or expired, so none waits for
+ever. A row whose ``status`` is not a dtq status is in no queue: no worker
+takes it, and reading it raises :class:`~dtq_core.errors.MalformedRecord`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -33,7 +43,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from dtq_core.config import DEFAULT_NAMESPACE
+from dtq_core.config import DEFAULT_FAILURE_TTL_S, DEFAULT_NAMESPACE
 from dtq_core.engine import (
     HISTORY_S,
     LOST_LEASE,
@@ -55,11 +65,13 @@ from dtq_core.engine import (
     counter_event_seq,
     dead_after_lost_leases,
     history_minutes,
-    job_from_state,
     short_message,
 )
-from dtq_core.errors import EngineError, EngineUnavailable
-from dtq_core.job import ErrorInfo, Job, JobStatus
+from dtq_core.errors import EngineError, EngineUnavailable, MalformedRecord
+from dtq_core.job import ErrorInfo, Job, JobStatus, encode_payload
+from dtq_core.record import job_from_state, leased_job, malformed_error, read_state
+
+log = logging.getLogger("dtq.engine")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dtq_jobs (
@@ -249,31 +261,51 @@ class SqliteEngine(Engine):
     # --- workers -----------------------------------------------------------------
 
     def fetch(self, plugins: Sequence[str], *, count: int, lease_s: float, worker_id: str) -> Batch:
-        """Promote due jobs, then take and lease up to ``count``, in one transaction."""
+        """Promote due jobs, then take and lease up to ``count``, in one transaction.
+
+        Malformed rows are buried as dead instead of being taken (see the module documentation).
+        """
         with self._tx() as db:
             now = self._expire(db)
             marks = ",".join("?" * len(plugins))
-            db.execute(
-                f"UPDATE dtq_jobs SET status = 'queued', due_ms = NULL WHERE namespace = ? "  # noqa: S608
-                f"AND status = 'scheduled' AND due_ms <= ? AND plugin IN ({marks})",
-                (self.namespace, now, *plugins),
-            )
+            for due, with_now in _DUE:
+                db.execute(
+                    f"UPDATE dtq_jobs SET status = 'queued', due_ms = NULL WHERE namespace = ? "  # noqa: S608
+                    f"AND status = 'scheduled' AND plugin IN ({marks}) AND {due}",
+                    (self.namespace, *plugins, *([now] if with_now else [])),
+                )
             leases: list[Lease] = []
             for plugin in plugins:
-                if len(leases) >= count:
-                    break
-                rows = db.execute(
-                    "SELECT * FROM dtq_jobs WHERE namespace = ? AND plugin = ? AND status = 'queued' "
-                    "ORDER BY score LIMIT ?",
-                    (self.namespace, plugin, count - len(leases)),
-                ).fetchall()
-                leases += [self._lease(db, _decode(r), now, lease_s, worker_id) for r in rows]
+                while len(leases) < count and (rows := self._queued(db, plugin, count - len(leases))):
+                    leases += self._take(db, plugin, rows, now, lease_s, worker_id)
             next_due = db.execute(
                 f"SELECT MIN(due_ms) FROM dtq_jobs WHERE namespace = ? AND status = 'scheduled' "  # noqa: S608
                 f"AND plugin IN ({marks})",
                 (self.namespace, *plugins),
             ).fetchone()[0]
             return Batch(leases, None if next_due is None else (next_due - now) / 1000)
+
+    def _queued(self, db: sqlite3.Connection, plugin: str, limit: int) -> list[Any]:
+        return db.execute(
+            "SELECT * FROM dtq_jobs WHERE namespace = ? AND plugin = ? AND status = 'queued' "
+            "ORDER BY score LIMIT ?",
+            (self.namespace, plugin, limit),
+        ).fetchall()
+
+    def _take(
+        self, db: sqlite3.Connection, plugin: str, rows: list[Any], now: int, lease_s: float, worker_id: str
+    ) -> list[Lease]:
+        """Lease the rows that are sound; bury the others as dead."""
+        leases = []
+        for raw in rows:
+            try:
+                row = _decode(raw)
+                leased_job(row["id"], plugin, row["payload"], _state(row))
+            except MalformedRecord as exc:
+                self._bury(db, exc.job_id, plugin, exc.reason, DEFAULT_FAILURE_TTL_S)
+                continue
+            leases.append(self._lease(db, row, now, lease_s, worker_id))
+        return leases
 
     def wait_for_jobs(self, plugins: Sequence[str], timeout_s: float) -> None:
         """Poll until a job of ``plugins`` is queued (or due), or time runs out."""
@@ -352,13 +384,26 @@ class SqliteEngine(Engine):
     def recover(self, plugin: str, *, max_lost_leases: int, ttl_s: float, limit: int = 100) -> int:
         """Requeue or bury the jobs whose lease expired."""
         with self._tx() as db:
+            # A deadline that is not a number (not written by dtq) counts as expired.
             rows = db.execute(
                 "SELECT * FROM dtq_jobs WHERE namespace = ? AND plugin = ? AND status = 'running' "
-                "AND deadline_ms <= ? ORDER BY deadline_ms LIMIT ?",
+                "AND (deadline_ms <= ? OR typeof(deadline_ms) NOT IN ('integer', 'real')) "
+                "ORDER BY deadline_ms LIMIT ?",
                 (self.namespace, plugin, _now_ms(), limit),
             ).fetchall()
-            outcomes = [self._release(db, _decode(r), True, max_lost_leases, ttl_s) for r in rows]
+            outcomes = [self._recover_row(db, plugin, r, max_lost_leases, ttl_s) for r in rows]
             return sum(1 for outcome in outcomes if outcome is not ReleaseOutcome.NOT_HELD)
+
+    def _recover_row(
+        self, db: sqlite3.Connection, plugin: str, raw: Any, max_lost: int, ttl_s: float
+    ) -> ReleaseOutcome:
+        try:
+            row = _decode(raw)
+            leased_job(row["id"], plugin, row["payload"], _state(row))
+        except MalformedRecord as exc:
+            self._bury(db, exc.job_id, plugin, exc.reason, ttl_s)
+            return ReleaseOutcome.DEAD
+        return self._release(db, row, True, max_lost, ttl_s)
 
     def heartbeat(self, worker_id: str, info: Mapping[str, str], ttl_s: float) -> None:
         """Register or refresh a worker."""
@@ -590,6 +635,26 @@ class SqliteEngine(Engine):
         self._event(db, EventType.STARTED, row)
         return Lease(_job(row), token=token)
 
+    def _bury(self, db: sqlite3.Connection, job_id: str, plugin: str, reason: str, ttl_s: float) -> None:
+        """End a job whose row is malformed as dead, with the reason, in a row any dtq reads."""
+        error = malformed_error(reason)
+        payload = encode_payload(Job(id=job_id, plugin=plugin, data={}))
+        db.execute(
+            "UPDATE dtq_jobs SET payload = ?, plugin = ? WHERE namespace = ? AND id = ?",
+            (payload, plugin, self.namespace, job_id),
+        )
+        row: dict[str, Any] = dict.fromkeys(_COLUMNS)
+        row.update(id=job_id, plugin=plugin, payload=payload, error=json.dumps(error.to_dict()), errors=[])
+        row["state"] = {"attempts": 0, "lost": 0, "priority": 0, "created": _now_ms()}
+        self._finish(db, row, "dead", ttl_s, error)
+        log.warning(
+            "job %s (%s): malformed record, buried as dead: %s",
+            job_id,
+            plugin,
+            reason,
+            extra={"job_id": job_id, "plugin": plugin, "status": "dead"},
+        )
+
     def _release(
         self, db: sqlite3.Connection, row: dict[str, Any], lost: bool, max_lost: int, ttl_s: float
     ) -> ReleaseOutcome:
@@ -731,13 +796,37 @@ def _event(row: Sequence[Any]) -> Event:
     )
 
 
+#: The ``due_ms`` conditions under which a scheduled row is promoted, and whether each
+#: takes the current time: due; and (garbage, dtq never writes it) no time, or text
+#: (which SQLite sorts after every number). One statement each, so each uses the index.
+_DUE = (("due_ms <= ?", True), ("due_ms IS NULL", False), ("due_ms >= ''", False))
+
+
 def _decode(row: Sequence[Any]) -> dict[str, Any]:
+    """A row as a dict, its JSON columns decoded.
+
+    Raises:
+        MalformedRecord: the state or errors column is not what dtq writes.
+    """
     decoded = dict(zip(_COLUMNS, row, strict=True))
-    decoded["state"] = json.loads(decoded["state"])
-    decoded["errors"] = json.loads(decoded["errors"])
+    try:
+        decoded["state"] = dict(read_state(decoded["state"]))
+    except ValueError as exc:
+        raise MalformedRecord(decoded["id"], str(exc)) from exc
+    try:
+        errors = json.loads(decoded["errors"])
+    except (TypeError, ValueError, RecursionError):
+        errors = None
+    if not (isinstance(errors, list) and all(isinstance(e, str) for e in errors)):
+        raise MalformedRecord(decoded["id"], "the errors column is not a JSON list of errors")
+    decoded["errors"] = errors
     return decoded
 
 
+def _state(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The state as the other engines keep it: with the status and due time columns."""
+    return {**row["state"], "status": row["status"], "due": row["due_ms"]}
+
+
 def _job(row: Mapping[str, Any]) -> Job:
-    state = {**row["state"], "status": row["status"], "due": row["due_ms"]}
-    return job_from_state(row["id"], row["payload"], state, row["result"], row["error"], row["errors"])
+    return job_from_state(row["id"], row["payload"], _state(row), row["result"], row["error"], row["errors"])

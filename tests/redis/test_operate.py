@@ -161,7 +161,7 @@ def test_health_needs_the_engine_and_a_live_worker_per_named_queue(
     run_dtq: RunDtq, start_worker: StartWorker, queue: Queue
 ) -> None:
     nobody = run_dtq("health")
-    assert nobody.returncode == 6 and "no live worker serves" in nobody.stderr
+    assert nobody.returncode == 6 and "no live worker in namespace" in nobody.stderr
     start_worker("--plugins", "test_only", "--mode", "thread")
     wait_for(queue.workers)
     assert run_dtq("health").returncode == 0

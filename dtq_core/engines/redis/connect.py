@@ -43,6 +43,10 @@ def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, retr
     """
     common: dict[str, Any] = {
         "decode_responses": True,
+        # Bytes that are not UTF-8 (written by something other than dtq) decode
+        # to lone surrogates instead of failing the whole reply: the record
+        # checks then report them (dtq_core.record), and the bytes round-trip.
+        "encoding_errors": "surrogateescape",
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": connect_timeout_s,
         "socket_keepalive": True,

@@ -9,16 +9,18 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import attrs
 import redis
 from redis.cluster import RedisCluster
 
-from dtq_core.config import DEFAULT_NAMESPACE, DEFAULT_PREFIX, mask_url
+from dtq_core.config import DEFAULT_FAILURE_TTL_S, DEFAULT_NAMESPACE, DEFAULT_PREFIX, mask_url
 from dtq_core.engine import (
     HISTORY_S,
     LOST_LEASE,
@@ -38,13 +40,15 @@ from dtq_core.engine import (
     Stats,
     dead_after_lost_leases,
     history_minutes,
-    job_from_state,
     short_message,
 )
 from dtq_core.engines.redis.connect import Client, connect, engine_options
 from dtq_core.engines.redis.keys import Keys
-from dtq_core.errors import EngineError, EngineUnavailable
-from dtq_core.job import ErrorInfo, Job, JobStatus
+from dtq_core.errors import EngineError, EngineUnavailable, MalformedRecord
+from dtq_core.job import ErrorInfo, Job, JobStatus, encode_payload
+from dtq_core.record import job_from_state, leased_job, malformed_error
+
+log = logging.getLogger("dtq.engine")
 
 _SCRIPTS = (
     "append",
@@ -57,9 +61,24 @@ _SCRIPTS = (
     "progress",
     "requeue",
     "heartbeat",
+    "bury",
 )
 #: A script's name, KEYS and ARGV.
 _ScriptCall = tuple[str, list[str], list[str | int]]
+
+
+@attrs.frozen
+class _Burial:
+    """A job to bury because its record is malformed (see ``bury.lua``)."""
+
+    plugin: str
+    job_id: str
+    #: The lease's token, or '' for an id that a script set aside.
+    token: str
+    reason: str
+    ttl_s: float = DEFAULT_FAILURE_TTL_S
+
+
 #: Final statuses whose ids are kept in an index, for listing and requeueing.
 INDEXED = (JobStatus.DEAD, JobStatus.FAILED)
 _RELEASED = {
@@ -74,6 +93,10 @@ _CANCELLED = {
     0: CancelOutcome.ALREADY_FINAL,
     -1: CancelOutcome.NOT_FOUND,
 }
+#: What release.lua answers for an id it set aside because its record is malformed.
+_SET_ASIDE = 4
+#: Entries per job in fetch.lua's reply: id, payload, state, token, plugin, reason.
+_FETCHED = 6
 #: A stream entry id: ms-seq (or ms alone, which Redis reads as ms-0).
 _STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 
@@ -190,7 +213,11 @@ class RedisEngine(Engine):
         return AppendOutcome.EXISTS if int(reply[1]) else AppendOutcome.CONFLICT
 
     def get(self, job_id: str) -> Job | None:
-        """The job's record, read in one transaction (live or final)."""
+        """The job's record, read in one transaction (live or final).
+
+        Raises:
+            MalformedRecord: the record is not one dtq wrote (see :mod:`dtq_core.record`).
+        """
         k = self.keys
         with self._talking():
             pipe = self.client.pipeline(transaction=True)
@@ -199,7 +226,7 @@ class RedisEngine(Engine):
             pipe.hgetall(k.done(job_id))
             pipe.lrange(k.errors(job_id), 0, -1)
             payload, state, done, errors = pipe.execute()
-        if payload is not None and state is not None:
+        if payload is not None or state is not None:
             return _job(job_id, payload, state, errors=errors)
         if done:
             return _job(job_id, done["payload"], done["state"], done.get("result"), done.get("error"), errors)
@@ -226,19 +253,83 @@ class RedisEngine(Engine):
     # --- worker side -----------------------------------------------------------
 
     def fetch(self, plugins: Sequence[str], *, count: int, lease_s: float, worker_id: str) -> Batch:
-        """Promote due jobs, pop and lease up to ``count`` in one script call (``fetch.lua``)."""
+        """Promote due jobs, pop and lease up to ``count`` in one script call (``fetch.lua``).
+
+        Malformed records are buried as dead (``bury.lua``) instead of being
+        returned: those the script set aside, and those that fail the checks
+        of :func:`~dtq_core.record.leased_job`. When a call found only such
+        records, the next is made at once, so garbage cannot hide real jobs.
+        """
         k = self.keys
         keys = [k.jobs, k.state, k.events]
         for plugin in plugins:
             keys += [k.ready(plugin), k.active(plugin), k.scheduled(plugin)]
         args: list[str | int] = [count, int(lease_s * 1000), worker_id, self.events_max, *plugins]
+        while True:
+            with self._talking():
+                flat = self._scripts["fetch"](keys, args)
+            leases, burials = self._sort_fetched(flat)
+            try:
+                if burials:
+                    self._bury(burials)
+            except EngineError as exc:
+                # The leases taken stay good; what was not buried is found again
+                # by lease recovery (release.lua) once its deadline passes.
+                log.warning("could not bury %d malformed record(s) yet: %s", len(burials), exc)
+            if leases or not burials:
+                next_due_ms = int(flat[0])
+                return Batch(leases, None if next_due_ms < 0 else next_due_ms / 1000)
+
+    def _sort_fetched(self, flat: Sequence[Any]) -> tuple[list[Lease], list[_Burial]]:
+        """The leases of fetch.lua's reply, and the burials of its malformed records."""
+        leases: list[Lease] = []
+        burials: list[_Burial] = []
+        for i in range(1, len(flat), _FETCHED):
+            job_id, payload, state, token, plugin, reason = flat[i : i + _FETCHED]
+            if not reason:
+                try:
+                    leases.append(Lease(leased_job(job_id, plugin, payload, state), token=token))
+                    continue
+                except MalformedRecord as exc:
+                    reason = exc.reason
+            burials.append(_Burial(plugin, job_id, token, reason))
+        return leases, burials
+
+    def _bury(self, burials: Sequence[_Burial]) -> int:
+        """Bury each job as dead with its reason (``bury.lua``); return how many were buried."""
         with self._talking():
-            flat = self._scripts["fetch"](keys, args)
-        next_due_ms = int(flat[0])
-        leases = [
-            Lease(_job(flat[i], flat[i + 1], flat[i + 2]), token=flat[i + 3]) for i in range(1, len(flat), 4)
+            replies = self._run_scripts([self._burial(burial) for burial in burials])
+        for burial, reply in zip(burials, replies, strict=True):
+            if int(reply):
+                log.warning(
+                    "job %s (%s): malformed record, buried as dead: %s",
+                    burial.job_id,
+                    burial.plugin,
+                    burial.reason,
+                    extra={"job_id": burial.job_id, "plugin": burial.plugin, "status": "dead"},
+                )
+        return sum(int(reply) for reply in replies)
+
+    def _burial(self, burial: _Burial) -> _ScriptCall:
+        k = self.keys
+        job_id = burial.job_id
+        error = malformed_error(burial.reason)
+        keys = [k.jobs, k.state, k.active(burial.plugin), k.done(job_id), k.index(JobStatus.DEAD.value)]
+        keys += [k.events, k.rate(_minute())]
+        args: list[str | int] = [
+            job_id,
+            burial.token,
+            json.dumps(error.to_dict()),
+            burial.plugin,
+            max(1, int(burial.ttl_s)),
+            k.finished_channel(job_id),
+            self.index_cap,
+            self.events_max,
+            HISTORY_S,
+            *_event_error(error),
+            encode_payload(Job(id=job_id, plugin=burial.plugin, data={})),
         ]
-        return Batch(leases, None if next_due_ms < 0 else next_due_ms / 1000)
+        return ("bury", keys, args)
 
     def wait_for_jobs(self, plugins: Sequence[str], timeout_s: float) -> None:
         """Block on the plugins' signal lists (BLPOP), at most ``block_s`` at a time."""
@@ -313,16 +404,28 @@ class RedisEngine(Engine):
         call = self._release(lease.job.plugin, lease.job.id, lease.token, lost, max_lost_leases, ttl_s)
         with self._talking():
             [reply] = self._run_scripts([call])
-        return _RELEASED[int(reply)]
+        # With a token, release.lua leaves a malformed record to lease recovery (0).
+        return _RELEASED[int(reply)] if not isinstance(reply, list) else ReleaseOutcome.NOT_HELD
 
     def recover(self, plugin: str, *, max_lost_leases: int, ttl_s: float, limit: int = 100) -> int:
-        """Requeue or bury each job of ``plugin`` whose lease expired."""
+        """Requeue or bury each job of ``plugin`` whose lease expired.
+
+        Records release.lua cannot requeue because they are malformed are
+        buried as dead (``bury.lua``) and counted too.
+        """
         with self._talking():
             expired = self._scripts["expired"]([self.keys.active(plugin)], [limit])
             if not expired:
                 return 0
             calls = [self._release(plugin, job_id, "", True, max_lost_leases, ttl_s) for job_id in expired]
-            return sum(1 for reply in self._run_scripts(calls) if int(reply))
+            replies = self._run_scripts(calls)
+        burials = [
+            _Burial(plugin, job_id, "", str(reply[1]), ttl_s)
+            for job_id, reply in zip(expired, replies, strict=True)
+            if isinstance(reply, list) and int(reply[0]) == _SET_ASIDE
+        ]
+        released = sum(1 for reply in replies if not isinstance(reply, list) and int(reply))
+        return released + (self._bury(burials) if burials else 0)
 
     def _release(
         self, plugin: str, job_id: str, token: str, lost: bool, max_lost: int, ttl_s: float
@@ -339,6 +442,7 @@ class RedisEngine(Engine):
             k.index(JobStatus.DEAD.value),
             k.events,
             k.rate(_minute()),
+            k.scheduled(plugin),
         ]
         dead = dead_after_lost_leases(max_lost)
         args: list[str | int] = [
@@ -625,10 +729,10 @@ def _server_ms(client: Client) -> int:
 
 def _job(
     job_id: str,
-    payload: str,
-    state_json: str,
+    payload: str | None,
+    state_json: str | None,
     result_json: str | None = None,
     error_json: str | None = None,
     errors: Sequence[str] = (),
 ) -> Job:
-    return job_from_state(job_id, payload, json.loads(state_json), result_json, error_json, errors)
+    return job_from_state(job_id, payload, state_json, result_json, error_json, errors)

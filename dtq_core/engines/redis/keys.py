@@ -17,7 +17,9 @@ key                               type    holds
 ``P:scheduled:<plugin>``          zset    delayed ids and retries, score = due time (ms)
 ``P:signal:<plugin>``             list    wake-up hints for blocked workers (capped)
 ``P:done:<id>``                   hash    final record (payload, state, result,
-                                          error); expires after the retention time
+                                          error; raw_payload and raw_state, as found,
+                                          of a job buried for a malformed record);
+                                          expires after the retention time
 ``P:errors:<id>``                 list    the job's attempt errors (capped, expires)
 ``P:index:<status>``              zset    ids of dead / failed jobs, by finish time
                                           (capped by count and age)

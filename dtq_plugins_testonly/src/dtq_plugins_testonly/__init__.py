@@ -71,6 +71,15 @@ def _sleep(job: Job, _caller: Caller) -> Any:
     return {"slept": seconds}
 
 
+def _whoami(job: Job, caller: Caller) -> Any:
+    # Names the delivery that produced the result, so tests can check it was the lease holder's.
+    deadline = time.monotonic() + float(job.data["seconds"])
+    while (left := deadline - time.monotonic()) > 0:
+        caller.check_cancelled()
+        time.sleep(min(left, 0.05))
+    return {"worker": job.worker, "attempt": job.attempts, "pid": os.getpid()}
+
+
 def _flaky(job: Job, _caller: Caller) -> Any:
     if job.attempts <= int(job.data["failures"]):
         raise RuntimeError(f"flaky: attempt {job.attempts} fails on purpose")
@@ -113,6 +122,7 @@ _ACTIONS: dict[str, Callable[[Job, Caller], Any]] = {
     "echo": _echo,
     "fail": _fail,
     "sleep": _sleep,
+    "whoami": _whoami,
     "flaky": _flaky,
     "crash": _crash,
     "retry": _retry,
@@ -125,5 +135,6 @@ _REQUIRED: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     "duplicate_text": {"text": ((str,), "a string")},
     "sleep": {"seconds": ((int, float), "a number of seconds")},
     "flaky": {"failures": ((int,), "an integer")},
+    "whoami": {"seconds": ((int, float), "a number of seconds")},
     "progress": {"steps": ((int,), "an integer")},
 }

@@ -33,8 +33,8 @@ ARGV[15] lifetime in seconds of the minute's counts
 
 Returns 1 when recorded (also when this very attempt was already recorded: a
 client retrying after a dropped connection); 0 when the lease is no longer the
-caller's (it expired and the job went to another worker, or the job is gone):
-then nothing is written.
+caller's (it expired and the job went to another worker, or the job is gone),
+or the record is malformed: then nothing is written.
 ]]
 local id = ARGV[1]
 local token = ARGV[2]
@@ -48,6 +48,12 @@ if state.token ~= token then
 end
 if state.status ~= 'running' then
   return 1
+end
+-- A state JSON cannot write back (NaN or Infinity, put there by something
+-- else) is checked before any write: nothing is recorded, and lease recovery
+-- buries the job (release.lua, bury.lua).
+if not pcall(cjson.encode, state) then
+  return 0
 end
 
 local t = redis.call('TIME')

@@ -20,9 +20,21 @@ ARGV[3] worker id: goes into the fencing token
 ARGV[4] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
 ARGV[5..] the plugins' names, one per triple of KEYS, in the same order
 
-Returns {next_due_in_ms, id, payload, state JSON, token, id, ...}: the wait until
-the next delayed job of these plugins is due (-1 if none), then four entries
-per job taken.
+A record dtq could not have written is never run, never dropped and never
+stops the step. An id with a payload but no state (or the reverse), a state
+that is not a JSON object or holds what JSON cannot write back (NaN,
+Infinity), or a status that no job in that set has, is set aside: moved to
+its plugin's active set with an expired deadline (0) and returned with the
+reason, for the worker to bury as dead (bury.lua); if the worker dies first,
+lease recovery finds it there (release.lua). A valid record found in the
+wrong set is put back where its status says; an id with neither payload nor
+state (a stray entry, no job) is dropped. Scores too large to be a time
+(above 2^53 ms, such as +inf) count as due.
+
+Returns {next_due_in_ms, then six entries per id: id, payload, state JSON,
+token, plugin, reason}: the wait until the next delayed job of these plugins
+is due (-1 if none); a job taken has reason ''; an id set aside has payload
+and state nil, token '' and the reason.
 ]]
 local count = tonumber(ARGV[1])
 local t = redis.call('TIME')
@@ -30,41 +42,131 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local deadline = now + tonumber(ARGV[2])
 local out = {-1}
 local taken = 0
+local aside = 0
+-- No time dtq stores comes near 2^53 ms; a larger score is garbage.
+local FAR = 9007199254740992
+-- Ids set aside per call are bounded, so a queue full of garbage cannot make
+-- one call long: the worker buries them and calls again.
+local ASIDE_MAX = 100
 
-local function promote(ready, scheduled)
-  local due = redis.call('ZRANGEBYSCORE', scheduled, '-inf', now, 'LIMIT', 0, 500)
-  for _, id in ipairs(due) do
-    redis.call('ZREM', scheduled, id)
-    local ok, state = pcall(cjson.decode, redis.call('HGET', KEYS[2], id) or '')
-    if ok and type(state) == 'table' and state.status == 'scheduled' then
-      state.status = 'queued'
-      state.due = nil
-      redis.call('HSET', KEYS[2], id, cjson.encode(state))
-      local score = -(tonumber(state.priority) or 0) * 2^40 + (tonumber(state.seq) or 0)
-      redis.call('ZADD', ready, string.format('%.0f', score), id)
+-- A finite number of magnitude below 2^53, or nil: NaN or infinity would break a score.
+local function num(value)
+  local n = tonumber(value)
+  if n and n == n and n > -FAR and n < FAR then return n end
+  return nil
+end
+
+local function score(state)
+  return string.format('%.0f', -(num(state.priority) or 0) * 2^40 + (num(state.seq) or 0))
+end
+
+local function report(...)
+  for _, value in ipairs({...}) do out[#out + 1] = value end
+end
+
+local function set_aside(id, active, plugin, reason)
+  redis.call('ZADD', active, 0, id)
+  out[#out + 1] = id
+  out[#out + 1] = false
+  out[#out + 1] = false
+  report('', plugin, reason)
+  aside = aside + 1
+end
+
+-- The record's payload and decoded state; or nil and why it cannot be used
+-- ('stray' when there is no record at all).
+local function read(id)
+  local payload = redis.call('HGET', KEYS[1], id)
+  local raw = redis.call('HGET', KEYS[2], id)
+  if not payload and not raw then return nil, nil, 'stray' end
+  if not payload then return nil, nil, 'no payload (a state without a payload)' end
+  if not raw then return nil, nil, 'no state (a payload without a state)' end
+  local ok, state = pcall(cjson.decode, raw)
+  if not ok or type(state) ~= 'table' then return nil, nil, 'the state is not a JSON object' end
+  return payload, state, nil
+end
+
+local function misplaced(state, where)
+  local status = state.status
+  local shown = type(status) == 'string' and ("'" .. status:sub(1, 40) .. "'")
+    or (status == nil and 'missing' or ('a JSON ' .. type(status)))
+  return "the state's status is " .. shown .. ', which no job in ' .. where .. ' has'
+end
+
+-- Put a valid record found in the wrong set back where its status says; false if no set fits.
+local function put_back(id, state, ready, active, scheduled)
+  if state.status == 'queued' then
+    redis.call('ZADD', ready, 'NX', score(state), id)
+  elseif state.status == 'running' then
+    -- An expired deadline, unless it holds a lease already: recovery requeues it.
+    redis.call('ZADD', active, 'NX', 0, id)
+  elseif state.status == 'scheduled' then
+    redis.call('ZADD', scheduled, 'NX', num(state.due) or now, id)
+  else
+    return false
+  end
+  return true
+end
+
+local function promote_one(id, ready, active, scheduled, plugin)
+  redis.call('ZREM', scheduled, id)
+  local _, state, why = read(id)
+  if why == 'stray' then return end
+  if why then return set_aside(id, active, plugin, why) end
+  if state.status ~= 'scheduled' then
+    if not put_back(id, state, ready, active, scheduled) then
+      set_aside(id, active, plugin, misplaced(state, 'the scheduled set'))
     end
+    return
+  end
+  state.status = 'queued'
+  state.due = nil
+  local ok, encoded = pcall(cjson.encode, state)
+  if not ok then return set_aside(id, active, plugin, 'the state holds a number JSON cannot carry') end
+  redis.call('HSET', KEYS[2], id, encoded)
+  redis.call('ZADD', ready, score(state), id)
+end
+
+local function promote(ready, active, scheduled, plugin)
+  local due = redis.call('ZRANGEBYSCORE', scheduled, '-inf', now, 'LIMIT', 0, 500)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', scheduled, '(' .. FAR, '+inf', 'LIMIT', 0, 100)) do
+    due[#due + 1] = id
+  end
+  for _, id in ipairs(due) do
+    if aside >= ASIDE_MAX then break end
+    promote_one(id, ready, active, scheduled, plugin)
   end
   local nxt = redis.call('ZRANGE', scheduled, 0, 0, 'WITHSCORES')
-  if nxt[2] then
-    local wait = tonumber(nxt[2]) - now
+  local due_at = num(nxt[2])
+  if due_at then
+    local wait = math.max(0, due_at - now)
     if out[1] < 0 or wait < out[1] then out[1] = wait end
   end
 end
 
-local function lease(id, active, plugin)
-  local payload = redis.call('HGET', KEYS[1], id)
-  local ok, state = pcall(cjson.decode, redis.call('HGET', KEYS[2], id) or '')
-  -- An id without a record (written by something other than dtq) is dropped.
-  if not (payload and ok and type(state) == 'table') then return end
+local function lease(id, ready, active, scheduled, plugin)
+  local payload, state, why = read(id)
+  if why == 'stray' then return end
+  if why then return set_aside(id, active, plugin, why) end
+  if state.status ~= 'queued' then
+    if not put_back(id, state, ready, active, scheduled) then
+      set_aside(id, active, plugin, misplaced(state, 'the ready queue'))
+    end
+    return
+  end
+  if state.attempts ~= nil and not num(state.attempts) then
+    return set_aside(id, active, plugin, "the state's attempts is not a number")
+  end
   state.status = 'running'
-  state.attempts = (tonumber(state.attempts) or 0) + 1
+  state.attempts = (num(state.attempts) or 0) + 1
   state.started = now
   state.worker = ARGV[3]
   state.progress = nil
   state.message = nil
   -- The attempt number makes the token unique per delivery: fencing.
   state.token = ARGV[3] .. '/' .. state.attempts
-  local encoded = cjson.encode(state)
+  local ok, encoded = pcall(cjson.encode, state)
+  if not ok then return set_aside(id, active, plugin, 'the state holds a number JSON cannot carry') end
   redis.call('HSET', KEYS[2], id, encoded)
   redis.call('ZADD', active, deadline, id)
   local cap = tonumber(ARGV[4])
@@ -72,24 +174,21 @@ local function lease(id, active, plugin)
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', 'type', 'started', 'time', now, 'job', id,
       'plugin', plugin, 'attempt', state.attempts, 'worker', ARGV[3])
   end
-  out[#out + 1] = id
-  out[#out + 1] = payload
-  out[#out + 1] = encoded
-  out[#out + 1] = state.token
+  report(id, payload, encoded, state.token, plugin, '')
   taken = taken + 1
 end
 
 for k = 4, #KEYS, 3 do
-  promote(KEYS[k], KEYS[k + 2])
+  promote(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[5 + (k - 4) / 3])
 end
 for k = 4, #KEYS, 3 do
-  -- Pop again after dropping ids without a record, so that garbage in a queue
+  -- Pop again after an id that was not taken, so that garbage in a queue
   -- cannot make it look empty while real jobs wait behind it.
-  while taken < count do
+  while taken < count and aside < ASIDE_MAX do
     local popped = redis.call('ZPOPMIN', KEYS[k], count - taken)
     if #popped == 0 then break end
     for i = 1, #popped, 2 do
-      lease(popped[i], KEYS[k + 1], ARGV[5 + (k - 4) / 3])
+      lease(popped[i], KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[5 + (k - 4) / 3])
     end
   end
 end

@@ -15,5 +15,8 @@ if not ok or type(state) ~= 'table' or state.status ~= 'running' or state.token 
 end
 if ARGV[3] ~= '' then state.progress = tonumber(ARGV[3]) end
 if ARGV[4] ~= '' then state.message = ARGV[4] end
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(state))
+-- A state JSON cannot write back (put there by something else) is left as it is.
+local encoded_ok, encoded = pcall(cjson.encode, state)
+if not encoded_ok then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], encoded)
 return state.cancel and 2 or 1

@@ -17,6 +17,7 @@ KEYS[7] errors  list  this id's attempt errors
 KEYS[8] index   zset    ids of dead jobs -> finish time
 KEYS[9] events  stream  the namespace's lifecycle events
 KEYS[10] rate   hash    outcomes counted in the current minute (client's clock)
+KEYS[11] scheduled zset  the plugin's delayed jobs
 ARGV[1] id
 ARGV[2] token, or '' to release only if the lease has expired
 ARGV[3] 1 to count a lost lease (and record ARGV[6] as an attempt error), else 0
@@ -34,37 +35,93 @@ ARGV[14] lifetime in seconds of the minute's counts
 ARGV[15], ARGV[16] the lost lease's error type and short message, for its event
 ARGV[17], ARGV[18] the dead job's error type and short message, for its event
 
+Recovery never drops a record. When the expired lease's record is unusable
+(a payload without a state or the reverse, a state that is not a JSON object
+or holds what JSON cannot write back, a status no leased job has), the id is
+left in the active set and {4, reason} returned: the caller buries it as dead
+(bury.lua). A valid queued or scheduled record is put back in its set; an id
+with neither payload nor state (a stray entry, no job) is removed. A
+deadline too large to be a time (above 2^53 ms, such as +inf) counts as
+expired. With a token, a record that cannot be read is left alone (0) until
+its lease expires and recovery deals with it.
+
 Returns 1 requeued, 2 dead, 3 cancelled, 0 nothing to do (the lease was renewed
-or belongs to someone else, or the job finished meanwhile).
+or belongs to someone else, or the job finished meanwhile), {4, reason} set
+aside for burial.
 ]]
 local id = ARGV[1]
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local ok, state = pcall(cjson.decode, redis.call('HGET', KEYS[2], id) or '')
+local FAR = 9007199254740992
+local payload = redis.call('HGET', KEYS[1], id)
+local raw = redis.call('HGET', KEYS[2], id)
+local ok, state = pcall(cjson.decode, raw or '')
+local usable = payload and ok and type(state) == 'table'
+
+-- A finite number of magnitude below 2^53, or nil: NaN or infinity would break a score.
+local function num(value)
+  local n = tonumber(value)
+  if n and n == n and n > -FAR and n < FAR then return n end
+  return nil
+end
+
+-- Why recovery cannot requeue the record, or nil. Valid queued or scheduled
+-- records are put back in their set first.
+local function unusable()
+  if not payload then return 'no payload (a state without a payload)' end
+  if not raw then return 'no state (a payload without a state)' end
+  if not usable then return 'the state is not a JSON object' end
+  if state.status == 'queued' then
+    local score = -(num(state.priority) or 0) * 2^40 + (num(state.seq) or 0)
+    redis.call('ZADD', KEYS[4], 'NX', string.format('%.0f', score), id)
+  elseif state.status == 'scheduled' then
+    redis.call('ZADD', KEYS[11], 'NX', num(state.due) or now, id)
+  elseif state.status ~= 'running' then
+    local shown = type(state.status) == 'string' and ("'" .. state.status:sub(1, 40) .. "'")
+      or (state.status == nil and 'missing' or ('a JSON ' .. type(state.status)))
+    return "the state's status is " .. shown .. ', which no leased job has'
+  end
+  return nil
+end
+
 if ARGV[2] == '' then
   local deadline = tonumber(redis.call('ZSCORE', KEYS[3], id))
-  if not deadline or deadline > now then return 0 end
-elseif not ok or type(state) ~= 'table' or state.token ~= ARGV[2] then
+  if not deadline or (deadline > now and deadline < FAR) then return 0 end
+  if not payload and not raw then
+    redis.call('ZREM', KEYS[3], id)
+    return 0
+  end
+  local why = unusable()
+  if why then return {4, why} end
+elseif not usable or state.token ~= ARGV[2] then
+  return 0
+end
+if state.status ~= 'running' then
+  redis.call('ZREM', KEYS[3], id)
+  return 0
+end
+
+local ttl = tonumber(ARGV[5])
+local lost = num(state.lost) or 0
+if ARGV[3] == '1' then lost = lost + 1 end
+state.lost = lost
+state.token = nil
+-- Checked before any write: a state JSON cannot write back is set aside whole.
+if not pcall(cjson.encode, state) then
+  if ARGV[2] == '' then return {4, 'the state holds a number JSON cannot carry'} end
   return 0
 end
 redis.call('ZREM', KEYS[3], id)
-local payload = redis.call('HGET', KEYS[1], id)
-if not payload or not ok or type(state) ~= 'table' or state.status ~= 'running' then
-  return 0
-end
 
 -- Record a lifecycle event unless events are off.
 local function event(kind, ...)
   local cap = tonumber(ARGV[13])
   if cap <= 0 then return end
   redis.call('XADD', KEYS[9], 'MAXLEN', '~', cap, '*', 'type', kind, 'time', now, 'job', id,
-    'plugin', ARGV[12], 'attempt', tonumber(state.attempts) or 0, 'worker', state.worker or '', ...)
+    'plugin', ARGV[12], 'attempt', num(state.attempts) or 0, 'worker', tostring(state.worker or ''), ...)
 end
 
-local ttl = tonumber(ARGV[5])
-state.token = nil
 if ARGV[3] == '1' then
-  state.lost = (tonumber(state.lost) or 0) + 1
   redis.call('RPUSH', KEYS[7], ARGV[6])
   redis.call('LTRIM', KEYS[7], -tonumber(ARGV[10]), -1)
   redis.call('EXPIRE', KEYS[7], ttl)
@@ -74,7 +131,7 @@ end
 local final = nil
 if state.cancel then
   final = 'cancelled'
-elseif state.lost >= tonumber(ARGV[4]) then
+elseif lost >= tonumber(ARGV[4]) then
   final = 'dead'
 end
 if final then
@@ -103,7 +160,7 @@ end
 
 state.status = 'queued'
 redis.call('HSET', KEYS[2], id, cjson.encode(state))
-local score = -(tonumber(state.priority) or 0) * 2^40 + (tonumber(state.seq) or 0)
+local score = -(num(state.priority) or 0) * 2^40 + (num(state.seq) or 0)
 redis.call('ZADD', KEYS[4], string.format('%.0f', score), id)
 if redis.call('LLEN', KEYS[5]) < tonumber(ARGV[8]) then
   redis.call('LPUSH', KEYS[5], '1')
