@@ -29,7 +29,7 @@ name = "dtq-plugin-$dist_suffix"
 version = "0.1.0"
 description = "A dtq plugin: $name."
 readme = "README.md"
-requires-python = ">=3.10"
+requires-python = ">=3.11"
 dependencies = ["dtq-core>=$core_min,<$core_max"]
 classifiers = [
     "Programming Language :: Python :: 3",
