@@ -108,17 +108,30 @@ local function put_back(id, state, ready, active, scheduled)
   return true
 end
 
+-- The payload and state of an id just taken from `where`, when it holds a job
+-- in `status`; otherwise nil, after dealing with it: a stray id (no record) is
+-- dropped, a valid record in the wrong set is put back where its status says,
+-- and garbage is set aside to be buried.
+local function expect(id, status, where, ready, active, scheduled, plugin)
+  local payload, state, why = read(id)
+  if why == 'stray' then return nil end
+  if why then
+    set_aside(id, active, plugin, why)
+    return nil
+  end
+  if state.status ~= status then
+    if not put_back(id, state, ready, active, scheduled) then
+      set_aside(id, active, plugin, misplaced(state, where))
+    end
+    return nil
+  end
+  return payload, state
+end
+
 local function promote_one(id, ready, active, scheduled, plugin)
   redis.call('ZREM', scheduled, id)
-  local _, state, why = read(id)
-  if why == 'stray' then return end
-  if why then return set_aside(id, active, plugin, why) end
-  if state.status ~= 'scheduled' then
-    if not put_back(id, state, ready, active, scheduled) then
-      set_aside(id, active, plugin, misplaced(state, 'the scheduled set'))
-    end
-    return
-  end
+  local _, state = expect(id, 'scheduled', 'the scheduled set', ready, active, scheduled, plugin)
+  if not state then return end
   state.status = 'queued'
   state.due = nil
   local ok, encoded = pcall(cjson.encode, state)
@@ -145,15 +158,8 @@ local function promote(ready, active, scheduled, plugin)
 end
 
 local function lease(id, ready, active, scheduled, plugin)
-  local payload, state, why = read(id)
-  if why == 'stray' then return end
-  if why then return set_aside(id, active, plugin, why) end
-  if state.status ~= 'queued' then
-    if not put_back(id, state, ready, active, scheduled) then
-      set_aside(id, active, plugin, misplaced(state, 'the ready queue'))
-    end
-    return
-  end
+  local payload, state = expect(id, 'queued', 'the ready queue', ready, active, scheduled, plugin)
+  if not state then return end
   if state.attempts ~= nil and not num(state.attempts) then
     return set_aside(id, active, plugin, "the state's attempts is not a number")
   end
