@@ -44,5 +44,27 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on dtq_core."""
-    session.install("mypy==2.4.1", "pytest>=8", ".")
+    session.install("mypy==2.4.1", "pytest>=8", ".[dashboard]")
     session.run("mypy")
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Issue 8's comparison: dtq against RQ, Celery, Dramatiq, Huey and arq on one private redis-server.
+
+    Not run by default. ``nox -s bench -- --quick`` is a fast smoke run; ``-- --only dtq,rq``
+    picks systems. Prints a table, writes benchmarks/results/latest.json and chart.png.
+    """
+    session.install(
+        ".",
+        "./dtq_plugins_testonly",
+        "rq",
+        "celery[redis]",
+        "dramatiq[redis]",
+        "huey",
+        "arq",
+        "matplotlib",
+        "psutil",
+        "rich",
+    )
+    session.run("python", "benchmarks/run.py", *session.posargs)

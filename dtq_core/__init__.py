@@ -12,9 +12,11 @@ Applications append jobs with :class:`Queue`; workers process them with
 from dtq_core.caller import Caller
 from dtq_core.config import Settings
 from dtq_core.engine import (
+    Appending,
     AppendOutcome,
     Batch,
     CancelOutcome,
+    Completion,
     Engine,
     Event,
     EventType,
@@ -39,6 +41,7 @@ from dtq_core.errors import (
     JobFailed,
     JobNotFound,
     MalformedRecord,
+    NotSupported,
     PayloadTooLarge,
     Permanent,
     PluginError,
@@ -61,10 +64,12 @@ from dtq_core.worker import Worker
 __all__ = [
     "PLUGIN_API_VERSION",
     "AppendOutcome",
+    "Appending",
     "Batch",
     "Caller",
     "CancelOutcome",
     "Cancelled",
+    "Completion",
     "ConfigError",
     "DtqError",
     "DuplicateJob",
@@ -83,6 +88,7 @@ __all__ = [
     "Lease",
     "MalformedRecord",
     "MinuteCounts",
+    "NotSupported",
     "Outcome",
     "PayloadTooLarge",
     "Periodic",

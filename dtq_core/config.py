@@ -62,6 +62,7 @@ class Settings:
     result_ttl_s: float = DEFAULT_RESULT_TTL_S
     failure_ttl_s: float = DEFAULT_FAILURE_TTL_S
     concurrency: int = 1
+    prefetch: int = 1
     mode: str = "process"
     lease_s: float = DEFAULT_LEASE_S
     heartbeat_s: float | None = None
@@ -71,6 +72,8 @@ class Settings:
     rescan_s: float = 30.0
     log_format: str = "text"
     metrics_port: int | None = None
+    #: Unlocks the dashboard's actions (``dtq dashboard``); a secret: never shown or logged.
+    dashboard_token: str | None = None
     engine: Mapping[str, Any] = attrs.field(factory=dict)
     plugin: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     sources: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
@@ -122,6 +125,8 @@ class Settings:
                 continue
             value = getattr(self, field.name)
             shown = mask_url(value) if field.name == "url" else _plain(value)
+            if field.name in _SECRETS and value:
+                shown = "***"
             rows.append({"name": field.name, "value": shown, "source": self.source(field.name)})
         for attr, value in sorted(self.engine.items()):
             name = f"engine.{attr}"
@@ -201,6 +206,10 @@ def _convert(name: str, value: Any, default: Any) -> Any:
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ValueError(f"expected one of {', '.join(_CHOICES[name])}")
     return value
+
+
+#: Settings whose values are secrets: ``describe`` masks them.
+_SECRETS = ("dashboard_token",)
 
 
 #: Settings whose text must be one of a few words.

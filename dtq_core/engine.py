@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from dtq_core.config import url_from_env
-from dtq_core.errors import UnknownEngine, UnknownPlugin
+from dtq_core.errors import NotSupported, UnknownEngine, UnknownPlugin
 from dtq_core.job import ErrorInfo, Job, JobStatus
 from dtq_core.plugin import ENGINE_GROUP, load_entry_point
 
@@ -67,6 +67,16 @@ class Lease:
 
 
 @attrs.frozen
+class Appending:
+    """One job of :meth:`Engine.append_many`: the arguments :meth:`Engine.append` takes."""
+
+    job: Job
+    payload: str
+    delay_s: float = 0.0
+    eta: datetime | None = None
+
+
+@attrs.frozen
 class Batch:
     """What one :meth:`Engine.fetch` took, and how long until a delayed job is due."""
 
@@ -93,6 +103,15 @@ class Outcome:
     result_json: str | None = None
     error: ErrorInfo | None = None
     retry_in_s: float = 0.0
+
+
+@attrs.frozen
+class Completion:
+    """One outcome of :meth:`Engine.complete_many`: the arguments :meth:`Engine.complete` takes."""
+
+    lease: Lease
+    outcome: Outcome
+    ttl_s: float
 
 
 @attrs.frozen
@@ -282,6 +301,28 @@ class Stats:
         """Plugins with waiting, scheduled or running jobs that no live worker serves."""
         return [q.plugin for q in self.queues if q.workers == 0 and (q.waiting or q.scheduled or q.running)]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The ``dtq stats --json`` shape: every queue, the dead and failed totals, the unserved queues."""
+        return {
+            "queues": [q.to_dict() for q in self.queues],
+            "dead": self.dead,
+            "failed": self.failed,
+            "unserved": self.unserved(),
+        }
+
+
+#: The statuses :meth:`Engine.browse` lists: those of jobs still in a queue.
+BROWSABLE = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
+
+
+def check_browsable(status: JobStatus, offset: int, limit: int) -> None:
+    """Raise ValueError unless :meth:`Engine.browse` can list this page of jobs with ``status``."""
+    if status not in BROWSABLE:
+        names = ", ".join(s.value for s in BROWSABLE)
+        raise ValueError(f"only {names} jobs can be browsed, not {status.value}")
+    if offset < 0 or limit < 0:
+        raise ValueError(f"offset and limit must not be negative, got offset={offset}, limit={limit}")
+
 
 class Engine(abc.ABC):
     """Storage for one namespace of jobs.
@@ -309,6 +350,15 @@ class Engine(abc.ABC):
         ``payload`` is its canonical JSON; the job's options go with it.
         """
 
+    def append_many(self, entries: Sequence[Appending]) -> list[AppendOutcome]:
+        """Append each entry as :meth:`append` does, one outcome per entry, in order.
+
+        Each append is atomic on its own, not the batch: a crash part-way leaves
+        a prefix appended, and repeating the call is safe (repeats are
+        ``EXISTS``). Engines override this to save round trips.
+        """
+        return [self.append(e.job, e.payload, delay_s=e.delay_s, eta=e.eta) for e in entries]
+
     @abc.abstractmethod
     def get(self, job_id: str) -> Job | None:
         """The job's current record, or None if unknown or expired."""
@@ -334,6 +384,14 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
         """Record an attempt's outcome if ``lease`` still holds; False (nothing written) otherwise."""
+
+    def complete_many(self, completions: Sequence[Completion]) -> list[bool]:
+        """Record several outcomes as :meth:`complete` does, one answer per completion, in order.
+
+        Each completion is atomic on its own, not the batch. Engines override
+        this to save round trips.
+        """
+        return [self.complete(c.lease, c.outcome, ttl_s=c.ttl_s) for c in completions]
 
     @abc.abstractmethod
     def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:
@@ -383,6 +441,38 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def purge(self, status: JobStatus) -> int:
         """Delete every dead (or failed) job's record; return how many."""
+
+    def delete(self, job_id: str) -> bool:
+        """Delete one final job's record (succeeded, failed, dead or cancelled) and its attempt errors.
+
+        Returns False, deleting nothing, when the job is not final (or is gone).
+
+        Raises:
+            NotSupported: the engine does not implement it (this default).
+        """
+        raise NotSupported(
+            f"the {type(self).__name__} engine cannot delete one job: it does not implement Engine.delete"
+        )
+
+    # --- browsing ------------------------------------------------------------
+
+    def browse(self, status: JobStatus, plugin: str, *, offset: int = 0, limit: int = 50) -> list[Job]:
+        """A page of the live jobs of ``plugin``'s queue with ``status`` (queued, scheduled or running).
+
+        Queued jobs come in the order workers take them (priority, then
+        arrival), scheduled ones by due time and running ones by lease
+        deadline, soonest first. A job that moves on while the page is read
+        may be left out of it.
+
+        Raises:
+            ValueError: ``status`` is not one of :data:`BROWSABLE`, or ``offset``
+                or ``limit`` is negative.
+            NotSupported: the engine does not implement it (this default).
+        """
+        raise NotSupported(
+            f"the {type(self).__name__} engine cannot list {status.value} jobs: "
+            "it does not implement Engine.browse"
+        )
 
     # --- events and history ----------------------------------------------
 

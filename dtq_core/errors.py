@@ -88,6 +88,10 @@ class UnknownEngine(EngineError):
     """No engine is registered for a URL scheme."""
 
 
+class NotSupported(EngineError):
+    """The engine does not implement an optional operation (browsing live jobs, deleting one job)."""
+
+
 class MalformedRecord(EngineError):
     """A stored job record is not one dtq could have written (garbage put into storage, or corruption).
 

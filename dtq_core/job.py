@@ -225,27 +225,26 @@ def parse_job(raw: object) -> Job:
             f"got {'nothing' if body is None else type(body).__name__}"
         )
     _reject_unknown_keys(body, _JOB_KEYS, "job['job']")
-    job = Job(
-        id=normalise_id(raw.get("id")),
-        plugin=check_plugin_name(body.get("plugin")),
-        data=check_data(body.get("data")),
-    )
     options = raw.get("options") or {}
     if not isinstance(options, Mapping):
         raise InvalidJob(f"job['options'] must be a dict, got {type(options).__name__}")
     _reject_unknown_keys(options, _OPTION_KEYS, "job['options']")
-    return with_options(job, **{k: v for k, v in options.items() if k not in ("delay_s", "eta")})
+    return Job(
+        id=normalise_id(raw.get("id")),
+        plugin=check_plugin_name(body.get("plugin")),
+        data=check_data(body.get("data")),
+        **checked_options(**{k: v for k, v in options.items() if k not in ("delay_s", "eta")}),
+    )
 
 
-def with_options(
-    job: Job,
+def checked_options(
     *,
     priority: object = 0,
     max_retries: object = None,
     retry_backoff_s: object = None,
     timeout_s: object = None,
-) -> Job:
-    """``job`` with its options checked and set.
+) -> dict[str, Any]:
+    """A job's options, checked: the :class:`Job` fields they set.
 
     Raises:
         InvalidJob: an option has the wrong type or is out of range.
@@ -254,13 +253,12 @@ def with_options(
         raise InvalidJob(
             f"priority must be an integer from {-MAX_PRIORITY} to {MAX_PRIORITY}, got {priority!r}"
         )
-    return attrs.evolve(
-        job,
-        priority=priority,
-        max_retries=_optional_count("max_retries", max_retries),
-        retry_backoff_s=_optional_seconds("retry_backoff_s", retry_backoff_s),
-        timeout_s=_optional_seconds("timeout_s", timeout_s),
-    )
+    return {
+        "priority": priority,
+        "max_retries": _optional_count("max_retries", max_retries),
+        "retry_backoff_s": _optional_seconds("retry_backoff_s", retry_backoff_s),
+        "timeout_s": _optional_seconds("timeout_s", timeout_s),
+    }
 
 
 def schedule_of(options: Mapping[str, Any]) -> tuple[float, datetime | None]:

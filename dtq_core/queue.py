@@ -12,6 +12,7 @@ import attrs
 
 from dtq_core.config import Settings
 from dtq_core.engine import (
+    Appending,
     AppendOutcome,
     CancelOutcome,
     Engine,
@@ -22,6 +23,7 @@ from dtq_core.engine import (
     with_outcomes,
 )
 from dtq_core.errors import (
+    DtqError,
     DuplicateJob,
     InvalidJob,
     JobFailed,
@@ -159,6 +161,60 @@ class Queue:
         chosen = {key: value for key, value in options.items() if value is not None}
         return self.append({"id": id, "job": {"plugin": plugin, "data": data}, "options": chosen})
 
+    def append_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """Queue many jobs given in the wire format, in few round trips; return them in order.
+
+        Every job is checked as :meth:`append` checks it before any is
+        appended, so a bad one appends nothing. Each job is then appended
+        atomically on its own (not the batch as a whole); repeating the call is
+        safe, since a repeated id with the same contents is not queued twice.
+
+        Raises:
+            InvalidJob, ValidationError, PayloadTooLarge, PluginNotAllowed,
+                UnknownPlugin: a job is bad; the message gives its position.
+            DuplicateJob: ids that exist with other contents (the rest were appended).
+            EngineUnavailable: the engine cannot be reached.
+        """
+        entries = [self._checked(position, raw) for position, raw in enumerate(jobs)]
+        outcomes = self.engine.append_many(entries)
+        conflicts = [e.job.id for e, o in zip(entries, outcomes, strict=True) if o is AppendOutcome.CONFLICT]
+        if conflicts:
+            raise DuplicateJob(
+                f"{len(conflicts)} job id(s) already exist with a different plugin or data "
+                f"({', '.join(map(repr, conflicts[:5]))}); the other jobs were appended",
+                job_id=conflicts[0],
+            )
+        return [
+            self._appended(entry.job, outcome, bool(entry.delay_s or entry.eta))
+            for entry, outcome in zip(entries, outcomes, strict=True)
+        ]
+
+    def enqueue_many(
+        self,
+        plugin: str,
+        datas: Iterable[Mapping[str, Any]],
+        *,
+        priority: int = 0,
+        delay_s: float | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+        retry_backoff_s: float | None = None,
+        timeout_s: float | None = None,
+    ) -> list[Job]:
+        """Queue one job of ``plugin`` per data dict, with generated ids; see :meth:`append_many`."""
+        options = {
+            "priority": priority,
+            "delay_s": delay_s,
+            "eta": eta,
+            "max_retries": max_retries,
+            "retry_backoff_s": retry_backoff_s,
+            "timeout_s": timeout_s,
+        }
+        chosen = {key: value for key, value in options.items() if value is not None}
+        return self.append_many(
+            {"job": {"plugin": plugin, "data": data}, "options": chosen} for data in datas
+        )
+
     def get(self, job_id: str | int) -> Job | None:
         """The job's current record, or None if no such job exists (or it expired)."""
         return self.engine.get(normalise_id(job_id))
@@ -238,6 +294,48 @@ class Queue:
     def purge(self, status: JobStatus = JobStatus.DEAD) -> int:
         """Delete every dead (or failed) job; return how many were deleted."""
         return self.engine.purge(status)
+
+    def requeue_all(self, status: JobStatus = JobStatus.DEAD) -> tuple[list[str], dict[str, str]]:
+        """Requeue every dead (or failed) job kept, newest first.
+
+        Returns the ids requeued, and why each of the others was skipped (a
+        buried malformed record has no data to run; a job may expire or be
+        requeued by someone else meanwhile).
+        """
+        requeued: list[str] = []
+        skipped: dict[str, str] = {}
+        for job in self._final(status, 10_000, 0):
+            try:
+                self.requeue(job.id)
+                requeued.append(job.id)
+            except (InvalidJob, JobNotFound) as exc:
+                skipped[job.id] = str(exc)
+        return requeued, skipped
+
+    def delete(self, job_id: str | int) -> None:
+        """Delete one final job's record (succeeded, failed, dead or cancelled) and its attempt errors.
+
+        Raises:
+            JobNotFound: no such job, or it is not final (cancel it first), or
+                it was requeued meanwhile.
+            NotSupported: the engine cannot delete one job.
+        """
+        job = self._existing(job_id)
+        if not job.status.is_final:
+            raise JobNotFound(
+                f"job {job.id!r} is {job.status.value}; only final jobs can be deleted (cancel it first)"
+            )
+        if not self.engine.delete(job.id):
+            raise JobNotFound(f"job {job.id!r} was requeued or expired meanwhile")
+
+    def browse(self, status: JobStatus, plugin: str, *, offset: int = 0, limit: int = 50) -> list[Job]:
+        """A page of ``plugin``'s queued, scheduled or running jobs (see :meth:`Engine.browse`).
+
+        Raises:
+            ValueError: ``status`` is not queued, scheduled or running.
+            NotSupported: the engine cannot list live jobs.
+        """
+        return self.engine.browse(status, plugin, offset=offset, limit=limit)
 
     def stats(self) -> Stats:
         """Each plugin's queue (waiting, scheduled, running, live workers serving it,
@@ -322,9 +420,24 @@ class Queue:
                 "use another id, or omit it to get a generated one",
                 job_id=job.id,
             )
+        return self._appended(job, outcome, bool(delay_s or eta))
+
+    def _appended(self, job: Job, outcome: AppendOutcome, scheduled: bool) -> Job:
+        """The job as an append left it: as stored already, scheduled, or queued."""
         if outcome is AppendOutcome.EXISTS:
             return self.engine.get(job.id) or job
-        return job if not (delay_s or eta) else attrs.evolve(job, status=JobStatus.SCHEDULED)
+        return attrs.evolve(job, status=JobStatus.SCHEDULED) if scheduled else job
+
+    def _checked(self, position: int, raw: Mapping[str, Any]) -> Appending:
+        """One job of :meth:`append_many`, parsed and checked; errors name its position."""
+        try:
+            job = parse_job(raw)
+            delay_s, eta = schedule_of(raw.get("options") or {})
+            return Appending(job, self.check(job), delay_s, eta)
+        except DtqError as exc:
+            # Keep the error's type and attributes; only say which job it is.
+            exc.args = (f"job {position} of the batch: {exc}", *exc.args[1:])
+            raise
 
     def _validate(self, job: Job) -> None:
         # A name on the allow-list that is not installed here is queued as is:

@@ -6,9 +6,14 @@ leases of the jobs in hand (and registers the worker), so a long job is never
 given to a second worker while its worker lives, and a dead worker's jobs come
 back once their lease runs out (any live worker requeues them).
 
-One dispatcher thread fetches jobs while a slot is free; ``concurrency`` slot
+One dispatcher thread fetches jobs while a slot is idle; ``concurrency`` slot
 threads each run one job at a time, in a child process (``mode="process"``, the
-default) or in the slot thread itself (``mode="thread"``).
+default) or in the slot thread itself (``mode="thread"``). A busy slot leases
+its next ``prefetch`` jobs itself when it runs out, so a stream of short jobs
+costs one fetch per ``prefetch`` jobs; and an acknowledger thread records
+outcomes in batches (whatever ended while its previous round trip was out), so
+no slot waits for Redis to store a result. Until an outcome is stored the job
+stays leased: a worker killed in between loses nothing, the job runs again.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import attrs
 
 from dtq_core.caller import Control
 from dtq_core.config import Settings, mask_url
-from dtq_core.engine import Engine, Lease, Outcome, ReleaseOutcome, resolve_engine
+from dtq_core.engine import Batch, Completion, Engine, Lease, Outcome, ReleaseOutcome, resolve_engine
 from dtq_core.errors import DtqError, EngineUnavailable, PluginError
 from dtq_core.job import Job, JobStatus
 from dtq_core.periodic import Periodic, PeriodicScheduler
@@ -77,6 +82,10 @@ class Worker:
         namespace: must match the producers' (``default`` by default).
         prefix: must match the producers'.
         concurrency: jobs run at once.
+        prefetch: jobs a slot leases at once when it runs out. Above 1, a
+            stream of short jobs needs far fewer round trips; the leased jobs
+            wait their turn in the slot (renewed, and handed back at shutdown),
+            so keep it at 1 for long jobs, which other workers could start.
         mode: ``"process"`` (each slot runs jobs in a child process: isolation,
             hard time limits, cancellation stops the job) or ``"thread"``.
         lease_s: how long a job stays leased without renewal; a dead worker's
@@ -111,6 +120,7 @@ class Worker:
         namespace: str | None = None,
         prefix: str | None = None,
         concurrency: int | None = None,
+        prefetch: int | None = None,
         mode: str | None = None,
         lease_s: float | None = None,
         heartbeat_s: float | None = None,
@@ -131,6 +141,7 @@ class Worker:
             namespace=namespace,
             prefix=prefix,
             concurrency=concurrency,
+            prefetch=prefetch,
             mode=mode,
             lease_s=lease_s,
             heartbeat_s=heartbeat_s,
@@ -145,12 +156,13 @@ class Worker:
         )
         if s.mode not in MODES:
             raise DtqError(f"mode must be one of {', '.join(MODES)}, got {s.mode!r}")
-        if s.concurrency < 1:
-            raise DtqError(f"concurrency must be at least 1, got {s.concurrency}")
+        if s.concurrency < 1 or s.prefetch < 1:
+            raise DtqError(f"concurrency and prefetch must be at least 1, got {s.concurrency}, {s.prefetch}")
         self.registry = PluginRegistry(s.plugins, config=s.plugin)
         self.plugins = self._loadable_plugins()
         self.engine = resolve_engine(engine, s.url, prefix=s.prefix, namespace=s.namespace, **s.engine)
         self.concurrency = s.concurrency
+        self.prefetch = s.prefetch
         self.mode = s.mode
         self.lease_s = s.lease_s
         self.heartbeat_s = s.heartbeat_s or min(s.lease_s / 3, 2.0)
@@ -173,6 +185,8 @@ class Worker:
         self._in_hand: dict[tuple[str, str], Control] = {}
         self._in_hand_lock = threading.Lock()
         self._stale: set[tuple[str, str]] = set()  # deliveries in hand whose lease is lost: not renewed
+        # Leased and waiting in a slot (prefetched): renewed, and handed back if not started.
+        self._waiting: dict[tuple[str, str], Lease] = {}
         self._stopping = threading.Event()
         self._next_recovery = 0.0
 
@@ -215,9 +229,9 @@ class Worker:
         self._stopping.set()
 
     def in_hand(self) -> list[Lease]:
-        """The leases of the jobs this worker is running now."""
+        """The leases of the jobs this worker holds now: running, then waiting their turn."""
         with self._in_hand_lock:
-            return [control.lease for control in self._in_hand.values()]
+            return [control.lease for control in self._in_hand.values()] + list(self._waiting.values())
 
     def close(self) -> None:
         """Release the engine's connections."""
@@ -263,22 +277,60 @@ class Worker:
         if not free:
             return True
         try:
-            batch = self.engine.fetch(
-                self.plugins, count=free, lease_s=self.lease_s, worker_id=self.worker_id
-            )
+            batch = self._take(free * self.prefetch)
         except BaseException:
             pool.give_back(free)
             raise
-        self.plugins = self.plugins[1:] + self.plugins[:1]  # no plugin starves the others
-        for lease in batch.leases:
-            pool.submit(lease)
-        pool.give_back(free - len(batch.leases))
+        shares = [
+            batch.leases[i :: min(free, len(batch.leases))] for i in range(min(free, len(batch.leases)))
+        ]
+        for share in shares:
+            pool.submit(share)
+        pool.give_back(free - len(shares))
         if batch.leases:
             return True
         if burst:
             return not pool.wait_until_idle(self.poll_s)
         self._idle(batch.next_due_s)
         return True
+
+    def _take(self, count: int) -> Batch:
+        """Lease up to ``count`` jobs; they wait in this worker until a slot runs them."""
+        batch = self.engine.fetch(self.plugins, count=count, lease_s=self.lease_s, worker_id=self.worker_id)
+        self.plugins = self.plugins[1:] + self.plugins[:1]  # no plugin starves the others
+        if batch.leases:
+            with self._in_hand_lock:
+                self._waiting.update((_delivery(lease), lease) for lease in batch.leases)
+        return batch
+
+    def _refill(self) -> list[Lease]:
+        """A slot's next jobs, leased by the slot itself; none when stopping or unreachable."""
+        if self._stopping.is_set():
+            return []
+        try:
+            return self._take(self.prefetch).leases
+        except DtqError as exc:
+            log.warning("could not fetch jobs: %s", exc)  # the dispatcher retries with backoff
+            return []
+
+    def _start(self, lease: Lease) -> bool:
+        """Move a waiting lease to the running ones; False if it may no longer run."""
+        with self._in_hand_lock:
+            if self._waiting.pop(_delivery(lease), None) is None:
+                return False  # its lease was lost while it waited
+        if self._stopping.is_set():
+            self._give_back(lease)
+            return False
+        return True
+
+    def _give_back(self, lease: Lease) -> None:
+        """Hand a job this worker will not run back to the queue (or leave its lease to expire)."""
+        try:
+            self.engine.release(
+                lease, lost=False, max_lost_leases=self.max_lost_leases, ttl_s=self.failure_ttl_s
+            )
+        except DtqError as exc:
+            log.warning("job %s: could not hand it back (%s); its lease will expire", lease.job.id, exc)
 
     def _housekeeping(self) -> None:
         """Recover expired leases, enqueue periodic jobs, look for new plugins: each when due."""
@@ -354,6 +406,7 @@ class Worker:
         """Renew the leases in hand; stop the attempts whose lease is lost or whose job is cancelled."""
         with self._in_hand_lock:
             leases = [c.lease for delivery, c in self._in_hand.items() if delivery not in self._stale]
+            leases += self._waiting.values()
         for batch in _one_lease_per_job(leases):
             renewal = self.engine.renew(batch, self.lease_s)
             by_id = {lease.job.id: lease for lease in batch}
@@ -369,6 +422,9 @@ class Worker:
         so the attempt is stopped rather than left to run for nothing.
         """
         with self._in_hand_lock:
+            if self._waiting.pop(_delivery(lease), None) is not None:
+                log.warning("job %s: lease lost before it started; left to its new owner", lease.job.id)
+                return
             if _delivery(lease) not in self._in_hand:
                 return  # the attempt ended meanwhile: its completion had the last word
             self._stale.add(_delivery(lease))
@@ -397,14 +453,17 @@ class Worker:
 
     # --- one job -----------------------------------------------------------------
 
-    def execute(self, runner: Runner, lease: Lease) -> Job:
-        """Run one leased job to the end of its attempt and record the outcome."""
+    def execute(self, runner: Runner, lease: Lease) -> Ended | Job:
+        """Run one leased job to the end of its attempt: its outcome, still to record.
+
+        An attempt whose runner died is settled at once (released): its Job is returned.
+        """
         job = lease.job
         started = time.monotonic()
         try:
             plugin = self.registry.get(job.plugin)
         except PluginError as exc:
-            return self._record(lease, decide(RetryPolicy(), job, unrunnable(exc)), started)  # dead
+            return self._ended(lease, decide(RetryPolicy(), job, unrunnable(exc)), started)  # dead
         limit = timeout_for(plugin, job)
         control = Control(lease, deadline=None if limit is None else started + limit)
         delivery = _delivery(lease)
@@ -418,16 +477,23 @@ class Worker:
                 self._stale.discard(delivery)
         if attempt is None:
             return self._lost(lease)
-        return self._record(lease, decide(policy_for(plugin, job), job, attempt), started)
+        return self._ended(lease, decide(policy_for(plugin, job), job, attempt), started)
 
-    def _record(self, lease: Lease, outcome: Outcome, started: float) -> Job:
-        job = lease.job
+    def _ended(self, lease: Lease, outcome: Outcome, started: float) -> Ended:
         ttl = self.result_ttl_s if outcome.status is JobStatus.SUCCEEDED else self.failure_ttl_s
-        stored = self.engine.complete(lease, outcome, ttl_s=ttl)
-        duration_s = time.monotonic() - started
-        _log_outcome(job, outcome, stored, duration_s)
+        return Ended(Completion(lease, outcome, ttl), time.monotonic() - started)
+
+    def record(self, ended: Sequence[Ended]) -> list[Job]:
+        """Store outcomes in one batch (retried while Redis is away); log and report each."""
+        stored = self.engine.complete_many([e.completion for e in ended])
+        return [self._recorded(e, held) for e, held in zip(ended, stored, strict=True)]
+
+    def _recorded(self, ended: Ended, stored: bool) -> Job:
+        lease, outcome = ended.completion.lease, ended.completion.outcome
+        job = lease.job
+        _log_outcome(job, outcome, stored, ended.duration_s)
         if stored:
-            self._tell_ended(job, outcome.status, duration_s)
+            self._tell_ended(job, outcome.status, ended.duration_s)
         result = None if outcome.result_json is None else json.loads(outcome.result_json)
         return attrs.evolve(job, status=outcome.status, result=result, error=outcome.error)
 
@@ -573,17 +639,29 @@ def _one_lease_per_job(leases: Sequence[Lease]) -> list[list[Lease]]:
     return batches
 
 
+@attrs.frozen
+class Ended:
+    """An attempt that ended, and its outcome still to be recorded."""
+
+    completion: Completion
+    duration_s: float
+
+
 class _Pool:
-    """``size`` slot threads, each with its own runner, fed one lease at a time."""
+    """``size`` slot threads, each with its own runner, fed a share of leases at a time.
+
+    A slot that ran its share leases its next jobs itself (:meth:`Worker._refill`)
+    and goes back to idle, freeing its place for the dispatcher, only when none
+    is left. Outcomes go to the acknowledger, which records them in batches.
+    """
 
     def __init__(
         self, worker: Worker, size: int, make_runner: Callable[[], Runner], *, keep_finished: bool
     ) -> None:
         self.worker = worker
         self.size = size
-        self.keep_finished = keep_finished
-        self.finished: list[Job] = []
-        self._work: queue_module.SimpleQueue[Lease | None] = queue_module.SimpleQueue()
+        self.acks = _Acknowledger(worker, keep_finished=keep_finished)
+        self._work: queue_module.SimpleQueue[list[Lease] | None] = queue_module.SimpleQueue()
         self._free = threading.Semaphore(size)
         self._busy = 0
         self._idle = threading.Condition()
@@ -595,8 +673,13 @@ class _Pool:
         for thread in self._threads:
             thread.start()
 
+    @property
+    def finished(self) -> list[Job]:
+        """The jobs whose outcome was recorded (kept only for a burst)."""
+        return self.acks.finished
+
     def acquire(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for a free slot; take every free slot; return how many."""
+        """Wait up to ``timeout_s`` for an idle slot; take every idle slot; return how many."""
         if not self._free.acquire(timeout=timeout_s):
             return 0
         taken = 1
@@ -609,20 +692,23 @@ class _Pool:
         for _ in range(count):
             self._free.release()
 
-    def submit(self, lease: Lease) -> None:
-        """Hand a lease to the next free slot (one was acquired for it)."""
+    def submit(self, leases: list[Lease]) -> None:
+        """Hand a share of leases to the next idle slot (one was acquired for it)."""
         with self._idle:
             self._busy += 1
-        self._work.put(lease)
+        self._work.put(leases)
 
     def wait_until_idle(self, timeout_s: float) -> bool:
-        """Wait until no slot is busy; True if idle."""
+        """Wait until no slot is busy and every outcome is recorded; True if so."""
+        deadline = time.monotonic() + timeout_s
         with self._idle:
-            return self._idle.wait_for(lambda: self._busy == 0, timeout=timeout_s)
+            if not self._idle.wait_for(lambda: self._busy == 0, timeout=timeout_s):
+                return False
+        return self.acks.wait_until_empty(max(0.0, deadline - time.monotonic()))
 
     def shutdown(self, grace_s: float, before_kill: Callable[[], None]) -> None:
         """Let the jobs in hand finish within ``grace_s``; then call ``before_kill``
-        (which hands their jobs back) and stop them."""
+        (which hands their jobs back) and stop them. Outcomes are recorded last."""
         for _ in self._threads:
             self._work.put(None)
         deadline = time.monotonic() + grace_s
@@ -637,23 +723,108 @@ class _Pool:
         for runner, thread in zip(self._runners, self._threads, strict=True):
             if not thread.is_alive():
                 runner.close()
+        self.acks.close()
 
     def _slot(self, runner: Runner) -> None:
-        while (lease := self._work.get()) is not None:
-            try:
-                job = self.worker.execute(runner, lease)
+        while (leases := self._work.get()) is not None:
+            while leases:
+                for lease in leases:
+                    self._run_one(runner, lease)
+                leases = self.worker._refill()
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+            self._free.release()
+
+    def _run_one(self, runner: Runner, lease: Lease) -> None:
+        if not self.worker._start(lease):
+            return
+        try:
+            ended = self.worker.execute(runner, lease)
+        except DtqError as exc:
+            log.error("job %s: could not settle its attempt: %s", lease.job.id, exc)
+        except Exception:
+            # Never let a slot die silently: the job's lease expires and it runs again.
+            log.exception("job %s: unexpected error in the worker", lease.job.id)
+        else:
+            self.acks.submit(ended)
+
+
+class _Acknowledger:
+    """Records outcomes from a thread of its own, in batches: what ended while the
+    previous round trip was out goes in the next one (group commit).
+
+    A batch the engine cannot take now is kept and tried again with backoff; at
+    shutdown the tries are bounded, and the jobs of a batch still unrecorded
+    run again once their leases expire (nothing is lost, an attempt is repeated).
+    """
+
+    _SHUTDOWN_TRIES = 5
+
+    def __init__(self, worker: Worker, *, keep_finished: bool) -> None:
+        self.worker = worker
+        self.keep_finished = keep_finished
+        self.finished: list[Job] = []
+        self._pending: list[Ended | Job] = []
+        self._in_flight = False
+        self._closing = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="dtq-acks", daemon=True)
+        self._thread.start()
+
+    def submit(self, ended: Ended | Job) -> None:
+        """Queue an outcome to record (a Job is one settled already, kept for a burst)."""
+        with self._changed:
+            self._pending.append(ended)
+            self._changed.notify_all()
+
+    def wait_until_empty(self, timeout_s: float) -> bool:
+        """Wait until every submitted outcome is recorded (or given up); True if so."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._pending and not self._in_flight, timeout_s)
+
+    def close(self) -> None:
+        """Record what is pending, then stop the thread."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._pending or self._closing)
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, []
+                self._in_flight = True
+            jobs = self._record(batch)
+            with self._changed:
+                self._in_flight = False
                 if self.keep_finished:
-                    self.finished.append(job)
+                    self.finished += jobs
+                self._changed.notify_all()
+
+    def _record(self, batch: list[Ended | Job]) -> list[Job]:
+        ended = [e for e in batch if isinstance(e, Ended)]
+        settled = [e for e in batch if isinstance(e, Job)]
+        failures = 0
+        while ended:
+            try:
+                return settled + self.worker.record(ended)
             except DtqError as exc:
-                log.error("job %s: could not record its outcome: %s", lease.job.id, exc)
-            except Exception:
-                # Never let a slot die silently: the job's lease expires and it runs again.
-                log.exception("job %s: unexpected error in the worker", lease.job.id)
-            finally:
-                with self._idle:
-                    self._busy -= 1
-                    self._idle.notify_all()
-                self._free.release()
+                failures += 1
+                if self._closing and failures >= self._SHUTDOWN_TRIES:
+                    log.error(
+                        "%d outcome(s) not recorded (%s); those jobs run again when their leases expire",
+                        len(ended),
+                        exc,
+                    )
+                    break
+                pause = min(_MAX_BACKOFF_S, 0.1 * 2**failures)
+                log.warning("could not record %d outcome(s): %s; retrying in %.1f s", len(ended), exc, pause)
+                time.sleep(pause)
+        return settled
 
 
 class _Heartbeat:

@@ -2,11 +2,11 @@
 
 Commands by audience: ``jobs`` (enqueue, status, result, cancel, retry),
 ``operate`` (worker, stats, workers, health, events, config, dead letters,
-purge), ``plugins`` (plugins, plugin new). ``common`` holds exit codes,
-settings and output helpers.
+purge), ``plugins`` (plugins, plugin new), ``dashboard`` (the web
+dashboard). ``common`` holds exit codes, settings and output helpers.
 """
 
-from dtq_core.cli import jobs, operate, plugins
+from dtq_core.cli import dashboard, jobs, operate, plugins
 from dtq_core.cli.app import main
 
-__all__ = ["jobs", "main", "operate", "plugins"]
+__all__ = ["dashboard", "jobs", "main", "operate", "plugins"]

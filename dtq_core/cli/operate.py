@@ -22,8 +22,7 @@ from dtq_core.cli.common import (
     print_table,
     settings,
 )
-from dtq_core.engine import Event, Stats
-from dtq_core.errors import InvalidJob
+from dtq_core.engine import Event
 from dtq_core.job import JobStatus
 from dtq_core.logs import configure_logging
 from dtq_core.periodic import load_schedules
@@ -35,6 +34,11 @@ from dtq_core.worker import Worker
 @click.option("--plugins", "allow", help="Plugins to serve (comma-separated); default: every installed one.")
 @click.option("--burst", is_flag=True, help="Process the jobs queued now, then exit.")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Jobs at once (default 1).")
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=1),
+    help="Jobs each slot leases per round trip (default 1; 32-64 for many short jobs).",
+)
 @click.option(
     "--mode",
     type=click.Choice(["process", "thread"]),
@@ -124,7 +128,7 @@ def stats(as_json: bool, url: str | None, namespace: str | None) -> None:
     with Queue(settings=settings(url=url, namespace=namespace)) as queue:
         numbers = queue.stats()
     if as_json:
-        print_json(_stats_record(numbers))
+        print_json(numbers.to_dict())
         return
     unserved = set(numbers.unserved())
     print_table(
@@ -150,15 +154,6 @@ def stats(as_json: bool, url: str | None, namespace: str | None) -> None:
         ),
     )
     click.echo(f"dead: {numbers.dead}  failed: {numbers.failed}")
-
-
-def _stats_record(numbers: Stats) -> dict[str, object]:
-    return {
-        "queues": [q.to_dict() for q in numbers.queues],
-        "dead": numbers.dead,
-        "failed": numbers.failed,
-        "unserved": numbers.unserved(),
-    }
 
 
 @main.command()
@@ -290,12 +285,11 @@ def dead_requeue(job_ids: tuple[str, ...], everything: bool, url: str | None, na
                 queue.requeue(job_id)
                 click.echo(f"{job_id}: requeued")
             return
-        for job in queue.dead(limit=10_000):
-            try:
-                queue.requeue(job.id)
-                click.echo(f"{job.id}: requeued")
-            except InvalidJob as exc:  # a buried malformed record: report it, requeue the rest
-                click.echo(f"{job.id}: skipped: {exc}", err=True)
+        requeued, skipped = queue.requeue_all(JobStatus.DEAD)
+    for job_id in requeued:
+        click.echo(f"{job_id}: requeued")
+    for job_id, reason in skipped.items():  # a buried malformed record, say: reported, the rest requeued
+        click.echo(f"{job_id}: skipped: {reason}", err=True)
 
 
 @dead.command("purge")

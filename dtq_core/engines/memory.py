@@ -42,6 +42,7 @@ from dtq_core.engine import (
     ReleaseOutcome,
     Renewal,
     Stats,
+    check_browsable,
     counter_event_id,
     counter_event_seq,
     dead_after_lost_leases,
@@ -411,6 +412,29 @@ class MemoryEngine(Engine):
                 space.errors.pop(job_id, None)
             return len(index)
 
+    def delete(self, job_id: str) -> bool:
+        """Delete one final job's record; False when it is live or gone."""
+        with self._store.lock:
+            space = self._space
+            self._expire(space)
+            record = space.records.get(job_id)
+            if record is None or record.expires_ms is None:
+                return False
+            del space.records[job_id]
+            space.errors.pop(job_id, None)
+            for index in space.index.values():
+                index.pop(job_id, None)
+            return True
+
+    def browse(self, status: JobStatus, plugin: str, *, offset: int = 0, limit: int = 50) -> list[Job]:
+        """A page of a queue's live jobs with ``status`` (see :meth:`Engine.browse`)."""
+        check_browsable(status, offset, limit)
+        with self._store.lock:
+            space = self._space
+            self._expire(space)
+            ids = _live_ids(space, status, plugin)[offset : offset + limit]
+            return [_job(i, space.records[i], space.errors.get(i, [])) for i in ids if i in space.records]
+
     # --- events and history --------------------------------------------------------
 
     def events(self, *, after: str | None = None, limit: int = 100, block_s: float = 0.0) -> list[Event]:
@@ -588,6 +612,14 @@ class MemoryEngine(Engine):
             space.errors.pop(job_id, None)
             for index in space.index.values():
                 index.pop(job_id, None)
+
+
+def _live_ids(space: _Space, status: JobStatus, plugin: str) -> list[str]:
+    """A queue's ids with ``status`` in browsing order (as the Redis engine's sorted sets)."""
+    if status is JobStatus.QUEUED:
+        return [job_id for _, job_id in space.ready.get(plugin, [])]
+    times = (space.scheduled if status is JobStatus.SCHEDULED else space.active).get(plugin, {})
+    return sorted(times, key=lambda job_id: (times[job_id], job_id))
 
 
 def _copy(counts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:

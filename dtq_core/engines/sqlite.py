@@ -61,6 +61,7 @@ from dtq_core.engine import (
     ReleaseOutcome,
     Renewal,
     Stats,
+    check_browsable,
     counter_event_id,
     counter_event_seq,
     dead_after_lost_leases,
@@ -495,6 +496,34 @@ class SqliteEngine(Engine):
             )
             return int(cursor.rowcount)
 
+    def delete(self, job_id: str) -> bool:
+        """Delete one final job's row; False when it is live or gone."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "DELETE FROM dtq_jobs WHERE namespace = ? AND id = ? AND expires_ms > ? "
+                "AND status IN ('succeeded', 'failed', 'dead', 'cancelled')",
+                (self.namespace, job_id, _now_ms()),
+            )
+            return cursor.rowcount > 0
+
+    def browse(self, status: JobStatus, plugin: str, *, offset: int = 0, limit: int = 50) -> list[Job]:
+        """A page of a queue's live jobs with ``status`` (see :meth:`Engine.browse`).
+
+        A row whose record is malformed is left out (a worker that takes it buries it).
+        """
+        check_browsable(status, offset, limit)
+        with self._tx(write=False) as db:
+            rows = db.execute(
+                f"SELECT * FROM dtq_jobs WHERE namespace = ? AND plugin = ? AND status = ? "  # noqa: S608
+                f"ORDER BY {_BROWSE_ORDER[status]}, id LIMIT ? OFFSET ?",
+                (self.namespace, plugin, status.value, limit, offset),
+            ).fetchall()
+        jobs = []
+        for raw in rows:
+            with contextlib.suppress(MalformedRecord):
+                jobs.append(_job(_decode(raw)))
+        return jobs
+
     # --- events and history --------------------------------------------------------
 
     def events(self, *, after: str | None = None, limit: int = 100, block_s: float = 0.0) -> list[Event]:
@@ -774,6 +803,10 @@ _COLUMNS = (
     "finished_ms",
     "expires_ms",
 )
+
+
+#: The column that orders each browsable status: queue order, due time, lease deadline.
+_BROWSE_ORDER = {JobStatus.QUEUED: "score", JobStatus.SCHEDULED: "due_ms", JobStatus.RUNNING: "deadline_ms"}
 
 
 #: The columns of an event after its namespace and number, in :class:`Event`'s order.

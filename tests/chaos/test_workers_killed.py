@@ -1,7 +1,7 @@
 """Worker processes SIGKILLed at random while thousands of jobs run.
 
 A mixed fleet of ``dtq worker`` subprocesses (process and thread mode, one and
-several slots, 2 s leases) works through the jobs while a chaos loop kills a
+several slots, with and without prefetch, 2 s leases) works through the jobs while a chaos loop kills a
 random worker every 0.5-1 s and starts another like it. No job may be lost or
 left queued or running, and each result must come from exactly one lease
 holder: the delivery the final record and the last ``started`` event name.
@@ -29,6 +29,10 @@ KINDS = (
     ("--mode", "process"),
     ("--mode", "thread"),
     ("--mode", "thread", "-c", "2"),
+    # Prefetched jobs wait leased in the worker and outcomes are recorded in batches: a kill
+    # then strands several jobs at once, each of which must still come back.
+    ("--mode", "thread", "-c", "2", "--prefetch", "16"),
+    ("--mode", "process", "--prefetch", "8"),
 )
 LEASE_S = 2
 #: How long a job sleeps: long enough that kills land mid-job, short enough for thousands.

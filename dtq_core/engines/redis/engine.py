@@ -25,9 +25,11 @@ from dtq_core.engine import (
     HISTORY_S,
     LOST_LEASE,
     MINUTE_MS,
+    Appending,
     AppendOutcome,
     Batch,
     CancelOutcome,
+    Completion,
     Engine,
     Event,
     EventType,
@@ -42,6 +44,7 @@ from dtq_core.engine import (
     history_minutes,
     short_message,
 )
+from dtq_core.engines.redis import browse
 from dtq_core.engines.redis.connect import Client, connect, engine_options
 from dtq_core.engines.redis.keys import Keys
 from dtq_core.errors import EngineError, EngineUnavailable, MalformedRecord
@@ -97,6 +100,11 @@ _CANCELLED = {
 _SET_ASIDE = 4
 #: Entries per job in fetch.lua's reply: id, payload, state, token, plugin, reason.
 _FETCHED = 6
+#: Jobs per append.lua call, and calls per pipelined round trip, of append_many.
+_APPEND_CHUNK = 500
+_APPEND_CHUNKS_PER_TRIP = 4
+#: append.lua's codes.
+_APPENDED = {1: AppendOutcome.CREATED, 2: AppendOutcome.EXISTS, 0: AppendOutcome.CONFLICT}
 #: A stream entry id: ms-seq (or ms alone, which Redis reads as ms-0).
 _STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 
@@ -182,35 +190,62 @@ class RedisEngine(Engine):
         self, job: Job, payload: str, *, delay_s: float = 0.0, eta: datetime | None = None
     ) -> AppendOutcome:
         """Queue or schedule ``job`` atomically unless its id exists (see ``append.lua``)."""
+        keys, args = self._appending(job.plugin, [Appending(job, payload, delay_s, eta)])
+        with self._talking():
+            [code] = self._write("append", keys, args, f"job {job.id!r} was stored on the master")
+        return _APPENDED[int(code)]
+
+    def append_many(self, entries: Sequence[Appending]) -> list[AppendOutcome]:
+        """Append the entries with ``append.lua``: one call per plugin and chunk, one round trip per chunk.
+
+        Calls are grouped by plugin (a call takes one plugin's queue keys); the
+        outcomes come back in the order of ``entries``.
+        """
+        positions: dict[str, list[int]] = {}
+        for position, entry in enumerate(entries):
+            positions.setdefault(entry.job.plugin, []).append(position)
+        chunks = [
+            numbers[start : start + _APPEND_CHUNK]
+            for numbers in positions.values()
+            for start in range(0, len(numbers), _APPEND_CHUNK)
+        ]
+        outcomes: list[AppendOutcome] = [AppendOutcome.CONFLICT] * len(entries)
+        for group in _batched(chunks, _APPEND_CHUNKS_PER_TRIP):
+            calls = [
+                ("append", *self._appending(entries[c[0]].job.plugin, [entries[i] for i in c])) for c in group
+            ]
+            with self._talking():
+                replies = self._run_scripts(calls, wait_what="the jobs were stored on the master")
+            for chunk, codes in zip(group, replies, strict=True):
+                for position, code in zip(chunk, codes, strict=True):
+                    outcomes[position] = _APPENDED[int(code)]
+        return outcomes
+
+    def _appending(self, plugin: str, entries: Sequence[Appending]) -> tuple[list[str], list[str | int]]:
+        """append.lua's KEYS and ARGV for entries of one plugin."""
         k = self.keys
-        p = job.plugin
         keys = [
             k.jobs,
             k.state,
-            k.ready(p),
-            k.scheduled(p),
-            k.signal(p),
+            k.ready(plugin),
+            k.scheduled(plugin),
+            k.signal(plugin),
             k.seq,
-            k.done(job.id),
             k.plugins,
             k.events,
         ]
-        eta_ms = 0 if eta is None else max(1, int(eta.timestamp() * 1000))
-        args: list[str | int] = [
-            job.id,
-            payload,
-            json.dumps(job.options()),
-            int(delay_s * 1000),
-            eta_ms,
-            self.signal_cap,
-            p,
-            self.events_max,
-        ]
-        with self._talking():
-            reply = self._write("append", keys, args, f"job {job.id!r} was stored on the master")
-        if int(reply[0]):
-            return AppendOutcome.CREATED
-        return AppendOutcome.EXISTS if int(reply[1]) else AppendOutcome.CONFLICT
+        keys += [k.done(entry.job.id) for entry in entries]
+        args: list[str | int] = [self.signal_cap, plugin, self.events_max]
+        for entry in entries:
+            job, eta = entry.job, entry.eta
+            args += [
+                job.id,
+                entry.payload,
+                json.dumps(job.options()),
+                int(entry.delay_s * 1000),
+                0 if eta is None else max(1, int(eta.timestamp() * 1000)),
+            ]
+        return keys, args
 
     def get(self, job_id: str) -> Job | None:
         """The job's record, read in one transaction (live or final).
@@ -339,6 +374,22 @@ class RedisEngine(Engine):
 
     def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
         """Record the outcome under the lease's fencing token (see ``complete.lua``)."""
+        keys, args = self._completion(Completion(lease, outcome, ttl_s))
+        with self._talking():
+            return bool(
+                self._write("complete", keys, args, f"the outcome of job {lease.job.id!r} was stored")
+            )
+
+    def complete_many(self, completions: Sequence[Completion]) -> list[bool]:
+        """Record the outcomes with ``complete.lua``, all in one pipelined round trip."""
+        calls = [("complete", *self._completion(c)) for c in completions]
+        with self._talking():
+            replies = self._run_scripts(calls, wait_what="the outcomes were stored")
+        return [bool(reply) for reply in replies]
+
+    def _completion(self, completion: Completion) -> tuple[list[str], list[str | int]]:
+        """complete.lua's KEYS and ARGV for one completion."""
+        lease, outcome, ttl_s = completion.lease, completion.outcome, completion.ttl_s
         job = lease.job
         k = self.keys
         status = outcome.status
@@ -370,8 +421,7 @@ class RedisEngine(Engine):
             *_event_error(outcome.error),
             HISTORY_S,
         ]
-        with self._talking():
-            return bool(self._write("complete", keys, args, f"the outcome of job {job.id!r} was stored"))
+        return keys, args
 
     def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:
         """Extend the leases, one script call per plugin, all in one round trip."""
@@ -623,27 +673,32 @@ class RedisEngine(Engine):
         """Run a script; with ``wait_replicas``, return only once enough replicas hold its writes."""
         if self.wait_replicas <= 0:
             return self._scripts[name](keys, args)
-        # WAIT counts the writes of its own connection: send both down one pipeline.
-        pipe = self.client.pipeline(transaction=False)
-        self._scripts[name](keys, args, client=pipe)
-        pipe.wait(self.wait_replicas, int(self.wait_timeout_s * 1000))
-        reply, acked = pipe.execute()
-        if int(acked) < self.wait_replicas:
-            raise EngineUnavailable(
-                f"{what} but reached only {acked} of {self.wait_replicas} replicas within "
-                f"{self.wait_timeout_s} s (wait_replicas), so a failover could lose it; retrying with "
-                "the same job id is safe. Check the replicas' health (INFO replication)"
-            )
+        [reply] = self._run_scripts([(name, keys, args)], wait_what=what)
         return reply
 
-    def _run_scripts(self, calls: Sequence[_ScriptCall]) -> list[Any]:
-        """Run script calls in one round trip; one by one on a cluster, whose pipelines refuse scripts."""
+    def _run_scripts(self, calls: Sequence[_ScriptCall], *, wait_what: str | None = None) -> list[Any]:
+        """Run script calls in one round trip; one by one on a cluster, whose pipelines refuse scripts.
+
+        With ``wait_what`` and ``wait_replicas``, the round trip ends with ``WAIT``
+        (which counts the writes of its own connection, hence one pipeline), and
+        too few replicas raise :class:`EngineUnavailable` naming ``wait_what``.
+        """
         if isinstance(self.client, RedisCluster):
             return [self._scripts[name](keys, args) for name, keys, args in calls]
+        waiting = wait_what is not None and self.wait_replicas > 0
         pipe = self.client.pipeline(transaction=False)
         for name, keys, args in calls:
             self._scripts[name](keys, args, client=pipe)
-        return pipe.execute()
+        if waiting:
+            pipe.wait(self.wait_replicas, int(self.wait_timeout_s * 1000))
+        replies = pipe.execute()
+        if waiting and int(replies[-1]) < self.wait_replicas:
+            raise EngineUnavailable(
+                f"{wait_what} but reached only {replies[-1]} of {self.wait_replicas} replicas within "
+                f"{self.wait_timeout_s} s (wait_replicas), so a failover could lose it; retrying with "
+                "the same job id is safe. Check the replicas' health (INFO replication)"
+            )
+        return replies[:-1] if waiting else replies
 
     @contextlib.contextmanager
     def _talking(self) -> Iterator[None]:
@@ -663,9 +718,26 @@ class RedisEngine(Engine):
         except redis.RedisError as exc:
             raise EngineError(f"Redis at {mask_url(self.url)} answered with an error: {exc}") from exc
 
+    # --- browsing (see :mod:`.browse`) -------------------------------------------
+
+    def browse(self, status: JobStatus, plugin: str, *, offset: int = 0, limit: int = 50) -> list[Job]:
+        """A page of a queue's live jobs, read from its sorted set (see :func:`.browse.browse`)."""
+        with self._talking():
+            return browse.browse(self.client, self.keys, status, plugin, offset, limit)
+
+    def delete(self, job_id: str) -> bool:
+        """Delete one final job's record (see :func:`.browse.delete_final`)."""
+        with self._talking():
+            return browse.delete_final(self.client, self.keys, job_id)
+
 
 def _lua(name: str) -> str:
     return importlib.resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+def _batched(items: Sequence[list[int]], size: int) -> Iterator[Sequence[list[int]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _check_indexed(status: JobStatus) -> None:

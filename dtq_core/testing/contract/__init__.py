@@ -44,6 +44,8 @@ def _require_test_plugins() -> None:
 
 _require_test_plugins()
 
+from dtq_core.testing.contract.test_browse import *  # noqa: E402, F403
+from dtq_core.testing.contract.test_bulk import *  # noqa: E402, F403
 from dtq_core.testing.contract.test_events import *  # noqa: E402, F403
 from dtq_core.testing.contract.test_leases import *  # noqa: E402, F403
 from dtq_core.testing.contract.test_lifecycle import *  # noqa: E402, F403

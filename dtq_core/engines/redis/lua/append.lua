@@ -1,4 +1,8 @@
---[[ append: create a job unless a job with its id already exists.
+--[[ append: create jobs of one plugin, each unless a job with its id exists.
+
+Each job is created whole or not at all (a script runs atomically); a batch
+costs a fixed number of commands plus, per job, one look for a retained final
+record and one event, so a bulk append needs few commands per job.
 
 KEYS[1] jobs       hash    id -> payload JSON {"data","plugin"} of every live job
 KEYS[2] state      hash    id -> state JSON of every live job (see fetch.lua)
@@ -6,72 +10,116 @@ KEYS[3] ready      zset    the plugin's queue: id scored by priority, then arriv
 KEYS[4] scheduled  zset    the plugin's delayed jobs: id -> due time (ms)
 KEYS[5] signal     list    wake-up hints for workers blocked on this plugin
 KEYS[6] seq        string  arrival counter of the namespace
-KEYS[7] done       hash    this id's final record, while it is retained
-KEYS[8] plugins    set     names of the plugins that have ever had a job (for stats)
-KEYS[9] events     stream  the namespace's lifecycle events
-ARGV[1] id
-ARGV[2] payload: canonical JSON, compared byte for byte with an existing job's
-ARGV[3] options: JSON object of scalars (priority, max_retries, retry_backoff_s,
-        timeout_s), the start of the job's state
-ARGV[4] delay in ms from now (server clock); 0 for none
-ARGV[5] due time in ms since the epoch (an ETA); 0 for none; wins over the delay
-ARGV[6] signal cap: the signal list is kept at most this long
-ARGV[7] plugin name
-ARGV[8] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
+KEYS[7] plugins    set     names of the plugins that have ever had a job (for stats)
+KEYS[8] events     stream  the namespace's lifecycle events
+KEYS[8 + i] done   hash    the i-th job's final record, while it is retained
+ARGV[1] signal cap: the signal list is kept at most this long
+ARGV[2] plugin name
+ARGV[3] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
+ARGV[4 + 5(i-1) ..] five per job i:
+        id;
+        payload: canonical JSON, compared byte for byte with an existing job's;
+        options: JSON object of scalars (priority, max_retries, retry_backoff_s,
+          timeout_s), the start of the job's state;
+        delay in ms from now (server clock), 0 for none;
+        due time in ms since the epoch (an ETA), 0 for none; wins over the delay
 
-Returns {1, created_ms, due_ms} when the job was created (due_ms 0 if queued now);
-        {0, 1} when the id exists with the same payload (a repeated append);
-        {0, 0} when the id exists with a different payload (a conflict).
+Returns one code per job, in order: 1 created; 2 the id exists with the same
+payload (a repeated append, also within the batch); 0 the id exists with a
+different payload (a conflict). Nothing is written for codes 0 and 2.
 ]]
-local id = ARGV[1]
-local existing = redis.call('HGET', KEYS[1], id)
-if not existing then
-  existing = redis.call('HGET', KEYS[7], 'payload')
-end
-if existing then
-  return {0, existing == ARGV[2] and 1 or 0}
-end
-
+local n = (#ARGV - 3) / 5
+local plugin = ARGV[2]
+local cap = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 
--- Record the lifecycle event (fields of dtq_core.Event) unless events are off.
-local function event(kind, ...)
-  local cap = tonumber(ARGV[8])
-  if cap <= 0 then return end
-  redis.call('XADD', KEYS[9], 'MAXLEN', '~', cap, '*', 'type', kind, 'time', now, 'job', id,
-    'plugin', ARGV[7], 'attempt', 0, 'worker', '', ...)
+local ids = {}
+for i = 1, n do ids[i] = ARGV[4 + 5 * (i - 1)] end
+local live = redis.call('HMGET', KEYS[1], unpack(ids))
+
+-- The payload an id already has (live, retained final, or earlier in this batch), or nil.
+local seen = {}
+local function existing(i)
+  local id = ids[i]
+  return seen[id] or live[i] or redis.call('HGET', KEYS[8 + i], 'payload')
 end
 
-local state = cjson.decode(ARGV[3])
-state.priority = tonumber(state.priority) or 0
-state.seq = redis.call('INCR', KEYS[6])
-state.created = now
-state.attempts = 0
-state.lost = 0
+local codes = {}
+local fresh = {}
+for i = 1, n do
+  local payload = ARGV[5 + 5 * (i - 1)]
+  local found = existing(i)
+  if found then
+    codes[i] = found == payload and 2 or 0
+  else
+    codes[i] = 1
+    seen[ids[i]] = payload
+    fresh[#fresh + 1] = i
+  end
+end
+if #fresh == 0 then return codes end
 
-local due = tonumber(ARGV[5])
-if due == 0 and tonumber(ARGV[4]) > 0 then
-  due = now + tonumber(ARGV[4])
-end
-redis.call('HSET', KEYS[1], id, ARGV[2])
-redis.call('SADD', KEYS[8], ARGV[7])
-if due > now then
-  state.status = 'scheduled'
-  state.due = due
-  redis.call('HSET', KEYS[2], id, cjson.encode(state))
-  redis.call('ZADD', KEYS[4], due, id)
-  event('scheduled', 'delay_ms', due - now)
-  return {1, now, due}
+local last = redis.call('INCRBY', KEYS[6], #fresh)
+local payloads, states, ready, scheduled = {}, {}, {}, {}
+local queued = 0
+for k, i in ipairs(fresh) do
+  local base = 4 + 5 * (i - 1)
+  local id = ids[i]
+  local state = cjson.decode(ARGV[base + 2])
+  state.priority = tonumber(state.priority) or 0
+  state.seq = last - #fresh + k
+  state.created = now
+  state.attempts = 0
+  state.lost = 0
+  local due = tonumber(ARGV[base + 4])
+  if due == 0 and tonumber(ARGV[base + 3]) > 0 then
+    due = now + tonumber(ARGV[base + 3])
+  end
+  local kind
+  if due > now then
+    state.status = 'scheduled'
+    state.due = due
+    scheduled[#scheduled + 1] = due
+    scheduled[#scheduled + 1] = id
+    kind = 'scheduled'
+  else
+    state.status = 'queued'
+    -- Lower scores pop first: higher priority first, then first in, first out.
+    -- |score| < 2^52, so every score is an exact double.
+    ready[#ready + 1] = string.format('%.0f', -state.priority * 2^40 + state.seq)
+    ready[#ready + 1] = id
+    queued = queued + 1
+    kind = 'appended'
+  end
+  payloads[#payloads + 1] = id
+  payloads[#payloads + 1] = ARGV[base + 1]
+  states[#states + 1] = id
+  states[#states + 1] = cjson.encode(state)
+  if cap > 0 then
+    -- The fields of dtq_core.Event.
+    if kind == 'scheduled' then
+      redis.call('XADD', KEYS[8], 'MAXLEN', '~', cap, '*', 'type', kind, 'time', now, 'job', id,
+        'plugin', plugin, 'attempt', 0, 'worker', '', 'delay_ms', due - now)
+    else
+      redis.call('XADD', KEYS[8], 'MAXLEN', '~', cap, '*', 'type', kind, 'time', now, 'job', id,
+        'plugin', plugin, 'attempt', 0, 'worker', '')
+    end
+  end
 end
 
-state.status = 'queued'
-redis.call('HSET', KEYS[2], id, cjson.encode(state))
--- Lower scores pop first: higher priority first, then first in, first out.
--- |score| < 2^52, so every score is an exact double.
-redis.call('ZADD', KEYS[3], string.format('%.0f', -state.priority * 2^40 + state.seq), id)
-if redis.call('LLEN', KEYS[5]) < tonumber(ARGV[6]) then
-  redis.call('LPUSH', KEYS[5], '1')
+redis.call('HSET', KEYS[1], unpack(payloads))
+redis.call('HSET', KEYS[2], unpack(states))
+redis.call('SADD', KEYS[7], plugin)
+if #scheduled > 0 then redis.call('ZADD', KEYS[4], unpack(scheduled)) end
+if queued > 0 then
+  redis.call('ZADD', KEYS[3], unpack(ready))
+  -- One hint per job queued, up to the cap: each can wake a blocked worker.
+  local room = math.min(queued, tonumber(ARGV[1]) - redis.call('LLEN', KEYS[5]))
+  if room > 0 then
+    local hints = {}
+    for h = 1, room do hints[h] = '1' end
+    redis.call('LPUSH', KEYS[5], unpack(hints))
+  end
 end
-event('appended')
-return {1, now, 0}
+return codes

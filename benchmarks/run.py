@@ -1,0 +1,148 @@
+"""Issue 8's benchmark: dtq and its peers on one private redis-server, no-op jobs.
+
+For each system: enqueue throughput (one job per call, and bulk), processing
+throughput of 10,000 queued jobs with one and with two worker processes of
+concurrency 1, append-to-result latency (p50, p99), Redis memory per 100,000
+queued jobs and per 100,000 kept results, and costs per job (Redis commands,
+round trips, server CPU, worker CPU). The server's own ceiling (redis-benchmark,
+pipelined EVALSHA) is measured in the same run.
+
+Usage (``nox -s bench -- ARGS`` runs it with every peer installed)::
+
+    python benchmarks/run.py [--quick] [--only dtq,rq] [--out benchmarks/results]
+
+Writes ``latest.json`` and ``chart.png`` to the output directory and prints the tables.
+A failure of one system or measure is recorded (``error`` in the table) and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import measure
+import report
+import systems
+from server import RedisServer, private_redis
+
+FULL = measure.Sizes(enqueue=10_000, bulk=10_000, processing=10_000, latency=500, limit_requests=200_000)
+QUICK = measure.Sizes(enqueue=500, bulk=500, processing=500, latency=50, limit_requests=20_000)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a minute or two")
+    parser.add_argument("--only", default=",".join(systems.NAMES), help="systems to run, comma-separated")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(args.only) - set(systems.NAMES))
+    if unknown:
+        parser.error(f"unknown systems {unknown}; choose from {', '.join(systems.NAMES)}")
+    return args
+
+
+def machine(server: RedisServer) -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        models = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line
+        ]
+        model = models[0] if models else ""
+    return {
+        "uname": subprocess.run(["uname", "-a"], capture_output=True, text=True, check=False).stdout.strip(),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "redis_server": server.version(),
+    }
+
+
+def log(message: str) -> None:
+    """Progress, on stderr."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_variant(
+    system: systems.System, variant: systems.Variant, sizes: measure.Sizes, server: RedisServer, logdir: Path
+) -> dict[str, Any]:
+    """Processing with one and with two worker processes (latency with the one)."""
+    jobs = min(sizes.processing, variant.max_jobs or sizes.processing)
+    out: dict[str, Any] = {"settings": variant.settings}
+    for procs in (1, 2):
+        latency_jobs = sizes.latency if procs == 1 else 0
+        run = functools.partial(
+            measure.processing, system, variant, procs, jobs, server, logdir, latency_jobs
+        )
+        out[f"processing_{procs}"] = result = measure.guarded(run)
+        log(f"{system.name}/{variant.label}: {procs} process(es) {report.brief(result)}")
+    return out
+
+
+def run_system(name: str, sizes: measure.Sizes, server: RedisServer, logdir: Path) -> dict[str, Any]:
+    """Every measure of one system; failures are recorded, never raised."""
+    started = time.perf_counter()
+    server.flush()
+    try:
+        system = systems.load(name, server.url)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    out: dict[str, Any] = {"version": system.version(), "settings": system.settings, "variants": {}}
+    try:
+        out["enqueue"] = measure.guarded(lambda: measure.enqueue_one_by_one(system, server, sizes.enqueue))
+        log(f"{name}: enqueue {report.brief(out['enqueue'])}")
+        out["bulk"] = measure.guarded(lambda: measure.enqueue_bulk(system, server, sizes.bulk))
+        log(f"{name}: bulk enqueue {report.brief(out['bulk'])}")
+        for variant in system.variants:
+            out["variants"][variant.label] = run_variant(system, variant, sizes, server, logdir)
+    finally:
+        system.close()
+        server.flush()
+    out["seconds"] = time.perf_counter() - started
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison; print, write the JSON and draw the chart."""
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dtq-bench-") as tmp, private_redis(Path(tmp)) as server:
+        log(f"private redis-server {server.version()} on port {server.port}; worker logs in {tmp}")
+        results: dict[str, Any] = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(server),
+            "quick": args.quick,
+            "sizes": sizes.__dict__,
+            "redis_server": "--save '' --appendonly no, loopback, private; FLUSHALL between measures",
+        }
+        results["limit"] = measure.guarded(lambda: server.limit(sizes.limit_requests))
+        log(f"server limit: {report.brief(results['limit'], 'evalsha_per_s')}")
+        results["systems"] = {name: run_system(name, sizes, server, Path(tmp)) for name in args.only}
+    results["seconds"] = time.perf_counter() - started
+    results["targets"] = report.targets(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    report.print_tables(results)
+    report.chart(results, args.out / "chart.png")
+    log(f"wrote {args.out / 'latest.json'} and {args.out / 'chart.png'} in {results['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""What the dashboard shows, read from a :class:`~dtq_core.Queue`; no HTTP here.
+
+Every reader takes the queue and returns plain values the templates and the
+JSON API render; the same calls back ``dtq stats``, ``dtq workers``, ``dtq
+dead list`` and ``dtq plugins``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from dtq_core.engine import BROWSABLE, FINISHED, Event, MinuteCounts, Stats
+from dtq_core.job import Job, JobStatus
+from dtq_core.plugin import PluginStatus
+from dtq_core.queue import Queue
+
+#: Jobs on one page of the jobs list.
+PAGE_SIZE = 50
+#: The statuses the jobs list shows: live ones by queue, then the kept dead and failed ones.
+LISTED = (*BROWSABLE, JobStatus.DEAD, JobStatus.FAILED)
+#: Dead or failed jobs of one queue are looked for among this many of the newest.
+FINAL_SCAN = 500
+#: Events read per call when looking for one job's timeline, and the most calls.
+_EVENT_BATCH = 1000
+_EVENT_BATCHES = 10
+#: Outcomes that count as failures on the chart.
+FAILURES = ("failed", "dead")
+
+
+@attrs.frozen
+class Overview:
+    """The overview page: each queue's counts, the live workers, and the chart's points."""
+
+    stats: Stats
+    workers: int
+    chart: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``/api/overview`` shape: ``dtq stats --json`` plus ``workers`` and ``chart``."""
+        return {**self.stats.to_dict(), "workers": self.workers, "chart": self.chart}
+
+
+def overview(queue: Queue, minutes: int = 60) -> Overview:
+    """The namespace at a glance, with its outcomes per minute over the last ``minutes``."""
+    return Overview(queue.stats(), len(queue.workers()), chart_points(queue.history(minutes)))
+
+
+def chart_points(history: Sequence[MinuteCounts]) -> list[dict[str, Any]]:
+    """Per minute, oldest first: jobs finished (any final status) and jobs that failed or died."""
+    return [
+        {
+            "minute": minute.start.isoformat(),
+            "finished": _total(minute, FINISHED),
+            "failures": _total(minute, FAILURES),
+        }
+        for minute in history
+    ]
+
+
+def _total(minute: MinuteCounts, statuses: Sequence[str]) -> int:
+    return sum(minute.count(plugin, status) for plugin in minute.counts for status in statuses)
+
+
+@attrs.frozen
+class JobPage:
+    """One page of the jobs list; ``note`` says when the list is partial."""
+
+    status: JobStatus
+    plugin: str | None
+    jobs: list[Job]
+    offset: int
+    limit: int
+    has_more: bool
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``/api/jobs`` shape."""
+        return {
+            "status": self.status.value,
+            "queue": self.plugin,
+            "offset": self.offset,
+            "limit": self.limit,
+            "has_more": self.has_more,
+            "note": self.note,
+            "jobs": [job.to_dict() for job in self.jobs],
+        }
+
+
+def job_page(
+    queue: Queue, status: JobStatus, plugin: str | None, offset: int = 0, limit: int = PAGE_SIZE
+) -> JobPage:
+    """A page of jobs with ``status``, of one queue or (``plugin`` None) of all.
+
+    Raises:
+        ValueError: ``status`` is not one of :data:`LISTED`.
+        NotSupported: the engine cannot list live jobs.
+    """
+    if status not in LISTED:
+        raise ValueError(f"the jobs list shows {', '.join(s.value for s in LISTED)} jobs, not {status.value}")
+    if status in BROWSABLE:
+        found = _live(queue, status, plugin, offset, limit + 1)
+        note = None
+    else:
+        found, note = _final(queue, status, plugin, offset, limit + 1)
+    return JobPage(status, plugin, found[:limit], offset, limit, len(found) > limit, note)
+
+
+def _live(queue: Queue, status: JobStatus, plugin: str | None, offset: int, count: int) -> list[Job]:
+    if plugin is not None:
+        return queue.browse(status, plugin, offset=offset, limit=count)
+    plugins = [q.plugin for q in queue.stats().queues]
+    jobs = [job for name in plugins for job in queue.browse(status, name, offset=0, limit=offset + count)]
+    return jobs[offset : offset + count]
+
+
+def _final(
+    queue: Queue, status: JobStatus, plugin: str | None, offset: int, count: int
+) -> tuple[list[Job], str | None]:
+    listing = queue.dead if status is JobStatus.DEAD else queue.failed
+    if plugin is None:
+        return listing(limit=count, offset=offset), None
+    newest = [job for job in listing(limit=FINAL_SCAN) if job.plugin == plugin]
+    note = f"{status.value} jobs of one queue are looked for among the {FINAL_SCAN} newest"
+    return newest[offset : offset + count], note
+
+
+def timeline(queue: Queue, job_id: str) -> list[Event]:
+    """The job's events that the engine still keeps, oldest first."""
+    found: list[Event] = []
+    after: str | None = None
+    for _ in range(_EVENT_BATCHES):
+        batch = queue.events(after=after, limit=_EVENT_BATCH)
+        found += [event for event in batch if event.job_id == job_id]
+        if len(batch) < _EVENT_BATCH:
+            break
+        after = batch[-1].id
+    return found
+
+
+@attrs.frozen
+class WorkerRow:
+    """One live worker as the workers page shows it."""
+
+    id: str
+    host: str
+    pid: str
+    plugins: list[str]
+    concurrency: str
+    mode: str
+    in_hand: list[str]
+    #: seconds since its last heartbeat, when the engine says
+    heartbeat_age_s: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``/api/workers`` shape of one worker."""
+        return attrs.asdict(self)
+
+
+def worker_rows(workers: Sequence[Mapping[str, str]], now_s: float | None = None) -> list[WorkerRow]:
+    """The registry's descriptions (:meth:`Queue.workers`) as rows, sorted by host and pid."""
+    now_ms = (time.time() if now_s is None else now_s) * 1000
+    rows = [_worker_row(info, now_ms) for info in workers]
+    return sorted(rows, key=lambda row: (row.host, row.pid, row.id))
+
+
+def _worker_row(info: Mapping[str, str], now_ms: float) -> WorkerRow:
+    last_seen = info.get("last_seen", "")
+    return WorkerRow(
+        id=info.get("id", "?"),
+        host=info.get("host", ""),
+        pid=info.get("pid", ""),
+        plugins=_split(info.get("plugins", "")),
+        concurrency=info.get("concurrency", ""),
+        mode=info.get("mode", ""),
+        in_hand=_split(info.get("in_hand", "")),
+        heartbeat_age_s=max(0.0, (now_ms - int(last_seen)) / 1000) if last_seen.isdigit() else None,
+    )
+
+
+def _split(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
+@attrs.frozen
+class PluginRow:
+    """An installed (or allow-listed) plugin, and how many live workers serve it."""
+
+    status: PluginStatus
+    served_by: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``/api/plugins`` shape: ``dtq plugins --json`` plus ``served_by``."""
+        return {**self.status.to_dict(), "served_by": self.served_by}
+
+
+_REGISTRY_LOCK = threading.Lock()
+
+
+def plugin_rows(queue: Queue) -> list[PluginRow]:
+    """Every installed plugin with its distribution, version and load status (as ``dtq plugins``)."""
+    with _REGISTRY_LOCK:  # the registry loads plugins as it checks them: one request at a time
+        statuses = queue.registry.statuses()
+    served: dict[str, int] = {}
+    for worker in worker_rows(queue.workers()):
+        for name in worker.plugins:
+            served[name] = served.get(name, 0) + 1
+    return [PluginRow(row, served.get(row.name, 0)) for row in statuses]

@@ -1,0 +1,107 @@
+"""Many jobs at once: bulk appends, prefetching workers, outcomes recorded in batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from dtq_core import (
+    Appending,
+    AppendOutcome,
+    DuplicateJob,
+    Engine,
+    InvalidJob,
+    JobStatus,
+    Queue,
+    ValidationError,
+    Worker,
+)
+from dtq_core.job import Job, encode_payload
+
+
+def _entry(job_id: str, text: str = "x", plugin: str = "test_only") -> Appending:
+    job = Job(id=job_id, plugin=plugin, data={"action": "echo", "text": text})
+    return Appending(job, encode_payload(job))
+
+
+def test_append_many_answers_each_entry_in_order_and_dedupes_within_the_batch(dtq_engine: Engine) -> None:
+    assert dtq_engine.append(_entry("old").job, _entry("old").payload) is AppendOutcome.CREATED
+    entries = [_entry("a"), _entry("old"), _entry("old", "other"), _entry("b"), _entry("a"), _entry("a", "y")]
+    outcomes = dtq_engine.append_many(entries)
+    assert outcomes == [
+        AppendOutcome.CREATED,
+        AppendOutcome.EXISTS,
+        AppendOutcome.CONFLICT,
+        AppendOutcome.CREATED,
+        AppendOutcome.EXISTS,
+        AppendOutcome.CONFLICT,
+    ]
+    a, b = dtq_engine.get("a"), dtq_engine.get("b")
+    assert a is not None and b is not None
+    assert a.data == {"action": "echo", "text": "x"} and a.status is JobStatus.QUEUED
+    assert dtq_engine.append_many([]) == []
+
+
+def test_enqueue_many_queues_every_job_in_order_with_options(
+    dtq_queue: Queue, dtq_make_worker: Callable[..., Worker]
+) -> None:
+    jobs = dtq_queue.enqueue_many("test_only", ({"action": "echo", "n": n} for n in range(1200)), priority=3)
+    assert len({job.id for job in jobs}) == 1200
+    stored = dtq_queue.get(jobs[700].id)
+    assert stored is not None and stored.status is JobStatus.QUEUED and stored.priority == 3
+    assert stored.data == {"action": "echo", "n": 700}
+    done = dtq_make_worker(mode="thread", prefetch=50).get_jobs()
+    assert sorted(job.id for job in done) == sorted(job.id for job in jobs)
+    # Equal priorities run first in, first out, across the batch's script calls.
+    assert [job.data["n"] for job in done[:100]] == list(range(100))
+    assert dtq_queue.result(jobs[-1].id, timeout=5) == {"action": "echo", "n": 1199}
+
+
+def test_append_many_checks_every_job_before_appending_any(dtq_queue: Queue) -> None:
+    good = {"id": "fine", "job": {"plugin": "test_only", "data": {"action": "echo"}}}
+    bad = {"id": "bad", "job": {"plugin": "test_only", "data": {"action": "no-such-action"}}}
+    with pytest.raises(ValidationError, match="job 1 of the batch"):
+        dtq_queue.append_many([good, bad])
+    with pytest.raises(InvalidJob, match="job 2 of the batch"):
+        dtq_queue.append_many([good, good, {"job": {"plugin": "test_only", "data": [1]}}])
+    assert dtq_queue.get("fine") is None
+
+
+def test_append_many_schedules_delayed_jobs_and_reports_conflicts_after_appending_the_rest(
+    dtq_queue: Queue,
+) -> None:
+    dtq_queue.enqueue("test_only", {"action": "echo"}, id="taken")
+    later = datetime.now(timezone.utc) + timedelta(hours=1)
+    batch = [
+        {
+            "id": "soon",
+            "job": {"plugin": "test_only", "data": {"action": "echo"}},
+            "options": {"delay_s": 60},
+        },
+        {"id": "at", "job": {"plugin": "test_only", "data": {"action": "echo"}}, "options": {"eta": later}},
+        {"id": "taken", "job": {"plugin": "test_only", "data": {"action": "echo", "other": 1}}},
+        {"id": "plain", "job": {"plugin": "test_only", "data": {"action": "echo"}}},
+    ]
+    with pytest.raises(DuplicateJob, match="'taken'"):
+        dtq_queue.append_many(batch)
+    statuses = {job_id: getattr(dtq_queue.get(job_id), "status", None) for job_id in ("soon", "at", "plain")}
+    assert statuses == {"soon": JobStatus.SCHEDULED, "at": JobStatus.SCHEDULED, "plain": JobStatus.QUEUED}
+    again = dtq_queue.append_many(batch[:2] + batch[3:])  # a repeat appends nothing twice
+    assert [job.status for job in again] == [JobStatus.SCHEDULED, JobStatus.SCHEDULED, JobStatus.QUEUED]
+
+
+def test_a_prefetching_worker_runs_each_job_once_and_records_every_outcome(
+    dtq_queue: Queue, dtq_make_worker: Callable[..., Worker]
+) -> None:
+    ok = dtq_queue.enqueue_many("test_only", ({"action": "echo", "n": n} for n in range(150)))
+    failing = dtq_queue.enqueue("test_only", {"action": "fail", "message": "no"}, max_retries=0)
+    done = dtq_make_worker(mode="thread", concurrency=3, prefetch=16).get_jobs()
+    assert sorted(job.id for job in done) == sorted([job.id for job in ok] + [failing.id])
+    for job in ok[::10]:
+        stored = dtq_queue.get(job.id)
+        assert stored is not None and stored.status is JobStatus.SUCCEEDED and stored.attempts == 1
+    failed = dtq_queue.get(failing.id)
+    assert failed is not None and failed.status in (JobStatus.FAILED, JobStatus.DEAD)
+    assert dtq_queue.stats().queues[0].running == 0
