@@ -188,7 +188,10 @@ def final_tokens(client: redis.Redis, namespace: str, ids: Sequence[str]) -> dic
     pipe = client.pipeline(transaction=False)
     for job_id in ids:
         pipe.hget(keys.done(job_id), "state")
-    states = pipe.execute()
+    pipe.hmget(keys.succeeded, list(ids))
+    *states, succeeded = pipe.execute()
+    # A succeeded job's record is one JSON field of the succeeded hash, holding its state JSON.
+    states = [s if r is None else json.loads(r)["state"] for s, r in zip(states, succeeded, strict=True)]
     return {
         job_id: None if s is None else json.loads(s).get("token")
         for job_id, s in zip(ids, states, strict=True)

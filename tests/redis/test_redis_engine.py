@@ -44,13 +44,40 @@ def test_every_key_of_a_finished_job_has_a_lifetime(
         kind = client.type(key)
         ttl = client.ttl(key)
         # No lifetime, but a bounded size: one counter, one name per plugin, the
-        # pruned worker registry, the events stream (MAXLEN ~ events_max), and
-        # the indexes capped by count and age.
-        fixed_size = key in (keys.seq, keys.plugins, keys.workers, keys.events) or key.startswith(
-            f"{keys.base}:index:"
-        )
+        # pruned worker registry, the events stream (MAXLEN ~ events_max), the
+        # indexes capped by count and age, and the succeeded records, each with
+        # its expiry in a sorted set that sweeps delete them by.
+        fixed_size = key in (
+            keys.seq,
+            keys.plugins,
+            keys.workers,
+            keys.events,
+            keys.succeeded,
+            keys.expiry,
+        ) or key.startswith(f"{keys.base}:index:")
         bounded = ttl > 0 or fixed_size
         assert bounded, f"{key} ({kind}) has no lifetime"
+    expiries = dict(client.zrange(keys.expiry, 0, -1, withscores=True))
+    assert set(client.hkeys(keys.succeeded)) == set(expiries) == {"f"}
+    assert time.time() * 1000 < expiries["f"] < (time.time() + 86_400 + 60) * 1000
+
+
+def test_succeeded_records_are_hidden_at_expiry_and_swept_by_workers(
+    queue: Queue, make_worker: MakeWorker, keys: Keys, redis_server: RedisServer
+) -> None:
+    jobs = queue.enqueue_many("test_only", [{"action": "echo", "n": n} for n in range(30)])
+    done = thread_worker(make_worker, result_ttl_s=1, prefetch=8).get_jobs()
+    assert len(done) == 30 and queue.get(jobs[0].id) is not None
+    client = redis_server.client
+    assert client.hlen(keys.succeeded) == 30
+    time.sleep(1.2)
+    assert queue.get(jobs[0].id) is None  # expired: never read back, swept or not
+    # The id is free again once its record expired, even before a sweep.
+    again = queue.enqueue("test_only", {"action": "echo", "other": True}, id=jobs[1].id)
+    assert again.data == {"action": "echo", "other": True}
+    thread_worker(make_worker).get_jobs()  # lease recovery sweeps
+    assert client.hlen(keys.succeeded) == 1  # only the new job's record
+    assert client.zcard(keys.expiry) == 1
 
 
 def test_unreachable_redis_is_reported_with_its_url(namespace: str) -> None:

@@ -65,7 +65,9 @@ def _live_job(job_id: str, payload: str | None, state: str | None, errors: list[
 def delete_final(client: Client, keys: Keys, job_id: str) -> bool:
     """Delete one final job's record, its attempt errors and its index entries, in one transaction.
 
-    Only a final job has a ``done`` record; the transaction runs only if that
+    A succeeded job's record is a field of ``succeeded`` (deleted at once: it
+    never becomes live again); a failed, dead or cancelled one has a ``done``
+    record, and the transaction runs only if that
     record is unchanged since it was seen (``WATCH``), so a job requeued
     meanwhile is left alone. Returns whether something was deleted.
     """
@@ -74,7 +76,7 @@ def delete_final(client: Client, keys: Keys, job_id: str) -> bool:
         try:
             pipe.watch(done)
             if not pipe.exists(done):
-                return False
+                return _delete_succeeded(client, keys, job_id)
             pipe.multi()
             pipe.delete(done, keys.errors(job_id))
             for status in (JobStatus.DEAD, JobStatus.FAILED):
@@ -82,4 +84,15 @@ def delete_final(client: Client, keys: Keys, job_id: str) -> bool:
             pipe.execute()
         except redis.WatchError:
             return False
+    return True
+
+
+def _delete_succeeded(client: Client, keys: Keys, job_id: str) -> bool:
+    """Delete a succeeded job's record (one field of ``succeeded``), and its attempt errors with it."""
+    if not client.hdel(keys.succeeded, job_id):
+        return False  # not final (or gone): a live job's errors stay
+    with client.pipeline(transaction=True) as pipe:
+        pipe.zrem(keys.expiry, job_id)
+        pipe.delete(keys.errors(job_id))
+        pipe.execute()
     return True

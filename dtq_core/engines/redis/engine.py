@@ -65,6 +65,7 @@ _SCRIPTS = (
     "requeue",
     "heartbeat",
     "bury",
+    "sweep",
 )
 #: A script's name, KEYS and ARGV.
 _ScriptCall = tuple[str, list[str], list[str | int]]
@@ -103,6 +104,11 @@ _FETCHED = 6
 #: Jobs per append.lua call, and calls per pipelined round trip, of append_many.
 _APPEND_CHUNK = 500
 _APPEND_CHUNKS_PER_TRIP = 4
+#: Records per sweep.lua call, and calls per lease recovery at most.
+_SWEEP_BATCH = 1000
+_SWEEPS = 20
+#: Completions per complete.lua call.
+_COMPLETE_CHUNK = 500
 #: append.lua's codes.
 _APPENDED = {1: AppendOutcome.CREATED, 2: AppendOutcome.EXISTS, 0: AppendOutcome.CONFLICT}
 #: A stream entry id: ms-seq (or ms alone, which Redis reads as ms-0).
@@ -233,6 +239,8 @@ class RedisEngine(Engine):
             k.seq,
             k.plugins,
             k.events,
+            k.succeeded,
+            k.expiry,
         ]
         keys += [k.done(entry.job.id) for entry in entries]
         args: list[str | int] = [self.signal_cap, plugin, self.events_max]
@@ -260,22 +268,33 @@ class RedisEngine(Engine):
             pipe.hget(k.state, job_id)
             pipe.hgetall(k.done(job_id))
             pipe.lrange(k.errors(job_id), 0, -1)
-            payload, state, done, errors = pipe.execute()
+            pipe.hget(k.succeeded, job_id)
+            pipe.zscore(k.expiry, job_id)
+            payload, state, done, errors, succeeded, expiry = pipe.execute()
         if payload is not None or state is not None:
             return _job(job_id, payload, state, errors=errors)
         if done:
             return _job(job_id, done["payload"], done["state"], done.get("result"), done.get("error"), errors)
+        # Expiry by this client's clock (a cluster pipeline refuses TIME): a skewed
+        # clock shows a record that long past, or short of, its retention.
+        if succeeded is not None and (expiry is None or expiry > time.time() * 1000):
+            return _succeeded_job(job_id, succeeded, errors)
         return None
 
     def wait_for_final(self, job_id: str, timeout_s: float) -> Job | None:
-        """Subscribe to the job's channel, then block until it is final or time runs out."""
+        """Subscribe to the job's channel, then block until it is final or time runs out.
+
+        The id goes into ``waiters`` meanwhile: complete.lua publishes only the
+        ends of jobs someone waits for, and drops the id when it does.
+        """
         deadline = time.monotonic() + timeout_s
         with self._talking():
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
-                # Subscribe before reading so a completion between the read and
-                # the wait cannot be missed.
+                # Subscribe and register before reading, so a completion between
+                # the read and the wait cannot be missed.
                 pubsub.subscribe(self.keys.finished_channel(job_id))
+                self.client.hset(self.keys.waiters, job_id, "1")
                 job = self.get(job_id)
                 while (job is None or not job.status.is_final) and time.monotonic() < deadline:
                     remaining = min(self.block_s, deadline - time.monotonic())
@@ -284,6 +303,9 @@ class RedisEngine(Engine):
                 return self.get(job_id) if job is None or not job.status.is_final else job
             finally:
                 pubsub.close()
+                # Always unregistered, so an abandoned wait leaves nothing behind. Another
+                # producer waiting on the same id then falls back to reading every block_s.
+                self.client.hdel(self.keys.waiters, job_id)
 
     # --- worker side -----------------------------------------------------------
 
@@ -374,53 +396,69 @@ class RedisEngine(Engine):
 
     def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
         """Record the outcome under the lease's fencing token (see ``complete.lua``)."""
-        keys, args = self._completion(Completion(lease, outcome, ttl_s))
+        keys, args = self._completing(lease.job.plugin, [Completion(lease, outcome, ttl_s)])
         with self._talking():
-            return bool(
-                self._write("complete", keys, args, f"the outcome of job {lease.job.id!r} was stored")
-            )
+            [code] = self._write("complete", keys, args, f"the outcome of job {lease.job.id!r} was stored")
+        return bool(code)
 
     def complete_many(self, completions: Sequence[Completion]) -> list[bool]:
-        """Record the outcomes with ``complete.lua``, all in one pipelined round trip."""
-        calls = [("complete", *self._completion(c)) for c in completions]
+        """Record the outcomes with ``complete.lua``, one call per plugin, all in one round trip.
+
+        A job named twice (a stale attempt and a new one) goes into separate
+        calls, which run in order: the script reads a batch's records once.
+        """
+        groups = _completion_groups(completions)
+        calls = [
+            ("complete", *self._completing(completions[g[0]].lease.job.plugin, [completions[i] for i in g]))
+            for g in groups
+        ]
         with self._talking():
             replies = self._run_scripts(calls, wait_what="the outcomes were stored")
-        return [bool(reply) for reply in replies]
+        stored = [False] * len(completions)
+        for group, codes in zip(groups, replies, strict=True):
+            for position, code in zip(group, codes, strict=True):
+                stored[position] = bool(code)
+        return stored
 
-    def _completion(self, completion: Completion) -> tuple[list[str], list[str | int]]:
-        """complete.lua's KEYS and ARGV for one completion."""
-        lease, outcome, ttl_s = completion.lease, completion.outcome, completion.ttl_s
-        job = lease.job
+    def _completing(
+        self, plugin: str, completions: Sequence[Completion]
+    ) -> tuple[list[str], list[str | int]]:
+        """complete.lua's KEYS and ARGV for completions of one plugin's jobs."""
         k = self.keys
-        status = outcome.status
-        indexed = status in INDEXED
         keys = [
             k.jobs,
             k.state,
-            k.active(job.plugin),
-            k.scheduled(job.plugin),
-            k.done(job.id),
-            k.errors(job.id),
-            k.index(status.value),
+            k.active(plugin),
+            k.scheduled(plugin),
+            k.succeeded,
+            k.expiry,
+            k.waiters,
+            k.index(JobStatus.DEAD.value),
+            k.index(JobStatus.FAILED.value),
             k.events,
             k.rate(_minute()),
         ]
         args: list[str | int] = [
-            job.id,
-            lease.token,
-            "retry" if status is JobStatus.SCHEDULED else status.value,
-            outcome.result_json or "",
-            "" if outcome.error is None else json.dumps(outcome.error.to_dict()),
-            max(1, int(ttl_s)),
-            k.finished_channel(job.id),
-            int(outcome.retry_in_s * 1000),
-            self.index_cap if indexed else 0,
+            plugin,
+            self.index_cap,
             self.errors_kept,
-            job.plugin,
             self.events_max,
-            *_event_error(outcome.error),
             HISTORY_S,
+            k.finished_channel(""),
         ]
+        for completion in completions:
+            lease, outcome = completion.lease, completion.outcome
+            keys += [k.done(lease.job.id), k.errors(lease.job.id)]
+            args += [
+                lease.job.id,
+                lease.token,
+                "retry" if outcome.status is JobStatus.SCHEDULED else outcome.status.value,
+                outcome.result_json or "",
+                "" if outcome.error is None else json.dumps(outcome.error.to_dict()),
+                max(1, int(completion.ttl_s)),
+                int(outcome.retry_in_s * 1000),
+                *_event_error(outcome.error),
+            ]
         return keys, args
 
     def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:
@@ -461,9 +499,12 @@ class RedisEngine(Engine):
         """Requeue or bury each job of ``plugin`` whose lease expired.
 
         Records release.lua cannot requeue because they are malformed are
-        buried as dead (``bury.lua``) and counted too.
+        buried as dead (``bury.lua``) and counted too. Expired succeeded
+        records are swept first (``sweep.lua``): recovery runs on every worker
+        every few seconds, finished jobs or not.
         """
         with self._talking():
+            self._sweep()
             expired = self._scripts["expired"]([self.keys.active(plugin)], [limit])
             if not expired:
                 return 0
@@ -476,6 +517,15 @@ class RedisEngine(Engine):
         ]
         released = sum(1 for reply in replies if not isinstance(reply, list) and int(reply))
         return released + (self._bury(burials) if burials else 0)
+
+    def _sweep(self) -> None:
+        """Delete expired succeeded records (``sweep.lua``), a bounded number of batches per call."""
+        for _ in range(_SWEEPS):
+            if (
+                int(self._scripts["sweep"]([self.keys.succeeded, self.keys.expiry], [_SWEEP_BATCH]))
+                < _SWEEP_BATCH
+            ):
+                return
 
     def _release(
         self, plugin: str, job_id: str, token: str, lost: bool, max_lost: int, ttl_s: float
@@ -735,6 +785,23 @@ def _lua(name: str) -> str:
     return importlib.resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
+def _completion_groups(completions: Sequence[Completion]) -> list[list[int]]:
+    """Positions of ``completions`` in calls of one plugin each that name each job once, in order."""
+    groups: list[list[int]] = []
+    open_group: dict[str, int] = {}  # plugin -> the group its next completion may join
+    named: list[set[str]] = []
+    for position, completion in enumerate(completions):
+        job = completion.lease.job
+        g = open_group.get(job.plugin)
+        if g is None or job.id in named[g] or len(groups[g]) >= _COMPLETE_CHUNK:
+            g = open_group[job.plugin] = len(groups)
+            groups.append([])
+            named.append(set())
+        groups[g].append(position)
+        named[g].add(job.id)
+    return groups
+
+
 def _batched(items: Sequence[list[int]], size: int) -> Iterator[Sequence[list[int]]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -797,6 +864,17 @@ def _minute_counts(fields: Mapping[str, str]) -> dict[str, dict[str, int]]:
 def _server_ms(client: Client) -> int:
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _succeeded_job(job_id: str, record: str, errors: Sequence[str]) -> Job:
+    """A succeeded job from its record in the ``succeeded`` hash (see complete.lua)."""
+    try:
+        fields = json.loads(record)
+    except ValueError:
+        fields = None
+    if not isinstance(fields, dict):
+        raise MalformedRecord(job_id, "the succeeded record is not a JSON object")
+    return _job(job_id, fields.get("payload"), fields.get("state"), fields.get("result"), None, errors)
 
 
 def _job(

@@ -16,10 +16,19 @@ key                               type    holds
 ``P:active:<plugin>``             zset    leased ids, score = lease deadline (ms)
 ``P:scheduled:<plugin>``          zset    delayed ids and retries, score = due time (ms)
 ``P:signal:<plugin>``             list    wake-up hints for blocked workers (capped)
-``P:done:<id>``                   hash    final record (payload, state, result,
+``P:succeeded``                   hash    id -> final record JSON {payload, state,
+                                          result} of a succeeded job (one field per
+                                          job: a few commands per batch of jobs)
+``P:expiry``                      zset    ids in ``succeeded`` by expiry time (ms);
+                                          expired ones are swept by complete.lua
+                                          and sweep.lua, and never read back
+``P:done:<id>``                   hash    final record of a failed, dead or
+                                          cancelled job (payload, state, result,
                                           error; raw_payload and raw_state, as found,
                                           of a job buried for a malformed record);
                                           expires after the retention time
+``P:waiters``                     hash    id -> 1 while a producer waits for that
+                                          job's end (only those are published)
 ``P:errors:<id>``                 list    the job's attempt errors (capped, expires)
 ``P:index:<status>``              zset    ids of dead / failed jobs, by finish time
                                           (capped by count and age)
@@ -32,7 +41,8 @@ key                               type    holds
                                           minute (expires after two hours)
 ================================  ======  =============================================
 
-Channel ``P:finished:<id>`` receives the id when the job becomes final.
+Channel ``P:finished:<id>`` receives the id when the job becomes final, if
+the id is in ``P:waiters`` (``wait_for_final`` puts it there).
 """
 
 from __future__ import annotations
@@ -92,6 +102,21 @@ class Keys:
     def done(self, job_id: str) -> str:
         """Hash of one finished job's record."""
         return f"{self.base}:done:{job_id}"
+
+    @property
+    def succeeded(self) -> str:
+        """Hash of succeeded jobs' final records (JSON), one field per job."""
+        return f"{self.base}:succeeded"
+
+    @property
+    def expiry(self) -> str:
+        """Sorted set of the ids in ``succeeded`` by when their record expires (ms)."""
+        return f"{self.base}:expiry"
+
+    @property
+    def waiters(self) -> str:
+        """Hash of the ids a producer waits on (whose end is published on their channel)."""
+        return f"{self.base}:waiters"
 
     def errors(self, job_id: str) -> str:
         """List of one job's attempt errors."""

@@ -12,7 +12,9 @@ KEYS[5] signal     list    wake-up hints for workers blocked on this plugin
 KEYS[6] seq        string  arrival counter of the namespace
 KEYS[7] plugins    set     names of the plugins that have ever had a job (for stats)
 KEYS[8] events     stream  the namespace's lifecycle events
-KEYS[8 + i] done   hash    the i-th job's final record, while it is retained
+KEYS[9] succeeded  hash    id -> final record JSON of a succeeded job (see complete.lua)
+KEYS[10] expiry    zset    id -> when its `succeeded` record expires (ms)
+KEYS[10 + i] done  hash    the i-th job's final record (failed, dead, cancelled), while retained
 ARGV[1] signal cap: the signal list is kept at most this long
 ARGV[2] plugin name
 ARGV[3] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
@@ -37,12 +39,26 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local ids = {}
 for i = 1, n do ids[i] = ARGV[4 + 5 * (i - 1)] end
 local live = redis.call('HMGET', KEYS[1], unpack(ids))
+local kept = redis.call('HMGET', KEYS[9], unpack(ids))
+
+-- The payload of a succeeded job's record, unless it has expired (nil): an
+-- expired record not swept yet is deleted, its id free again.
+local function succeeded(i)
+  local expires = tonumber(redis.call('ZSCORE', KEYS[10], ids[i]))
+  local ok, record = pcall(cjson.decode, kept[i])
+  if (expires and expires <= now) or not ok or type(record) ~= 'table' then
+    redis.call('HDEL', KEYS[9], ids[i])
+    redis.call('ZREM', KEYS[10], ids[i])
+    return nil
+  end
+  return record.payload
+end
 
 -- The payload an id already has (live, retained final, or earlier in this batch), or nil.
 local seen = {}
 local function existing(i)
   local id = ids[i]
-  return seen[id] or live[i] or redis.call('HGET', KEYS[8 + i], 'payload')
+  return seen[id] or live[i] or (kept[i] and succeeded(i)) or redis.call('HGET', KEYS[10 + i], 'payload')
 end
 
 local codes = {}

@@ -1,107 +1,183 @@
---[[ complete: record the outcome of an attempt, only if the caller still holds
-the job's lease (its fencing token).
+--[[ complete: record the outcomes of attempts at jobs of one plugin, each only
+if the caller still holds that job's lease (its fencing token).
 
-A final outcome moves the live record (payload and state) into the job's own
-done hash, which expires after the retention time, and tells subscribers. A
-retry puts the job back among the delayed jobs, due after the backoff.
+A succeeded job's record (payload, state, result) becomes one field of the
+namespace's `succeeded` hash, its expiry a score in `expiry`; expired ones are
+swept here, a few per call, and by sweep.lua. Any other final outcome moves
+the record into the job's own done hash, which expires after the retention
+time. A retry puts the job back among the delayed jobs, due after the backoff.
+A producer waiting on a job (an id in `waiters`) is told on the job's channel.
+Writes of the whole batch go out as one command each (HDEL, HSET, ZADD with
+many arguments), so a batch costs a few commands plus one event per job.
 
-KEYS[1] jobs       hash  id -> payload JSON
-KEYS[2] state      hash  id -> state JSON
-KEYS[3] active     zset  the plugin's leases: id -> deadline
-KEYS[4] scheduled  zset  the plugin's delayed jobs: id -> due time
-KEYS[5] done       hash  this id's final record: payload, state, result, error
-KEYS[6] errors     list  this id's attempt errors (JSON), the newest last
-KEYS[7] index      zset  ids of final jobs with this status -> finish time
-KEYS[8] events     stream  the namespace's lifecycle events
-KEYS[9] rate       hash    outcomes counted in the current minute (of the client's
+Each id appears at most once per call (the client splits batches).
+
+KEYS[1] jobs       hash    id -> payload JSON
+KEYS[2] state      hash    id -> state JSON
+KEYS[3] active     zset    the plugin's leases: id -> deadline
+KEYS[4] scheduled  zset    the plugin's delayed jobs: id -> due time
+KEYS[5] succeeded  hash    id -> final record JSON {payload, state, result} of a succeeded job
+KEYS[6] expiry     zset    id -> when its `succeeded` record expires (ms)
+KEYS[7] waiters    hash    id -> 1 while a producer waits for the job to end
+KEYS[8] dead       zset    ids of dead jobs -> finish time
+KEYS[9] failed     zset    ids of failed jobs -> finish time
+KEYS[10] events    stream  the namespace's lifecycle events
+KEYS[11] rate      hash    outcomes counted in the current minute (of the client's
                            clock): '<plugin>|<status>' -> count
-ARGV[1] id
-ARGV[2] token: the fencing token the worker got from fetch
-ARGV[3] outcome: 'succeeded', 'failed', 'dead', 'cancelled' or 'retry'
-ARGV[4] result JSON, or '' for none
-ARGV[5] error JSON, or '' for none
-ARGV[6] retention in seconds of the final record (and of the errors)
-ARGV[7] channel published to with the id once the job is final
-ARGV[8] retry delay in ms (outcome 'retry')
-ARGV[9] index cap: most ids kept in the index; 0 to not index this outcome
-ARGV[10] most errors kept per job
-ARGV[11] plugin name
-ARGV[12] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
-ARGV[13] the event's error type, or '' for none
-ARGV[14] the event's error message (short), or ''
-ARGV[15] lifetime in seconds of the minute's counts
+KEYS[10 + 2i]      hash    completion i's done record: payload, state, result, error
+KEYS[11 + 2i]      list    completion i's attempt errors (JSON), the newest last
+ARGV[1] plugin name
+ARGV[2] index cap: most ids kept in the dead and the failed index
+ARGV[3] most errors kept per job
+ARGV[4] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
+ARGV[5] lifetime in seconds of the minute's counts
+ARGV[6] channel prefix: a job's channel is this followed by its id
+ARGV[7 + 9(i-1) ..] nine per completion i:
+        id; token (the fencing token from fetch);
+        outcome: 'succeeded', 'failed', 'dead', 'cancelled' or 'retry';
+        result JSON or ''; error JSON or ''; retention in seconds of the final
+        record (and of the errors); retry delay in ms (outcome 'retry');
+        the event's error type or ''; the event's error message (short) or ''
 
-Returns 1 when recorded (also when this very attempt was already recorded: a
-client retrying after a dropped connection); 0 when the lease is no longer the
-caller's (it expired and the job went to another worker, or the job is gone),
-or the record is malformed: then nothing is written.
+Returns one code per completion: 1 recorded (also when this very attempt was
+recorded already: a client retrying after a dropped connection); 0 when the
+lease is no longer the caller's (it expired and the job went to another
+worker, or the job is gone) or the record is malformed: then nothing is
+written for it.
 ]]
-local id = ARGV[1]
-local token = ARGV[2]
-local ok, state = pcall(cjson.decode, redis.call('HGET', KEYS[2], id) or '')
-if not ok or type(state) ~= 'table' then
-  local fok, final = pcall(cjson.decode, redis.call('HGET', KEYS[5], 'state') or '')
-  return (fok and type(final) == 'table' and final.token == token) and 1 or 0
-end
-if state.token ~= token then
-  return 0
-end
-if state.status ~= 'running' then
-  return 1
-end
--- A state JSON cannot write back (NaN or Infinity, put there by something
--- else) is checked before any write: nothing is recorded, and lease recovery
--- buries the job (release.lua, bury.lua).
-if not pcall(cjson.encode, state) then
-  return 0
-end
-
+local n = (#ARGV - 6) / 9
+local plugin = ARGV[1]
+local index_cap = tonumber(ARGV[2])
+local cap = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local ttl = tonumber(ARGV[6])
 
--- Count the outcome in its minute, and record its lifecycle event unless events are off.
-local function record(kind, ...)
-  redis.call('HINCRBY', KEYS[9], ARGV[11] .. '|' .. kind, 1)
-  redis.call('EXPIRE', KEYS[9], tonumber(ARGV[15]))
-  local cap = tonumber(ARGV[12])
+local ids = {}
+for i = 1, n do ids[i] = ARGV[7 + 9 * (i - 1)] end
+local states = redis.call('HMGET', KEYS[2], unpack(ids))
+local payloads = redis.call('HMGET', KEYS[1], unpack(ids))
+local waiting = redis.call('HMGET', KEYS[7], unpack(ids))
+
+-- Writes gathered for the batch, sent as one command each at the end.
+local unleased, finished, rescheduled, succeeded, expiring, told = {}, {}, {}, {}, {}, {}
+local counts = {}
+local indexes = {dead = KEYS[8], failed = KEYS[9]}
+local indexed = {}
+
+-- The token of a record already final: this attempt's own completion repeated?
+local function final_token(i)
+  local record = redis.call('HGET', KEYS[5], ids[i])
+  local raw
+  if record then
+    local ok, decoded = pcall(cjson.decode, record)
+    raw = ok and type(decoded) == 'table' and decoded.state
+  else
+    raw = redis.call('HGET', KEYS[10 + 2 * i], 'state')
+  end
+  local ok, final = pcall(cjson.decode, raw or '')
+  return ok and type(final) == 'table' and final.token or nil
+end
+
+local function event(kind, id, state, a, ...)
+  counts[kind] = (counts[kind] or 0) + 1
   if cap <= 0 then return end
-  redis.call('XADD', KEYS[8], 'MAXLEN', '~', cap, '*', 'type', kind, 'time', now, 'job', id,
-    'plugin', ARGV[11], 'attempt', tonumber(state.attempts) or 0, 'worker', state.worker or '',
-    'error_type', ARGV[13], 'error_message', ARGV[14], ...)
+  redis.call('XADD', KEYS[10], 'MAXLEN', '~', cap, '*', 'type', kind, 'time', now, 'job', id,
+    'plugin', plugin, 'attempt', tonumber(state.attempts) or 0, 'worker', state.worker or '',
+    'error_type', ARGV[a + 7], 'error_message', ARGV[a + 8], ...)
 end
 
-redis.call('ZREM', KEYS[3], id)
-if ARGV[5] ~= '' then
-  redis.call('RPUSH', KEYS[6], ARGV[5])
-  redis.call('LTRIM', KEYS[6], -tonumber(ARGV[10]), -1)
-  redis.call('EXPIRE', KEYS[6], ttl)
-end
-
-if ARGV[3] == 'retry' then
+local function retry(i, state, a)
   state.status = 'scheduled'
-  state.due = now + tonumber(ARGV[8])
-  redis.call('HSET', KEYS[2], id, cjson.encode(state))
-  redis.call('ZADD', KEYS[4], state.due, id)
-  record('retrying', 'delay_ms', tonumber(ARGV[8]))
-  return 1
+  state.due = now + tonumber(ARGV[a + 6])
+  rescheduled[#rescheduled + 1] = ids[i]
+  rescheduled[#rescheduled + 1] = cjson.encode(state)
+  redis.call('ZADD', KEYS[4], state.due, ids[i])
+  event('retrying', ids[i], state, a, 'delay_ms', tonumber(ARGV[a + 6]))
 end
 
-state.status = ARGV[3]
-state.finished = now
-local payload = redis.call('HGET', KEYS[1], id)
-redis.call('HDEL', KEYS[1], id)
-redis.call('HDEL', KEYS[2], id)
-redis.call('HSET', KEYS[5], 'payload', payload, 'state', cjson.encode(state))
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[5], 'result', ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], 'error', ARGV[5]) end
-redis.call('EXPIRE', KEYS[5], ttl)
-local cap = tonumber(ARGV[9])
-if cap > 0 then
-  redis.call('ZADD', KEYS[7], now, id)
-  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - ttl * 1000)
-  redis.call('ZREMRANGEBYRANK', KEYS[7], 0, -cap - 1)
+local function finish(i, state, a)
+  local id, outcome, ttl = ids[i], ARGV[a + 2], tonumber(ARGV[a + 5])
+  state.status = outcome
+  state.finished = now
+  local encoded = cjson.encode(state)
+  finished[#finished + 1] = id
+  if outcome == 'succeeded' then
+    succeeded[#succeeded + 1] = id
+    succeeded[#succeeded + 1] = cjson.encode({payload = payloads[i], state = encoded,
+      result = ARGV[a + 3] ~= '' and ARGV[a + 3] or nil})
+    expiring[#expiring + 1] = now + ttl * 1000
+    expiring[#expiring + 1] = id
+  else
+    local done = KEYS[10 + 2 * i]
+    redis.call('HSET', done, 'payload', payloads[i], 'state', encoded)
+    if ARGV[a + 3] ~= '' then redis.call('HSET', done, 'result', ARGV[a + 3]) end
+    if ARGV[a + 4] ~= '' then redis.call('HSET', done, 'error', ARGV[a + 4]) end
+    redis.call('EXPIRE', done, ttl)
+    if indexes[outcome] and index_cap > 0 then
+      redis.call('ZADD', indexes[outcome], now, id)
+      indexed[outcome] = math.max(indexed[outcome] or 0, ttl)
+    end
+  end
+  if waiting[i] then told[#told + 1] = id end
+  event(outcome, id, state, a)
 end
-record(ARGV[3])
-redis.call('PUBLISH', ARGV[7], id)
-return 1
+
+local codes = {}
+for i = 1, n do
+  local a = 7 + 9 * (i - 1)
+  local ok, state = pcall(cjson.decode, states[i] or '')
+  if not ok or type(state) ~= 'table' then
+    codes[i] = final_token(i) == ARGV[a + 1] and 1 or 0
+  elseif state.token ~= ARGV[a + 1] then
+    codes[i] = 0
+  elseif state.status ~= 'running' then
+    codes[i] = 1
+  -- A state JSON cannot write back (NaN or Infinity, put there by something
+  -- else), or a live job without a payload, is refused before any write:
+  -- lease recovery buries the job (release.lua, bury.lua).
+  elseif not pcall(cjson.encode, state) or not payloads[i] then
+    codes[i] = 0
+  else
+    codes[i] = 1
+    unleased[#unleased + 1] = ids[i]
+    if ARGV[a + 4] ~= '' then
+      local errors = KEYS[11 + 2 * i]
+      redis.call('RPUSH', errors, ARGV[a + 4])
+      redis.call('LTRIM', errors, -tonumber(ARGV[3]), -1)
+      redis.call('EXPIRE', errors, tonumber(ARGV[a + 5]))
+    end
+    if ARGV[a + 2] == 'retry' then retry(i, state, a) else finish(i, state, a) end
+  end
+end
+
+if #unleased > 0 then redis.call('ZREM', KEYS[3], unpack(unleased)) end
+if #finished > 0 then
+  redis.call('HDEL', KEYS[1], unpack(finished))
+  redis.call('HDEL', KEYS[2], unpack(finished))
+end
+if #rescheduled > 0 then redis.call('HSET', KEYS[2], unpack(rescheduled)) end
+if #succeeded > 0 then
+  redis.call('HSET', KEYS[5], unpack(succeeded))
+  redis.call('ZADD', KEYS[6], unpack(expiring))
+end
+for outcome, ttl in pairs(indexed) do
+  redis.call('ZREMRANGEBYSCORE', indexes[outcome], '-inf', now - ttl * 1000)
+  redis.call('ZREMRANGEBYRANK', indexes[outcome], 0, -index_cap - 1)
+end
+for kind, count in pairs(counts) do
+  redis.call('HINCRBY', KEYS[11], plugin .. '|' .. kind, count)
+end
+if next(counts) then redis.call('EXPIRE', KEYS[11], tonumber(ARGV[5])) end
+if #told > 0 then
+  for _, id in ipairs(told) do redis.call('PUBLISH', ARGV[6] .. id, id) end
+  redis.call('HDEL', KEYS[7], unpack(told))
+end
+
+-- Sweep as many expired succeeded records as this call finished jobs, and a
+-- few more: the store cleans itself at the rate it fills.
+local stale = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, #finished + 16)
+if #stale > 0 then
+  redis.call('HDEL', KEYS[5], unpack(stale))
+  redis.call('ZREM', KEYS[6], unpack(stale))
+end
+return codes

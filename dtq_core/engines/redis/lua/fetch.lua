@@ -2,7 +2,8 @@
 them to one worker, all in one step.
 
 A job is never only in a worker's memory: it leaves the ready queue in the same
-step that records its lease, so a worker that dies at any instant leaves it
+step that records its lease (one script: atomic; the batch's records are read
+with one HMGET each and its leases written with one HSET and one ZADD), so a worker that dies at any instant leaves it
 either queued or leased (and a lease expires). Delayed jobs stay in Redis until
 due and are promoted here, atomically, by whichever worker comes first.
 
@@ -75,9 +76,16 @@ end
 
 -- The record's payload and decoded state; or nil and why it cannot be used
 -- ('stray' when there is no record at all).
+local cached = {}
 local function read(id)
-  local payload = redis.call('HGET', KEYS[1], id)
-  local raw = redis.call('HGET', KEYS[2], id)
+  local payload, raw
+  if cached[id] then
+    payload, raw = cached[id][1], cached[id][2]
+    cached[id] = nil
+  else
+    payload = redis.call('HGET', KEYS[1], id)
+    raw = redis.call('HGET', KEYS[2], id)
+  end
   if not payload and not raw then return nil, nil, 'stray' end
   if not payload then return nil, nil, 'no payload (a state without a payload)' end
   if not raw then return nil, nil, 'no state (a payload without a state)' end
@@ -157,6 +165,9 @@ local function promote(ready, active, scheduled, plugin)
   end
 end
 
+-- The leases' writes, sent as one command each at the end (they touch no id read later).
+local leased_states, leases_of = {}, {}
+
 local function lease(id, ready, active, scheduled, plugin)
   local payload, state = expect(id, 'queued', 'the ready queue', ready, active, scheduled, plugin)
   if not state then return end
@@ -173,8 +184,12 @@ local function lease(id, ready, active, scheduled, plugin)
   state.token = ARGV[3] .. '/' .. state.attempts
   local ok, encoded = pcall(cjson.encode, state)
   if not ok then return set_aside(id, active, plugin, 'the state holds a number JSON cannot carry') end
-  redis.call('HSET', KEYS[2], id, encoded)
-  redis.call('ZADD', active, deadline, id)
+  leased_states[#leased_states + 1] = id
+  leased_states[#leased_states + 1] = encoded
+  leases_of[active] = leases_of[active] or {}
+  local deadlines = leases_of[active]
+  deadlines[#deadlines + 1] = deadline
+  deadlines[#deadlines + 1] = id
   local cap = tonumber(ARGV[4])
   if cap > 0 then
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', 'type', 'started', 'time', now, 'job', id,
@@ -193,9 +208,17 @@ for k = 4, #KEYS, 3 do
   while taken < count and aside < ASIDE_MAX do
     local popped = redis.call('ZPOPMIN', KEYS[k], count - taken)
     if #popped == 0 then break end
-    for i = 1, #popped, 2 do
-      lease(popped[i], KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[5 + (k - 4) / 3])
+    local ids = {}
+    for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
+    -- One read of the batch's records instead of two per job.
+    local payloads = redis.call('HMGET', KEYS[1], unpack(ids))
+    local states = redis.call('HMGET', KEYS[2], unpack(ids))
+    for j, id in ipairs(ids) do cached[id] = {payloads[j], states[j]} end
+    for _, id in ipairs(ids) do
+      lease(id, KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[5 + (k - 4) / 3])
     end
   end
 end
+if #leased_states > 0 then redis.call('HSET', KEYS[2], unpack(leased_states)) end
+for active, deadlines in pairs(leases_of) do redis.call('ZADD', active, unpack(deadlines)) end
 return out
