@@ -385,6 +385,23 @@ class Engine(abc.ABC):
     def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
         """Record an attempt's outcome if ``lease`` still holds; False (nothing written) otherwise."""
 
+    def complete_and_fetch(
+        self,
+        completions: Sequence[Completion],
+        plugins: Sequence[str],
+        *,
+        count: int,
+        lease_s: float,
+        worker_id: str,
+    ) -> tuple[list[bool], Batch]:
+        """:meth:`complete_many`, then :meth:`fetch`: a worker's "done with these, what next".
+
+        The completions are recorded before the fetch runs. Engines override
+        this to do both in one round trip.
+        """
+        stored = self.complete_many(completions) if completions else []
+        return stored, self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
+
     def complete_many(self, completions: Sequence[Completion]) -> list[bool]:
         """Record several outcomes as :meth:`complete` does, one answer per completion, in order.
 

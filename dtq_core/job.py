@@ -307,8 +307,9 @@ def _optional_seconds(name: str, value: object) -> float | None:
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
-        or not math.isfinite(value)
+        # The range first: math.isfinite raises OverflowError on an int beyond any float.
         or not 0 <= value <= MAX_SECONDS
+        or not math.isfinite(value)
     ):
         raise InvalidJob(
             f"{name} must be a number of seconds from 0 up, at most {MAX_SECONDS:.0f}, got {value!r}"

@@ -298,20 +298,39 @@ class Worker:
         """Lease up to ``count`` jobs; they wait in this worker until a slot runs them."""
         batch = self.engine.fetch(self.plugins, count=count, lease_s=self.lease_s, worker_id=self.worker_id)
         self.plugins = self.plugins[1:] + self.plugins[:1]  # no plugin starves the others
-        if batch.leases:
-            with self._in_hand_lock:
-                self._waiting.update((_delivery(lease), lease) for lease in batch.leases)
+        self._waiting_for_slot(batch.leases)
         return batch
 
-    def _refill(self) -> list[Lease]:
-        """A slot's next jobs, leased by the slot itself; none when stopping or unreachable."""
+    def _refill(self, ended: list[Ended], acks: _Acknowledger) -> list[Lease]:
+        """A slot's next jobs, leased by the slot itself in the round trip that records
+        ``ended`` (the outcome that emptied its share); none when stopping or unreachable.
+
+        Outcomes that could not be recorded go to ``acks``, which retries them.
+        """
         if self._stopping.is_set():
+            acks.submit_all(ended)
             return []
         try:
-            return self._take(self.prefetch).leases
+            stored, batch = self.engine.complete_and_fetch(
+                [e.completion for e in ended],
+                self.plugins,
+                count=self.prefetch,
+                lease_s=self.lease_s,
+                worker_id=self.worker_id,
+            )
         except DtqError as exc:
             log.warning("could not fetch jobs: %s", exc)  # the dispatcher retries with backoff
+            acks.submit_all(ended)
             return []
+        acks.finish([self._recorded(e, held) for e, held in zip(ended, stored, strict=True)])
+        return self._waiting_for_slot(batch.leases)
+
+    def _waiting_for_slot(self, leases: list[Lease]) -> list[Lease]:
+        """Note ``leases`` as held and waiting their turn (renewed, handed back if not started)."""
+        if leases:
+            with self._in_hand_lock:
+                self._waiting.update((_delivery(lease), lease) for lease in leases)
+        return leases
 
     def _start(self, lease: Lease) -> bool:
         """Move a waiting lease to the running ones; False if it may no longer run."""
@@ -728,26 +747,32 @@ class _Pool:
     def _slot(self, runner: Runner) -> None:
         while (leases := self._work.get()) is not None:
             while leases:
-                for lease in leases:
-                    self._run_one(runner, lease)
-                leases = self.worker._refill()
+                # Each outcome goes to the acknowledger as it comes, but the last of the
+                # share: the slot records that one in the round trip that fetches its next.
+                last: list[Ended] = []
+                for n, lease in enumerate(leases, start=1):
+                    ended = self._run_one(runner, lease)
+                    if isinstance(ended, Ended) and n == len(leases):
+                        last.append(ended)
+                    elif ended is not None:
+                        self.acks.submit(ended)
+                leases = self.worker._refill(last, self.acks)
             with self._idle:
                 self._busy -= 1
                 self._idle.notify_all()
             self._free.release()
 
-    def _run_one(self, runner: Runner, lease: Lease) -> None:
+    def _run_one(self, runner: Runner, lease: Lease) -> Ended | Job | None:
         if not self.worker._start(lease):
-            return
+            return None
         try:
-            ended = self.worker.execute(runner, lease)
+            return self.worker.execute(runner, lease)
         except DtqError as exc:
             log.error("job %s: could not settle its attempt: %s", lease.job.id, exc)
         except Exception:
             # Never let a slot die silently: the job's lease expires and it runs again.
             log.exception("job %s: unexpected error in the worker", lease.job.id)
-        else:
-            self.acks.submit(ended)
+        return None
 
 
 class _Acknowledger:
@@ -774,9 +799,21 @@ class _Acknowledger:
 
     def submit(self, ended: Ended | Job) -> None:
         """Queue an outcome to record (a Job is one settled already, kept for a burst)."""
+        self.submit_all([ended])
+
+    def submit_all(self, ended: Sequence[Ended | Job]) -> None:
+        """Queue outcomes to record."""
+        if not ended:
+            return
         with self._changed:
-            self._pending.append(ended)
+            self._pending.extend(ended)
             self._changed.notify_all()
+
+    def finish(self, jobs: list[Job]) -> None:
+        """Jobs whose outcome a slot recorded itself (kept for a burst)."""
+        if jobs and self.keep_finished:
+            with self._changed:
+                self.finished += jobs
 
     def wait_until_empty(self, timeout_s: float) -> bool:
         """Wait until every submitted outcome is recorded (or given up); True if so."""

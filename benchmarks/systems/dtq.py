@@ -9,7 +9,7 @@ import redis
 
 from dtq_core import Queue
 from dtq_core.engines.redis.keys import Keys
-from systems import System, Variant, exists_count
+from systems import System, Variant
 
 NAMESPACE = "bench"
 PLUGIN = "test_only"
@@ -23,7 +23,7 @@ class Dtq(System):
     distribution = "dtq-core"
     settings = {  # noqa: RUF012 - read-only description
         "job": 'test_only {"action": "echo"} (returns its data)',
-        "worker": "dtq worker --plugins test_only --concurrency 1 --mode <variant> --prefetch 64",
+        "worker": "dtq worker --plugins test_only --concurrency 1 --quiet --mode <variant> --prefetch 64",
         "defaults kept": "lease 30 s, result kept 1 day, lifecycle events on",
         "result wait": "Queue.result(id, timeout=) (Pub/Sub notification)",
         "bulk": "Queue.enqueue_many(plugin, datas)",
@@ -63,14 +63,19 @@ class Dtq(System):
         options = [
             item for key, value in variant.settings.items() if key.startswith("--") for item in (key, value)
         ]
-        return [*argv, "--plugins", PLUGIN, "--concurrency", "1", *options]
+        # --quiet: no log line per job, as the peers run (huey -q, rq --quiet, celery WARNING).
+        return [*argv, "--plugins", PLUGIN, "--concurrency", "1", "--quiet", *options]
 
     def finished(self, r: redis.Redis, total: int) -> int:
         # A job's live record leaves the jobs hash when it becomes final.
         return total - int(r.hlen(self.keys.jobs))
 
     def results_present(self, r: redis.Redis, handles: list[Any]) -> int:
-        return exists_count(r, [self.keys.done(h) for h in handles])
+        # A succeeded job's record is one field of the namespace's succeeded hash.
+        found = 0
+        for start in range(0, len(handles), 1000):
+            found += sum(v is not None for v in r.hmget(self.keys.succeeded, handles[start : start + 1000]))
+        return found
 
     def wait(self, handle: Any, timeout_s: float) -> Any:
         return self.queue.result(handle, timeout=timeout_s)

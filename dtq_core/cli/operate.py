@@ -62,6 +62,9 @@ from dtq_core.worker import Worker
     "--log-format", type=click.Choice(["text", "json"]), help="Log lines as text (default) or JSON lines."
 )
 @click.option("-v", "--verbose", is_flag=True, help="With --burst: log every job, not only problems.")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Log only problems, not every job (metrics still count them)."
+)
 @engine_options
 @friendly
 def worker(
@@ -70,6 +73,7 @@ def worker(
     periodic_file: str | None,
     required: tuple[str, ...],
     verbose: bool,
+    quiet: bool,
     url: str | None,
     namespace: str | None,
     **options: object,
@@ -84,9 +88,11 @@ def worker(
     Examples:
       dtq worker --plugins test_only
       dtq worker -c 4 --mode thread --metrics-port 9100 --log-format json
+      dtq worker --mode thread --prefetch 64 --quiet     # many short jobs
     """
     chosen = settings(url=url, namespace=namespace, plugins=plugin_list(allow), **options)
-    configure_logging(chosen.log_format, logging.INFO if verbose or not burst else logging.WARNING)
+    every_job = not quiet and (verbose or not burst)
+    configure_logging(chosen.log_format, logging.INFO if every_job else logging.WARNING)
     runner = Worker(settings=chosen, periodic=load_schedules(periodic_file) if periodic_file else ())
     _check_required(runner, required)
     runner.engine.ping()

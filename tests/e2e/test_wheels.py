@@ -265,4 +265,4 @@ def test_an_engine_from_another_distribution_is_chosen_by_its_url_scheme(
         timeout=400,
     )
     assert contract.returncode == 0, contract.stdout[-3000:] + contract.stderr[-2000:]
-    assert "\n74 passed" in contract.stdout, contract.stdout[-500:]
+    assert "\n75 passed" in contract.stdout, contract.stdout[-500:]

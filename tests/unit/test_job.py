@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dtq_core import ErrorInfo, InvalidJob, Job, JobStatus
-from dtq_core.job import MAX_ID_LENGTH, encode_payload, parse_job
+from dtq_core.job import MAX_ID_LENGTH, encode_payload, parse_job, schedule_of
 
 SEED = {
     "id": "test_job_one",
@@ -99,3 +99,13 @@ def test_payload_encoding_is_canonical() -> None:
 def test_final_statuses() -> None:
     final = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED}
     assert {s for s in JobStatus if s.is_final} == final
+
+
+@pytest.mark.parametrize("seconds", [10**400, -(10**400), float("inf"), float("nan"), -1, True, "5"])
+def test_a_delay_or_time_limit_out_of_range_is_refused_as_invalid(seconds: object) -> None:
+    # An int beyond any float once escaped as OverflowError instead of InvalidJob.
+    with pytest.raises(InvalidJob, match="delay_s must be a number of seconds"):
+        schedule_of({"delay_s": seconds})
+    raw = {"job": {"plugin": "p", "data": {}}, "options": {"timeout_s": seconds}}
+    with pytest.raises(InvalidJob, match="timeout_s must be a number of seconds"):
+        parse_job(raw)

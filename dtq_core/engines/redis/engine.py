@@ -11,6 +11,7 @@ import importlib.resources
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -18,6 +19,7 @@ from typing import Any
 
 import attrs
 import redis
+from redis.client import PubSub
 from redis.cluster import RedisCluster
 
 from dtq_core.config import DEFAULT_FAILURE_TTL_S, DEFAULT_NAMESPACE, DEFAULT_PREFIX, mask_url
@@ -165,6 +167,9 @@ class RedisEngine(Engine):
         if wait_replicas and isinstance(client, RedisCluster):
             raise EngineError("wait_replicas is not supported on Redis Cluster; leave it at 0 there")
         self._scripts = {name: client.register_script(_lua(name)) for name in _SCRIPTS}
+        self._local = threading.local()  # each thread's subscriber, for waits
+        self._subscribers: list[PubSub] = []
+        self._subscribers_lock = threading.Lock()
 
     @classmethod
     def from_url(
@@ -261,16 +266,22 @@ class RedisEngine(Engine):
         Raises:
             MalformedRecord: the record is not one dtq wrote (see :mod:`dtq_core.record`).
         """
+        return self._read(job_id)
+
+    def _read(self, job_id: str, *, register: bool = False) -> Job | None:
+        """:meth:`get`; with ``register``, the same transaction first puts the id in ``waiters``."""
         k = self.keys
         with self._talking():
             pipe = self.client.pipeline(transaction=True)
+            if register:
+                pipe.hset(k.waiters, job_id, "1")
             pipe.hget(k.jobs, job_id)
             pipe.hget(k.state, job_id)
             pipe.hgetall(k.done(job_id))
             pipe.lrange(k.errors(job_id), 0, -1)
             pipe.hget(k.succeeded, job_id)
             pipe.zscore(k.expiry, job_id)
-            payload, state, done, errors, succeeded, expiry = pipe.execute()
+            payload, state, done, errors, succeeded, expiry = pipe.execute()[1 if register else 0 :]
         if payload is not None or state is not None:
             return _job(job_id, payload, state, errors=errors)
         if done:
@@ -285,27 +296,55 @@ class RedisEngine(Engine):
         """Subscribe to the job's channel, then block until it is final or time runs out.
 
         The id goes into ``waiters`` meanwhile: complete.lua publishes only the
-        ends of jobs someone waits for, and drops the id when it does.
+        ends of jobs someone waits for, and drops the id when it does. Each
+        thread keeps one subscriber connection for its waits, so a wait costs
+        no new connection.
         """
         deadline = time.monotonic() + timeout_s
+        channel = self.keys.finished_channel(job_id)
+        told = False
         with self._talking():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self._subscriber()
             try:
                 # Subscribe and register before reading, so a completion between
                 # the read and the wait cannot be missed.
-                pubsub.subscribe(self.keys.finished_channel(job_id))
-                self.client.hset(self.keys.waiters, job_id, "1")
-                job = self.get(job_id)
+                pubsub.subscribe(channel)
+                job = self._read(job_id, register=True)
                 while (job is None or not job.status.is_final) and time.monotonic() < deadline:
                     remaining = min(self.block_s, deadline - time.monotonic())
-                    if pubsub.get_message(timeout=max(remaining, 0.0)) is not None:
-                        job = self.get(job_id)
+                    message = pubsub.get_message(timeout=max(remaining, 0.0))
+                    if message is not None:
+                        told = told or message.get("channel") == channel
+                        job = _told(job_id, message) if told else None
+                        job = job or self.get(job_id)
+                pubsub.unsubscribe(channel)  # type: ignore[no-untyped-call]
                 return self.get(job_id) if job is None or not job.status.is_final else job
+            except BaseException:
+                self._drop_subscriber()
+                raise
             finally:
-                pubsub.close()
-                # Always unregistered, so an abandoned wait leaves nothing behind. Another
-                # producer waiting on the same id then falls back to reading every block_s.
-                self.client.hdel(self.keys.waiters, job_id)
+                if not told:
+                    # complete.lua unregistered a job it told of; any other wait leaves nothing
+                    # behind. Another producer waiting on the same id then reads every block_s.
+                    self.client.hdel(self.keys.waiters, job_id)
+
+    def _subscriber(self) -> PubSub:
+        """This thread's subscriber connection, opened on first use."""
+        pubsub: PubSub | None = getattr(self._local, "pubsub", None)
+        if pubsub is None:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            self._local.pubsub = pubsub
+            with self._subscribers_lock:
+                self._subscribers.append(pubsub)
+        return pubsub
+
+    def _drop_subscriber(self) -> None:
+        pubsub: PubSub | None = getattr(self._local, "pubsub", None)
+        self._local.pubsub = None
+        if pubsub is not None:
+            with self._subscribers_lock:
+                self._subscribers.remove(pubsub)
+            pubsub.close()
 
     # --- worker side -----------------------------------------------------------
 
@@ -317,25 +356,58 @@ class RedisEngine(Engine):
         of :func:`~dtq_core.record.leased_job`. When a call found only such
         records, the next is made at once, so garbage cannot hide real jobs.
         """
+        _name, keys, args = self._fetching(plugins, count, lease_s, worker_id)
+        while True:
+            with self._talking():
+                flat = self._scripts["fetch"](keys, args)
+            batch = self._fetched(flat)
+            if batch is not None:
+                return batch
+
+    def complete_and_fetch(
+        self,
+        completions: Sequence[Completion],
+        plugins: Sequence[str],
+        *,
+        count: int,
+        lease_s: float,
+        worker_id: str,
+    ) -> tuple[list[bool], Batch]:
+        """``complete.lua`` for the completions, then ``fetch.lua``, in one pipelined round trip."""
+        groups = _completion_groups(completions)
+        calls = [self._completion_call(completions, group) for group in groups]
+        with self._talking():
+            *replies, flat = self._run_scripts(
+                [*calls, self._fetching(plugins, count, lease_s, worker_id)],
+                wait_what="the outcomes were stored" if calls else None,
+            )
+        batch = self._fetched(flat)
+        if batch is None:  # only malformed records, now buried: look again
+            batch = self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
+        return _stored(len(completions), groups, replies), batch
+
+    def _fetching(self, plugins: Sequence[str], count: int, lease_s: float, worker_id: str) -> _ScriptCall:
         k = self.keys
         keys = [k.jobs, k.state, k.events]
         for plugin in plugins:
             keys += [k.ready(plugin), k.active(plugin), k.scheduled(plugin)]
         args: list[str | int] = [count, int(lease_s * 1000), worker_id, self.events_max, *plugins]
-        while True:
-            with self._talking():
-                flat = self._scripts["fetch"](keys, args)
-            leases, burials = self._sort_fetched(flat)
-            try:
-                if burials:
-                    self._bury(burials)
-            except EngineError as exc:
-                # The leases taken stay good; what was not buried is found again
-                # by lease recovery (release.lua) once its deadline passes.
-                log.warning("could not bury %d malformed record(s) yet: %s", len(burials), exc)
-            if leases or not burials:
-                next_due_ms = int(flat[0])
-                return Batch(leases, None if next_due_ms < 0 else next_due_ms / 1000)
+        return ("fetch", keys, args)
+
+    def _fetched(self, flat: Sequence[Any]) -> Batch | None:
+        """The batch of a fetch.lua reply, after burying its malformed records; None if it had only those."""
+        leases, burials = self._sort_fetched(flat)
+        try:
+            if burials:
+                self._bury(burials)
+        except EngineError as exc:
+            # The leases taken stay good; what was not buried is found again
+            # by lease recovery (release.lua) once its deadline passes.
+            log.warning("could not bury %d malformed record(s) yet: %s", len(burials), exc)
+        if burials and not leases:
+            return None
+        next_due_ms = int(flat[0])
+        return Batch(leases, None if next_due_ms < 0 else next_due_ms / 1000)
 
     def _sort_fetched(self, flat: Sequence[Any]) -> tuple[list[Lease], list[_Burial]]:
         """The leases of fetch.lua's reply, and the burials of its malformed records."""
@@ -408,17 +480,14 @@ class RedisEngine(Engine):
         calls, which run in order: the script reads a batch's records once.
         """
         groups = _completion_groups(completions)
-        calls = [
-            ("complete", *self._completing(completions[g[0]].lease.job.plugin, [completions[i] for i in g]))
-            for g in groups
-        ]
+        calls = [self._completion_call(completions, group) for group in groups]
         with self._talking():
             replies = self._run_scripts(calls, wait_what="the outcomes were stored")
-        stored = [False] * len(completions)
-        for group, codes in zip(groups, replies, strict=True):
-            for position, code in zip(group, codes, strict=True):
-                stored[position] = bool(code)
-        return stored
+        return _stored(len(completions), groups, replies)
+
+    def _completion_call(self, completions: Sequence[Completion], group: Sequence[int]) -> _ScriptCall:
+        plugin = completions[group[0]].lease.job.plugin
+        return ("complete", *self._completing(plugin, [completions[i] for i in group]))
 
     def _completing(
         self, plugin: str, completions: Sequence[Completion]
@@ -716,7 +785,11 @@ class RedisEngine(Engine):
             self.client.ping()
 
     def close(self) -> None:
-        """Close the client's connections."""
+        """Close the client's connections, subscribers included."""
+        with self._subscribers_lock:
+            subscribers, self._subscribers = self._subscribers, []
+        for pubsub in subscribers:
+            pubsub.close()
         self.client.close()
 
     def _write(self, name: str, keys: list[str], args: list[str | int], what: str) -> Any:
@@ -736,12 +809,7 @@ class RedisEngine(Engine):
         if isinstance(self.client, RedisCluster):
             return [self._scripts[name](keys, args) for name, keys, args in calls]
         waiting = wait_what is not None and self.wait_replicas > 0
-        pipe = self.client.pipeline(transaction=False)
-        for name, keys, args in calls:
-            self._scripts[name](keys, args, client=pipe)
-        if waiting:
-            pipe.wait(self.wait_replicas, int(self.wait_timeout_s * 1000))
-        replies = pipe.execute()
+        replies = self._pipelined(calls, wait=waiting)
         if waiting and int(replies[-1]) < self.wait_replicas:
             raise EngineUnavailable(
                 f"{wait_what} but reached only {replies[-1]} of {self.wait_replicas} replicas within "
@@ -749,6 +817,37 @@ class RedisEngine(Engine):
                 "the same job id is safe. Check the replicas' health (INFO replication)"
             )
         return replies[:-1] if waiting else replies
+
+    def _pipelined(self, calls: Sequence[_ScriptCall], *, wait: bool) -> list[Any]:
+        """EVALSHA each call down one pipeline (and WAIT, with ``wait``); raise the first error.
+
+        redis-py's own script objects would make every pipeline check its
+        scripts first (SCRIPT EXISTS: a second round trip). Instead, the calls a
+        server without the scripts refused (after a restart or SCRIPT FLUSH),
+        and only those, run again once the scripts are loaded: the others ran.
+        """
+        replies = self._send(calls, wait=wait)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
+        if missing:
+            for script in self._scripts.values():
+                script.sha = str(self.client.script_load(script.script))
+            again = self._send([calls[i] for i in missing], wait=wait)
+            if wait:
+                replies[-1] = again.pop()  # the replicas' count now covers the calls run again
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _send(self, calls: Sequence[_ScriptCall], *, wait: bool) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for name, keys, args in calls:
+            pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+        if wait:
+            pipe.wait(self.wait_replicas, int(self.wait_timeout_s * 1000))
+        return list(pipe.execute(raise_on_error=False))
 
     @contextlib.contextmanager
     def _talking(self) -> Iterator[None]:
@@ -800,6 +899,15 @@ def _completion_groups(completions: Sequence[Completion]) -> list[list[int]]:
         groups[g].append(position)
         named[g].add(job.id)
     return groups
+
+
+def _stored(total: int, groups: Sequence[Sequence[int]], replies: Sequence[Sequence[Any]]) -> list[bool]:
+    """complete.lua's codes, one per completion, back in the order the completions were given."""
+    stored = [False] * total
+    for group, codes in zip(groups, replies, strict=True):
+        for position, code in zip(group, codes, strict=True):
+            stored[position] = bool(code)
+    return stored
 
 
 def _batched(items: Sequence[list[int]], size: int) -> Iterator[Sequence[list[int]]]:
@@ -864,6 +972,21 @@ def _minute_counts(fields: Mapping[str, str]) -> dict[str, dict[str, int]]:
 def _server_ms(client: Client) -> int:
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _told(job_id: str, message: Mapping[str, Any]) -> Job | None:
+    """The succeeded job complete.lua put in its message, or None when the message is only the id."""
+    data = message.get("data")
+    if not isinstance(data, str) or data == job_id:
+        return None
+    try:
+        sent = json.loads(data)
+    except ValueError:
+        return None
+    if isinstance(sent, dict) and "record" in sent:
+        errors = sent.get("errors")
+        return _succeeded_job(job_id, str(sent["record"]), errors if isinstance(errors, list) else [])
+    return _succeeded_job(job_id, data, [])
 
 
 def _succeeded_job(job_id: str, record: str, errors: Sequence[str]) -> Job:

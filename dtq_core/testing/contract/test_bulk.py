@@ -10,10 +10,13 @@ import pytest
 from dtq_core import (
     Appending,
     AppendOutcome,
+    Completion,
     DuplicateJob,
     Engine,
     InvalidJob,
     JobStatus,
+    Lease,
+    Outcome,
     Queue,
     ValidationError,
     Worker,
@@ -52,10 +55,13 @@ def test_enqueue_many_queues_every_job_in_order_with_options(
     stored = dtq_queue.get(jobs[700].id)
     assert stored is not None and stored.status is JobStatus.QUEUED and stored.priority == 3
     assert stored.data == {"action": "echo", "n": 700}
+    # Equal priorities are taken first in, first out, across the batch's script calls.
+    first = dtq_queue.engine.fetch(["test_only"], count=600, lease_s=30, worker_id="w")
+    assert [lease.job.data["n"] for lease in first.leases] == list(range(600))
+    for lease in first.leases:
+        dtq_queue.engine.release(lease, lost=False, max_lost_leases=3, ttl_s=60)
     done = dtq_make_worker(mode="thread", prefetch=50).get_jobs()
     assert sorted(job.id for job in done) == sorted(job.id for job in jobs)
-    # Equal priorities run first in, first out, across the batch's script calls.
-    assert [job.data["n"] for job in done[:100]] == list(range(100))
     assert dtq_queue.result(jobs[-1].id, timeout=5) == {"action": "echo", "n": 1199}
 
 
@@ -105,3 +111,27 @@ def test_a_prefetching_worker_runs_each_job_once_and_records_every_outcome(
     failed = dtq_queue.get(failing.id)
     assert failed is not None and failed.status in (JobStatus.FAILED, JobStatus.DEAD)
     assert dtq_queue.stats().queues[0].running == 0
+
+
+def test_complete_and_fetch_records_outcomes_then_leases_the_next_jobs(dtq_engine: Engine) -> None:
+    dtq_engine.append_many([_entry("one"), _entry("two"), _entry("three")])
+    first = dtq_engine.fetch(["test_only"], count=2, lease_s=30, worker_id="w").leases
+    assert [lease.job.id for lease in first] == ["one", "two"]
+    done = Outcome(JobStatus.SUCCEEDED, result_json='"ok"')
+    stale = Lease(first[1].job, first[1].token + "-stale")
+    stored, batch = dtq_engine.complete_and_fetch(
+        [Completion(first[0], done, 60), Completion(stale, done, 60)],
+        ["test_only"],
+        count=5,
+        lease_s=30,
+        worker_id="w",
+    )
+    assert stored == [True, False]  # a completion without the lease's token is refused
+    assert [lease.job.id for lease in batch.leases] == ["three"]
+    one, two = dtq_engine.get("one"), dtq_engine.get("two")
+    assert one is not None and one.status is JobStatus.SUCCEEDED and one.result == "ok"
+    assert two is not None and two.status is JobStatus.RUNNING
+    # Repeating a recorded completion (a retry after a lost reply) is answered as recorded.
+    assert dtq_engine.complete_many([Completion(first[0], done, 60)]) == [True]
+    stored, batch = dtq_engine.complete_and_fetch([], ["test_only"], count=5, lease_s=30, worker_id="w")
+    assert stored == [] and batch.leases == []

@@ -6,7 +6,10 @@ namespace's `succeeded` hash, its expiry a score in `expiry`; expired ones are
 swept here, a few per call, and by sweep.lua. Any other final outcome moves
 the record into the job's own done hash, which expires after the retention
 time. A retry puts the job back among the delayed jobs, due after the backoff.
-A producer waiting on a job (an id in `waiters`) is told on the job's channel.
+A producer waiting on a job (an id in `waiters`) is told on the job's channel:
+a succeeded job's record goes in the message (with earlier attempts' errors,
+if any, as {record, errors}), so the producer need not read it back; for
+other outcomes the message is the id.
 Writes of the whole batch go out as one command each (HDEL, HSET, ZADD with
 many arguments), so a batch costs a few commands plus one event per job.
 
@@ -102,9 +105,15 @@ local function finish(i, state, a)
   local encoded = cjson.encode(state)
   finished[#finished + 1] = id
   if outcome == 'succeeded' then
-    succeeded[#succeeded + 1] = id
-    succeeded[#succeeded + 1] = cjson.encode({payload = payloads[i], state = encoded,
+    local record = cjson.encode({payload = payloads[i], state = encoded,
       result = ARGV[a + 3] ~= '' and ARGV[a + 3] or nil})
+    succeeded[#succeeded + 1] = id
+    succeeded[#succeeded + 1] = record
+    if waiting[i] then
+      -- The waiter gets the record itself (and earlier attempts' errors), not just the id.
+      local errors = redis.call('LRANGE', KEYS[11 + 2 * i], 0, -1)
+      told[#told + 1] = {id, #errors == 0 and record or cjson.encode({record = record, errors = errors})}
+    end
     expiring[#expiring + 1] = now + ttl * 1000
     expiring[#expiring + 1] = id
   else
@@ -118,7 +127,7 @@ local function finish(i, state, a)
       indexed[outcome] = math.max(indexed[outcome] or 0, ttl)
     end
   end
-  if waiting[i] then told[#told + 1] = id end
+  if waiting[i] and outcome ~= 'succeeded' then told[#told + 1] = {id, id} end
   event(outcome, id, state, a)
 end
 
@@ -169,8 +178,12 @@ for kind, count in pairs(counts) do
 end
 if next(counts) then redis.call('EXPIRE', KEYS[11], tonumber(ARGV[5])) end
 if #told > 0 then
-  for _, id in ipairs(told) do redis.call('PUBLISH', ARGV[6] .. id, id) end
-  redis.call('HDEL', KEYS[7], unpack(told))
+  local ids_told = {}
+  for k, pair in ipairs(told) do
+    redis.call('PUBLISH', ARGV[6] .. pair[1], pair[2])
+    ids_told[k] = pair[1]
+  end
+  redis.call('HDEL', KEYS[7], unpack(ids_told))
 end
 
 -- Sweep as many expired succeeded records as this call finished jobs, and a
