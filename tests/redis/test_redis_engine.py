@@ -9,7 +9,7 @@ import pytest
 import redis
 from dtqtest import RedisServer, free_port, running
 
-from dtq_core import EngineUnavailable, Queue, Worker
+from dtq_core import EngineUnavailable, JobFailed, Queue, Worker
 from dtq_core.engines.redis import Keys
 
 MakeWorker = Callable[..., Worker]
@@ -104,3 +104,24 @@ def test_an_idle_worker_blocks_instead_of_polling(
         during = calls() - before
     # about two 1 s blocking waits, two fetches and a heartbeat: a busy loop would make hundreds
     assert during <= 12, during
+
+
+def test_waits_are_told_of_each_end_without_falling_back_to_reading_again(
+    redis_url: str, namespace: str, make_worker: MakeWorker
+) -> None:
+    # The fallback re-read comes only every block_s (here longer than each wait's
+    # timeout), so every result must arrive by its notification: the subscription
+    # is confirmed before the job is read, and one subscriber serves every wait.
+    with Queue(["test_only"], redis_url, namespace=namespace, engine_options={"block_s": 60}) as queue:
+        with running(thread_worker(make_worker, prefetch=4)):
+            for n in range(150):
+                job = queue.enqueue("test_only", {"action": "echo", "n": n})
+                assert queue.result(job.id, timeout=20) == {"action": "echo", "n": n}
+            failing = queue.enqueue("test_only", {"action": "fail", "message": "no"}, max_retries=0)
+            with pytest.raises(JobFailed):
+                queue.result(failing.id, timeout=20)
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            assert client.hlen(queue.engine.keys.waiters) == 0  # type: ignore[attr-defined]
+        finally:
+            client.close()

@@ -193,7 +193,7 @@ class RedisEngine(Engine):
             redis_url, socket_timeout_s=socket_timeout_s, connect_timeout_s=connect_timeout_s, retries=retries
         )
         block_s = max(0.5, min(5.0, socket_timeout_s - 1.0))
-        return cls(client, url=url, block_s=block_s, **{**from_query, **options})
+        return cls(client, url=url, **{"block_s": block_s, **from_query, **options})
 
     # --- producer side ---------------------------------------------------------
 
@@ -306,19 +306,22 @@ class RedisEngine(Engine):
         with self._talking():
             pubsub = self._subscriber()
             try:
-                # Subscribe and register before reading, so a completion between
-                # the read and the wait cannot be missed.
+                # Subscribed (confirmed: the subscription and the registration travel on
+                # different connections) and registered before reading, so a completion
+                # between the read and the wait cannot be missed.
                 pubsub.subscribe(channel)
+                _confirmed(pubsub, channel, min(self.block_s, timeout_s))
                 job = self._read(job_id, register=True)
                 while (job is None or not job.status.is_final) and time.monotonic() < deadline:
                     remaining = min(self.block_s, deadline - time.monotonic())
                     message = pubsub.get_message(timeout=max(remaining, 0.0))
-                    if message is not None:
-                        told = told or message.get("channel") == channel
-                        job = _told(job_id, message) if told else None
-                        job = job or self.get(job_id)
+                    if _is_message(message, channel):
+                        told = True
+                        job = _told(job_id, message) or self.get(job_id)
+                    elif message is None:
+                        job = self.get(job_id)  # a notification missed costs block_s at most
                 pubsub.unsubscribe(channel)  # type: ignore[no-untyped-call]
-                return self.get(job_id) if job is None or not job.status.is_final else job
+                return job
             except BaseException:
                 self._drop_subscriber()
                 raise
@@ -332,7 +335,7 @@ class RedisEngine(Engine):
         """This thread's subscriber connection, opened on first use."""
         pubsub: PubSub | None = getattr(self._local, "pubsub", None)
         if pubsub is None:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
             self._local.pubsub = pubsub
             with self._subscribers_lock:
                 self._subscribers.append(pubsub)
@@ -972,6 +975,20 @@ def _minute_counts(fields: Mapping[str, str]) -> dict[str, dict[str, int]]:
 def _server_ms(client: Client) -> int:
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _confirmed(pubsub: PubSub, channel: str, timeout_s: float) -> None:
+    """Read the subscriber's messages until the server confirms ``channel``'s subscription."""
+    deadline = time.monotonic() + timeout_s
+    while (remaining := deadline - time.monotonic()) > 0:
+        message = pubsub.get_message(timeout=remaining)
+        if message is not None and message.get("type") == "subscribe" and message.get("channel") == channel:
+            return
+
+
+def _is_message(message: Mapping[str, Any] | None, channel: str) -> bool:
+    """Whether ``message`` is one published on ``channel`` (not a confirmation, not an old channel's)."""
+    return message is not None and message.get("type") == "message" and message.get("channel") == channel
 
 
 def _told(job_id: str, message: Mapping[str, Any]) -> Job | None:
