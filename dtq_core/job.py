@@ -14,10 +14,11 @@ wire and in storage; nothing is ever pickled.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
+import os
 import traceback
-import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -199,11 +200,19 @@ class Job:
 
 def new_job_id() -> str:
     """A fresh random job id (32 hex characters)."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def parse_job(raw: object) -> Job:
-    """Validate an appended job dict and return it as a queued :class:`Job`.
+    """Validate an appended job dict and return it as a queued :class:`Job`; see :func:`parse_job_payload`."""
+    return parse_job_payload(raw)[0]
+
+
+def parse_job_payload(raw: object) -> tuple[Job, str]:
+    """Validate an appended job dict; return it as a queued :class:`Job`, and its payload.
+
+    The payload is :func:`encode_payload` of the job, made from the encoding the
+    check of its data made already (a bulk append encodes each job once).
 
     Accepts ``{"id": ..., "job": {"plugin": ..., "data": {...}}}``; ``id`` may be
     omitted (one is generated) and may be a string or an integer.
@@ -229,12 +238,15 @@ def parse_job(raw: object) -> Job:
     if not isinstance(options, Mapping):
         raise InvalidJob(f"job['options'] must be a dict, got {type(options).__name__}")
     _reject_unknown_keys(options, _OPTION_KEYS, "job['options']")
-    return Job(
+    plugin = check_plugin_name(body.get("plugin"))
+    data, data_json = _checked_data(body.get("data"))
+    job = Job(
         id=normalise_id(raw.get("id")),
-        plugin=check_plugin_name(body.get("plugin")),
-        data=check_data(body.get("data")),
+        plugin=plugin,
+        data=data,
         **checked_options(**{k: v for k, v in options.items() if k not in ("delay_s", "eta")}),
     )
+    return job, _payload(plugin, data_json)
 
 
 def checked_options(
@@ -346,11 +358,17 @@ def check_plugin_name(value: object) -> str:
         raise InvalidJob(
             f"a job must name its plugin: job['job']['plugin'] must be a non-empty string, got {value!r}"
         )
-    if not value.isprintable() or any(ch.isspace() or ch in "=[]" for ch in value):
+    if not _is_entry_point_name(value):
         raise InvalidJob(
             f"plugin name {value!r} is not a valid entry-point name (no spaces, '=', '[' or ']')"
         )
     return value
+
+
+@functools.lru_cache(maxsize=256)
+def _is_entry_point_name(value: str) -> bool:
+    # Remembered: a producer names the same few plugins over and over.
+    return value.isprintable() and not any(ch.isspace() or ch in "=[]" for ch in value)
 
 
 def check_data(value: object) -> dict[str, Any]:
@@ -360,6 +378,11 @@ def check_data(value: object) -> dict[str, Any]:
         InvalidJob: data is not a dict, has non-string keys, or holds values JSON
             cannot carry (sets, objects, NaN, ...).
     """
+    return _checked_data(value)[0]
+
+
+def _checked_data(value: object) -> tuple[dict[str, Any], str]:
+    """:func:`check_data`, and the data's canonical JSON."""
     if not isinstance(value, Mapping):
         raise InvalidJob(
             "job['job']['data'] must be a dict (a JSON object) holding everything the "
@@ -382,7 +405,7 @@ def check_data(value: object) -> dict[str, Any]:
             "job data holds text that is not valid Unicode (a lone surrogate such as '\\ud800'), "
             "which JSON text in UTF-8 cannot carry"
         )
-    return dict(decoded)
+    return dict(decoded), text
 
 
 def is_utf8(text: str) -> bool:
@@ -405,7 +428,12 @@ def encode_payload(job: Job) -> str:
     Canonical, so two appends of the same job encode to the same string (which is
     how a repeated append is told apart from a conflicting one).
     """
-    return dumps({"plugin": job.plugin, "data": job.data})
+    return _payload(job.plugin, dumps(job.data))
+
+
+def _payload(plugin: str, data_json: str) -> str:
+    # Exactly dumps({"plugin": plugin, "data": data}): sorted keys, so "data" comes first.
+    return '{"data":' + data_json + ',"plugin":' + dumps(plugin) + "}"
 
 
 def from_ms(value: object) -> datetime | None:

@@ -36,7 +36,7 @@ from dtq_core.job import (
     JobStatus,
     encode_payload,
     normalise_id,
-    parse_job,
+    parse_job_payload,
     schedule_of,
 )
 from dtq_core.plugin import PluginRegistry
@@ -123,10 +123,10 @@ class Queue:
             DuplicateJob: the id exists with different contents.
             EngineUnavailable: the engine cannot be reached.
         """
-        parsed = parse_job(job)
+        parsed, payload = parse_job_payload(job)
         options = job.get("options") or {}
         delay_s, eta = schedule_of(options)
-        return self._append(parsed, delay_s, eta)
+        return self._append(parsed, payload, delay_s, eta)
 
     def enqueue(
         self,
@@ -399,9 +399,12 @@ class Queue:
         Raises:
             PluginNotAllowed, UnknownPlugin, ValidationError, PayloadTooLarge: as for ``append``.
         """
+        return self._checked_payload(job, encode_payload(job))
+
+    def _checked_payload(self, job: Job, payload: str) -> str:
+        """:meth:`check`, given the job's payload."""
         self.registry.check_allowed(job.plugin)
         self._validate(job)
-        payload = encode_payload(job)
         size = len(payload.encode("utf-8"))
         if size > self.max_payload_bytes:
             raise PayloadTooLarge(
@@ -411,8 +414,8 @@ class Queue:
             )
         return payload
 
-    def _append(self, job: Job, delay_s: float = 0.0, eta: datetime | None = None) -> Job:
-        payload = self.check(job)
+    def _append(self, job: Job, payload: str, delay_s: float, eta: datetime | None) -> Job:
+        payload = self._checked_payload(job, payload)
         outcome = self.engine.append(job, payload, delay_s=delay_s, eta=eta)
         if outcome is AppendOutcome.CONFLICT:
             raise DuplicateJob(
@@ -431,9 +434,9 @@ class Queue:
     def _checked(self, position: int, raw: Mapping[str, Any]) -> Appending:
         """One job of :meth:`append_many`, parsed and checked; errors name its position."""
         try:
-            job = parse_job(raw)
+            job, payload = parse_job_payload(raw)
             delay_s, eta = schedule_of(raw.get("options") or {})
-            return Appending(job, self.check(job), delay_s, eta)
+            return Appending(job, self._checked_payload(job, payload), delay_s, eta)
         except DtqError as exc:
             # Keep the error's type and attributes; only say which job it is.
             exc.args = (f"job {position} of the batch: {exc}", *exc.args[1:])

@@ -155,9 +155,15 @@ wire_jobs = st.one_of(
 
 
 def fuzz(scale: Scale, bounded: int, long: int) -> settings:
-    """Bounded example counts in the default run; ``deadline=None`` (engines do I/O); no database files."""
+    """Bounded example counts in the default run; ``deadline=None`` (engines do I/O); no database files.
+
+    The bounded run is derandomized: the same examples every time, so that its
+    check that the strategies reach both outcomes cannot fail by chance (a
+    random 800 once accepted 36, under the 40 asked for). The long run is random.
+    """
     return settings(
         max_examples=scale(bounded, long),
+        derandomize=scale(True, False),
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dtq_core import ErrorInfo, InvalidJob, Job, JobStatus
-from dtq_core.job import MAX_ID_LENGTH, encode_payload, parse_job, schedule_of
+from dtq_core.job import MAX_ID_LENGTH, encode_payload, parse_job, parse_job_payload, schedule_of
 
 SEED = {
     "id": "test_job_one",
@@ -109,3 +109,18 @@ def test_a_delay_or_time_limit_out_of_range_is_refused_as_invalid(seconds: objec
     raw = {"job": {"plugin": "p", "data": {}}, "options": {"timeout_s": seconds}}
     with pytest.raises(InvalidJob, match="timeout_s must be a number of seconds"):
         parse_job(raw)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{}, {"b": 1, "a": [1, 2.5, None, True]}, {"text": "é ☃ \u2028", "nested": {"z": (1, 2), "y": {}}}],
+)
+def test_the_payload_made_while_parsing_equals_the_canonical_encoding(data: dict[str, Any]) -> None:
+    job, payload = parse_job_payload({"id": "x", "job": {"plugin": "p.q-1", "data": data}})
+    assert (
+        payload
+        == encode_payload(job)
+        == json.dumps(
+            {"plugin": "p.q-1", "data": job.data}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+    )
