@@ -150,15 +150,14 @@ class Queue:
             eta: run no sooner than this aware datetime (wins over ``delay_s``).
             max_retries, retry_backoff_s, timeout_s: override the plugin's.
         """
-        options = {
-            "priority": priority,
-            "delay_s": delay_s,
-            "eta": eta,
-            "max_retries": max_retries,
-            "retry_backoff_s": retry_backoff_s,
-            "timeout_s": timeout_s,
-        }
-        chosen = {key: value for key, value in options.items() if value is not None}
+        chosen = _given(
+            priority=priority,
+            delay_s=delay_s,
+            eta=eta,
+            max_retries=max_retries,
+            retry_backoff_s=retry_backoff_s,
+            timeout_s=timeout_s,
+        )
         return self.append({"id": id, "job": {"plugin": plugin, "data": data}, "options": chosen})
 
     def append_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[Job]:
@@ -202,15 +201,14 @@ class Queue:
         timeout_s: float | None = None,
     ) -> list[Job]:
         """Queue one job of ``plugin`` per data dict, with generated ids; see :meth:`append_many`."""
-        options = {
-            "priority": priority,
-            "delay_s": delay_s,
-            "eta": eta,
-            "max_retries": max_retries,
-            "retry_backoff_s": retry_backoff_s,
-            "timeout_s": timeout_s,
-        }
-        chosen = {key: value for key, value in options.items() if value is not None}
+        chosen = _given(
+            priority=priority,
+            delay_s=delay_s,
+            eta=eta,
+            max_retries=max_retries,
+            retry_backoff_s=retry_backoff_s,
+            timeout_s=timeout_s,
+        )
         return self.append_many(
             {"job": {"plugin": plugin, "data": data}, "options": chosen} for data in datas
         )
@@ -448,6 +446,11 @@ class Queue:
         if self.registry.allow is not None and not self.registry.is_installed(job.plugin):
             return
         self.registry.get(job.plugin).validate(job)
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The job options a caller gave: those not None."""
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def _failure_message(job: Job) -> str:
