@@ -297,8 +297,10 @@ def _bars(ax: Any, all_rows: list[Row], key: str, title: str) -> None:
     ax.invert_yaxis()
     ax.set_title(title, fontsize=10)
     shown = sorted(v for v in values if v)
-    # An outlier (over 5 times the median) would flatten every other bar: cut the axis, say so.
-    top = min(shown[-1], 5 * shown[len(shown) // 2]) if shown else 1.0
+    # A slow outlier (over 5 times the median, where lower is better) would flatten every
+    # other bar: cut the axis, say so. Where higher is better the leader's bar is the point.
+    cut = "lower is better" in title
+    top = (min(shown[-1], 5 * shown[len(shown) // 2]) if cut else shown[-1]) if shown else 1.0
     for y, (row, value) in enumerate(zip(all_rows, values, strict=True)):
         text = f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
         text = text if value else str(row.cell(key) or "-")
