@@ -266,7 +266,7 @@ class Worker:
                 if burst:
                     raise
                 failures += 1
-                pause = min(_MAX_BACKOFF_S, 0.1 * 2**failures)
+                pause = _backoff_s(failures)
                 log.warning("%s; retrying in %.1f s", exc, pause)
                 self._stopping.wait(pause)
 
@@ -342,14 +342,15 @@ class Worker:
             return False
         return True
 
-    def _give_back(self, lease: Lease) -> None:
-        """Hand a job this worker will not run back to the queue (or leave its lease to expire)."""
+    def _give_back(self, lease: Lease) -> ReleaseOutcome | None:
+        """Hand a job this worker will not run back to the queue; None if that failed (its lease expires)."""
         try:
-            self.engine.release(
+            return self.engine.release(
                 lease, lost=False, max_lost_leases=self.max_lost_leases, ttl_s=self.failure_ttl_s
             )
         except DtqError as exc:
             log.warning("job %s: could not hand it back (%s); its lease will expire", lease.job.id, exc)
+            return None
 
     def _housekeeping(self) -> None:
         """Recover expired leases, enqueue periodic jobs, look for new plugins: each when due."""
@@ -410,13 +411,8 @@ class Worker:
     def _hand_back(self) -> None:
         """Give the jobs still in hand back to the queue (shutdown past the grace period)."""
         for lease in self.in_hand():
-            try:
-                outcome = self.engine.release(
-                    lease, lost=False, max_lost_leases=self.max_lost_leases, ttl_s=self.failure_ttl_s
-                )
-            except DtqError as exc:
-                log.warning("job %s: could not hand it back (%s); its lease will expire", lease.job.id, exc)
-            else:
+            outcome = self._give_back(lease)
+            if outcome is not None:
                 log.warning(
                     "job %s (%s): stopped at shutdown, %s", lease.job.id, lease.job.plugin, outcome.value
                 )
@@ -602,6 +598,11 @@ class Worker:
             "mode": self.mode,
             "in_hand": ",".join(lease.job.id for lease in self.in_hand()),
         }
+
+
+def _backoff_s(failures: int) -> float:
+    """The pause after ``failures`` failed tries in a row: doubling from 0.2 s, at most _MAX_BACKOFF_S."""
+    return min(_MAX_BACKOFF_S, 0.1 * 2.0**failures)
 
 
 def _log_outcome(job: Job, outcome: Outcome, stored: bool, duration_s: float) -> None:
@@ -858,7 +859,7 @@ class _Acknowledger:
                         exc,
                     )
                     break
-                pause = min(_MAX_BACKOFF_S, 0.1 * 2**failures)
+                pause = _backoff_s(failures)
                 log.warning("could not record %d outcome(s): %s; retrying in %.1f s", len(ended), exc, pause)
                 time.sleep(pause)
         return settled

@@ -13,9 +13,9 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import redis
@@ -54,6 +54,7 @@ from dtq_core.job import ErrorInfo, Job, JobStatus, encode_payload
 from dtq_core.record import job_from_state, leased_job, malformed_error
 
 log = logging.getLogger("dtq.engine")
+T = TypeVar("T")
 
 _SCRIPTS = (
     "append",
@@ -209,28 +210,19 @@ class RedisEngine(Engine):
     def append_many(self, entries: Sequence[Appending]) -> list[AppendOutcome]:
         """Append the entries with ``append.lua``: one call per plugin and chunk, one round trip per chunk.
 
-        Calls are grouped by plugin (a call takes one plugin's queue keys); the
-        outcomes come back in the order of ``entries``.
+        Calls are grouped by plugin (a call takes one plugin's queue keys) and
+        name each id once (a repeat goes to a later call, which answers it as
+        existing); the outcomes come back in the order of ``entries``.
         """
-        positions: dict[str, list[int]] = {}
-        for position, entry in enumerate(entries):
-            positions.setdefault(entry.job.plugin, []).append(position)
-        chunks = [
-            numbers[start : start + _APPEND_CHUNK]
-            for numbers in positions.values()
-            for start in range(0, len(numbers), _APPEND_CHUNK)
-        ]
-        outcomes: list[AppendOutcome] = [AppendOutcome.CONFLICT] * len(entries)
-        for group in _batched(chunks, _APPEND_CHUNKS_PER_TRIP):
+        groups = _call_groups([(e.job.plugin, e.job.id) for e in entries], _APPEND_CHUNK)
+        replies: list[Any] = []
+        for trip in _batched(groups, _APPEND_CHUNKS_PER_TRIP):
             calls = [
-                ("append", *self._appending(entries[c[0]].job.plugin, [entries[i] for i in c])) for c in group
+                ("append", *self._appending(entries[g[0]].job.plugin, [entries[i] for i in g])) for g in trip
             ]
             with self._talking():
-                replies = self._run_scripts(calls, wait_what="the jobs were stored on the master")
-            for chunk, codes in zip(group, replies, strict=True):
-                for position, code in zip(chunk, codes, strict=True):
-                    outcomes[position] = _APPENDED[int(code)]
-        return outcomes
+                replies += self._run_scripts(calls, wait_what="the jobs were stored on the master")
+        return _in_order(len(entries), groups, replies, lambda code: _APPENDED[int(code)])
 
     def _appending(self, plugin: str, entries: Sequence[Appending]) -> tuple[list[str], list[str | int]]:
         """append.lua's KEYS and ARGV for entries of one plugin."""
@@ -387,7 +379,7 @@ class RedisEngine(Engine):
         batch = self._fetched(flat)
         if batch is None:  # only malformed records, now buried: look again
             batch = self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
-        return _stored(len(completions), groups, replies), batch
+        return _in_order(len(completions), groups, replies, bool), batch
 
     def _fetching(self, plugins: Sequence[str], count: int, lease_s: float, worker_id: str) -> _ScriptCall:
         k = self.keys
@@ -486,7 +478,7 @@ class RedisEngine(Engine):
         calls = [self._completion_call(completions, group) for group in groups]
         with self._talking():
             replies = self._run_scripts(calls, wait_what="the outcomes were stored")
-        return _stored(len(completions), groups, replies)
+        return _in_order(len(completions), groups, replies, bool)
 
     def _completion_call(self, completions: Sequence[Completion], group: Sequence[int]) -> _ScriptCall:
         plugin = completions[group[0]].lease.job.plugin
@@ -888,29 +880,36 @@ def _lua(name: str) -> str:
 
 
 def _completion_groups(completions: Sequence[Completion]) -> list[list[int]]:
-    """Positions of ``completions`` in calls of one plugin each that name each job once, in order."""
+    """Positions of ``completions`` in complete.lua calls (see :func:`_call_groups`)."""
+    return _call_groups([(c.lease.job.plugin, c.lease.job.id) for c in completions], _COMPLETE_CHUNK)
+
+
+def _call_groups(jobs: Sequence[tuple[str, str]], size: int) -> list[list[int]]:
+    """Positions of ``jobs`` (plugin, id) in script calls of one plugin each, in order, each
+    naming a job once (a script reads its batch's records once) and at most ``size`` long."""
     groups: list[list[int]] = []
-    open_group: dict[str, int] = {}  # plugin -> the group its next completion may join
+    open_group: dict[str, int] = {}  # plugin -> the group its next job may join
     named: list[set[str]] = []
-    for position, completion in enumerate(completions):
-        job = completion.lease.job
-        g = open_group.get(job.plugin)
-        if g is None or job.id in named[g] or len(groups[g]) >= _COMPLETE_CHUNK:
-            g = open_group[job.plugin] = len(groups)
+    for position, (plugin, job_id) in enumerate(jobs):
+        g = open_group.get(plugin)
+        if g is None or job_id in named[g] or len(groups[g]) >= size:
+            g = open_group[plugin] = len(groups)
             groups.append([])
             named.append(set())
         groups[g].append(position)
-        named[g].add(job.id)
+        named[g].add(job_id)
     return groups
 
 
-def _stored(total: int, groups: Sequence[Sequence[int]], replies: Sequence[Sequence[Any]]) -> list[bool]:
-    """complete.lua's codes, one per completion, back in the order the completions were given."""
-    stored = [False] * total
+def _in_order(
+    total: int, groups: Sequence[Sequence[int]], replies: Sequence[Sequence[Any]], answer: Callable[[Any], T]
+) -> list[T]:
+    """One answer per job from the calls' codes, back in the order the jobs were given."""
+    answers: dict[int, T] = {}
     for group, codes in zip(groups, replies, strict=True):
         for position, code in zip(group, codes, strict=True):
-            stored[position] = bool(code)
-    return stored
+            answers[position] = answer(code)
+    return [answers[position] for position in range(total)]
 
 
 def _batched(items: Sequence[list[int]], size: int) -> Iterator[Sequence[list[int]]]:
