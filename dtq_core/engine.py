@@ -365,7 +365,12 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def wait_for_final(self, job_id: str, timeout_s: float) -> Job | None:
-        """Block until the job is final or ``timeout_s`` passes; return its record then."""
+        """Read the job, then block until it is final or ``timeout_s`` passes; return its record then.
+
+        None when there is no such job. With ``timeout_s`` 0 it reads once and
+        returns: :meth:`Queue.result` relies on that first read, and makes no
+        read of its own.
+        """
 
     @abc.abstractmethod
     def cancel(self, job: Job, *, ttl_s: float) -> CancelOutcome:
@@ -380,6 +385,16 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def wait_for_jobs(self, plugins: Sequence[str], timeout_s: float) -> None:
         """Block until a job of ``plugins`` may have been queued, or ``timeout_s`` passes."""
+
+    def wait_and_fetch(
+        self, plugins: Sequence[str], timeout_s: float, *, count: int, lease_s: float, worker_id: str
+    ) -> Batch:
+        """:meth:`wait_for_jobs`, then :meth:`fetch`: an idle worker's "wake me with work".
+
+        Engines override this to do both in one round trip.
+        """
+        self.wait_for_jobs(plugins, timeout_s)
+        return self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
 
     @abc.abstractmethod
     def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:

@@ -232,9 +232,10 @@ class Queue:
         """
         key = normalise_id(job_id)
         deadline = math.inf if timeout is None else time.monotonic() + timeout
-        job = self.engine.get(key)
+        # Every engine's wait reads the job first: no read of its own before it.
+        job = self.engine.wait_for_final(key, _slice(deadline))
         while job is not None and not job.status.is_final and time.monotonic() < deadline:
-            job = self.engine.wait_for_final(key, min(_WAIT_SLICE_S, deadline - time.monotonic()))
+            job = self.engine.wait_for_final(key, _slice(deadline))
         if job is None:
             raise JobNotFound(f"no job with id {key!r} (never appended, or its record expired)")
         if job.status is JobStatus.SUCCEEDED:
@@ -456,3 +457,8 @@ def _given(**options: Any) -> dict[str, Any]:
 def _failure_message(job: Job) -> str:
     reason = "no error recorded" if job.error is None else f"{job.error.type}: {job.error.message}"
     return f"job {job.id!r} ({job.plugin}) ended {job.status.value} after {job.attempts} attempt(s): {reason}"
+
+
+def _slice(deadline: float) -> float:
+    """The next wait's length: what is left of the time, at most one slice, never negative."""
+    return max(0.0, min(_WAIT_SLICE_S, deadline - time.monotonic()))

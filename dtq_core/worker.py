@@ -278,6 +278,10 @@ class Worker:
             return True
         try:
             batch = self._take(free * self.prefetch)
+            if not batch.leases and not burst:
+                # Idle: block until woken (an append) or a delayed job is due, and
+                # lease what woke it in the same round trip, the slots still in hand.
+                batch = self._take(free * self.prefetch, wait_s=self._idle_s(batch.next_due_s))
         except BaseException:
             pool.give_back(free)
             raise
@@ -291,12 +295,18 @@ class Worker:
             return True
         if burst:
             return not pool.wait_until_idle(self.poll_s)
-        self._idle(batch.next_due_s)
         return True
 
-    def _take(self, count: int) -> Batch:
-        """Lease up to ``count`` jobs; they wait in this worker until a slot runs them."""
-        batch = self.engine.fetch(self.plugins, count=count, lease_s=self.lease_s, worker_id=self.worker_id)
+    def _take(self, count: int, *, wait_s: float | None = None) -> Batch:
+        """Lease up to ``count`` jobs, after blocking up to ``wait_s`` for one to come if given;
+        they wait in this worker until a slot runs them."""
+        lease_s, worker_id = self.lease_s, self.worker_id
+        if wait_s is None:
+            batch = self.engine.fetch(self.plugins, count=count, lease_s=lease_s, worker_id=worker_id)
+        else:
+            batch = self.engine.wait_and_fetch(
+                self.plugins, wait_s, count=count, lease_s=lease_s, worker_id=worker_id
+            )
         self.plugins = self.plugins[1:] + self.plugins[:1]  # no plugin starves the others
         self._waiting_for_slot(batch.leases)
         return batch
@@ -362,14 +372,14 @@ class Worker:
         if now >= self._next_rescan:
             self._rescan_plugins()
 
-    def _idle(self, next_due_s: float | None) -> None:
-        """Block until a job may be there: woken by an append, or at the next due time."""
+    def _idle_s(self, next_due_s: float | None) -> float:
+        """How long an idle worker blocks: until a delayed job or a periodic tick is due, at most poll_s."""
         waits = [self.poll_s]
         if next_due_s is not None:
             waits.append(next_due_s)
         if self.scheduler is not None:
             waits.append(self._next_tick_s - time.monotonic())
-        self.engine.wait_for_jobs(self.plugins, max(0.01, min(waits)))
+        return max(0.01, min(waits))
 
     def _enqueue_periodic(self) -> None:
         assert self.scheduler is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable
 
@@ -9,8 +11,8 @@ import pytest
 import redis
 from dtqtest import RedisServer, free_port, running
 
-from dtq_core import EngineUnavailable, JobFailed, Queue, Worker
-from dtq_core.engines.redis import Keys
+from dtq_core import EngineError, EngineUnavailable, JobFailed, Queue, ResultTimeout, Worker
+from dtq_core.engines.redis import Keys, RedisEngine
 
 MakeWorker = Callable[..., Worker]
 
@@ -109,10 +111,12 @@ def test_an_idle_worker_blocks_instead_of_polling(
 def test_waits_are_told_of_each_end_without_falling_back_to_reading_again(
     redis_url: str, namespace: str, make_worker: MakeWorker
 ) -> None:
-    # The fallback re-read comes only every block_s (here longer than each wait's
-    # timeout), so every result must arrive by its notification: the subscription
-    # is confirmed before the job is read, and one subscriber serves every wait.
-    with Queue(["test_only"], redis_url, namespace=namespace, engine_options={"block_s": 60}) as queue:
+    # A wait reads again only every block_s (here longer than each wait's timeout),
+    # so every result must arrive on the wait's reply list: wait.lua registers
+    # the wait in the step that reads the job, so no end falls in between.
+    with Queue(
+        ["test_only"], _patient(redis_url), namespace=namespace, engine_options={"block_s": 60}
+    ) as queue:
         with running(thread_worker(make_worker, prefetch=4)):
             for n in range(150):
                 job = queue.enqueue("test_only", {"action": "echo", "n": n})
@@ -125,3 +129,100 @@ def test_waits_are_told_of_each_end_without_falling_back_to_reading_again(
             assert client.hlen(queue.engine.keys.waiters) == 0  # type: ignore[attr-defined]
         finally:
             client.close()
+
+
+def _patient(redis_url: str) -> str:
+    """The URL with a socket timeout long enough for a block_s of 60 s."""
+    return f"{redis_url}?socket_timeout=120"
+
+
+def _leftovers(redis_url: str, keys: Keys) -> tuple[int, list[str]]:
+    """Waits still registered, and reply lists still there."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return int(client.hlen(keys.waiters)), sorted(client.scan_iter(match=keys.reply("*")))
+    finally:
+        client.close()
+
+
+def test_every_producer_waiting_on_one_job_is_told_of_its_end(
+    redis_url: str, namespace: str, keys: Keys, make_worker: MakeWorker
+) -> None:
+    # block_s 60: a producer not told would sit out its 20 s timeout.
+    with Queue(
+        ["test_only"], _patient(redis_url), namespace=namespace, engine_options={"block_s": 60}
+    ) as queue:
+        job = queue.enqueue("test_only", {"action": "sleep", "seconds": 0.5})
+        results: list[object] = []
+        producers = [
+            threading.Thread(target=lambda: results.append(queue.result(job.id, timeout=20)))
+            for _ in range(3)
+        ]
+        for producer in producers:
+            producer.start()
+        time.sleep(0.2)  # all three are waiting before the job starts
+        with running(thread_worker(make_worker)):
+            started = time.monotonic()
+            for producer in producers:
+                producer.join(30)
+            waited = time.monotonic() - started
+        assert results == [{"slept": 0.5}] * 3
+        assert waited < 15, waited
+    assert _leftovers(redis_url, keys) == (0, [])
+
+
+@pytest.mark.parametrize("ending", ["cancel", "dead"])
+def test_a_waiting_producer_is_told_of_a_cancellation_or_a_death(
+    ending: str, redis_url: str, namespace: str, keys: Keys, make_worker: MakeWorker
+) -> None:
+    with Queue(
+        ["test_only"], _patient(redis_url), namespace=namespace, engine_options={"block_s": 60}
+    ) as queue:
+        if ending == "cancel":
+            job = queue.enqueue("test_only", {"action": "echo"})
+            threading.Timer(0.3, queue.cancel, [job.id]).start()
+            worker = None
+        else:
+            job = queue.enqueue("test_only", {"action": "fail", "message": "no"}, max_retries=0)
+            worker = thread_worker(make_worker)
+        started = time.monotonic()
+        with running(worker) if worker is not None else contextlib.nullcontext(), pytest.raises(JobFailed):
+            queue.result(job.id, timeout=20)
+        assert time.monotonic() - started < 15
+    assert _leftovers(redis_url, keys) == (0, [])
+
+
+def test_a_wait_that_times_out_leaves_nothing_behind(queue: Queue, redis_url: str, keys: Keys) -> None:
+    job = queue.enqueue("test_only", {"action": "echo"})
+    for _ in range(2):
+        with pytest.raises(ResultTimeout):
+            queue.result(job.id, timeout=0.2)
+    assert _leftovers(redis_url, keys) == (0, [])
+
+
+def test_waits_and_an_idle_worker_carry_on_after_the_server_loses_its_scripts(
+    redis_url: str, namespace: str, make_worker: MakeWorker
+) -> None:
+    options = {"block_s": 60}
+    with (
+        Queue(["test_only"], _patient(redis_url), namespace=namespace, engine_options=options) as queue,
+        running(thread_worker(make_worker, poll_s=30)),
+    ):
+        first = queue.enqueue("test_only", {"action": "echo", "n": 1})
+        assert queue.result(first.id, timeout=20) == {"action": "echo", "n": 1}
+        time.sleep(0.3)  # the worker blocks, idle, in a pipeline whose fetch is by SHA
+        client = redis.Redis.from_url(redis_url)
+        client.script_flush()
+        client.close()
+        started = time.monotonic()
+        second = queue.enqueue("test_only", {"action": "echo", "n": 2})
+        assert queue.result(second.id, timeout=20) == {"action": "echo", "n": 2}
+        assert time.monotonic() - started < 15
+
+
+def test_a_blocking_wait_longer_than_the_socket_timeout_is_refused(redis_url: str) -> None:
+    with pytest.raises(
+        EngineError, match=r"block_s \(60 s\) must be shorter than the socket timeout \(10 s\)"
+    ):
+        RedisEngine.from_url(redis_url, block_s=60)
+    RedisEngine.from_url(_patient(redis_url), block_s=60).close()

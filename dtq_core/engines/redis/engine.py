@@ -7,19 +7,20 @@ opens with its KEYS/ARGV contract.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.resources
 import json
 import logging
+import os
 import re
-import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 import attrs
 import redis
-from redis.client import PubSub
 from redis.cluster import RedisCluster
 
 from dtq_core.config import DEFAULT_FAILURE_TTL_S, DEFAULT_NAMESPACE, DEFAULT_PREFIX, mask_url
@@ -69,6 +70,8 @@ _SCRIPTS = (
     "heartbeat",
     "bury",
     "sweep",
+    "wait",
+    "unwait",
 )
 #: A script's name, KEYS and ARGV.
 _ScriptCall = tuple[str, list[str], list[str | int]]
@@ -168,9 +171,6 @@ class RedisEngine(Engine):
         if wait_replicas and isinstance(client, RedisCluster):
             raise EngineError("wait_replicas is not supported on Redis Cluster; leave it at 0 there")
         self._scripts = {name: client.register_script(_lua(name)) for name in _SCRIPTS}
-        self._local = threading.local()  # each thread's subscriber, for waits
-        self._subscribers: list[PubSub] = []
-        self._subscribers_lock = threading.Lock()
 
     @classmethod
     def from_url(
@@ -193,7 +193,15 @@ class RedisEngine(Engine):
         client = connect(
             redis_url, socket_timeout_s=socket_timeout_s, connect_timeout_s=connect_timeout_s, retries=retries
         )
-        block_s = max(0.5, min(5.0, socket_timeout_s - 1.0))
+        socket_s = _socket_timeout_s(redis_url) or socket_timeout_s
+        block_s = float(options.pop("block_s", max(0.5, min(5.0, socket_s - 1.0))))
+        if block_s >= socket_s:
+            client.close()
+            raise EngineError(
+                f"block_s ({block_s:g} s) must be shorter than the socket timeout ({socket_s:g} s), or "
+                "every blocking wait would end in a timeout error; lower block_s or raise "
+                "socket_timeout in the URL (?socket_timeout=...)"
+            )
         return cls(client, url=url, **{"block_s": block_s, **from_query, **options})
 
     # --- producer side ---------------------------------------------------------
@@ -260,86 +268,81 @@ class RedisEngine(Engine):
         """
         return self._read(job_id)
 
-    def _read(self, job_id: str, *, register: bool = False) -> Job | None:
-        """:meth:`get`; with ``register``, the same transaction first puts the id in ``waiters``."""
+    def _read(self, job_id: str) -> Job | None:
+        """:meth:`get`: every place the job's record can be, read in one transaction."""
         k = self.keys
         with self._talking():
             pipe = self.client.pipeline(transaction=True)
-            if register:
-                pipe.hset(k.waiters, job_id, "1")
             pipe.hget(k.jobs, job_id)
             pipe.hget(k.state, job_id)
             pipe.hgetall(k.done(job_id))
             pipe.lrange(k.errors(job_id), 0, -1)
             pipe.hget(k.succeeded, job_id)
             pipe.zscore(k.expiry, job_id)
-            payload, state, done, errors, succeeded, expiry = pipe.execute()[1 if register else 0 :]
-        if payload is not None or state is not None:
-            return _job(job_id, payload, state, errors=errors)
-        if done:
-            return _job(job_id, done["payload"], done["state"], done.get("result"), done.get("error"), errors)
-        # Expiry by this client's clock (a cluster pipeline refuses TIME): a skewed
-        # clock shows a record that long past, or short of, its retention.
-        if succeeded is not None and (expiry is None or expiry > time.time() * 1000):
-            return _succeeded_job(job_id, succeeded, errors)
-        return None
+            payload, state, done, errors, succeeded, expiry = pipe.execute()
+        return _found(job_id, payload, state, done, errors, succeeded, expiry)
 
     def wait_for_final(self, job_id: str, timeout_s: float) -> Job | None:
-        """Subscribe to the job's channel, then block until it is final or time runs out.
+        """Block until the job is final or time runs out; read it at least once.
 
-        The id goes into ``waiters`` meanwhile: complete.lua publishes only the
-        ends of jobs someone waits for, and drops the id when it does. Each
-        thread keeps one subscriber connection for its waits, so a wait costs
-        no new connection.
+        Each turn is one round trip: ``wait.lua`` reads the job and, if it is
+        live, registers this wait (a token of its own, so any number of
+        producers can wait on one job), and a BLPOP on the wait's reply list
+        follows in the same pipeline. The script that ends the job pushes the
+        news there (a succeeded job's whole record), so nothing is polled and no
+        end can slip between the read and the wait.
         """
         deadline = time.monotonic() + timeout_s
-        channel = self.keys.finished_channel(job_id)
-        told = False
+        token = os.urandom(8).hex()
+        registered = False
+        try:
+            while True:
+                block_s = max(0.01, min(self.block_s, deadline - time.monotonic()))
+                job, news = self._wait_turn(job_id, token, block_s)
+                if job is None:
+                    return None  # gone (deleted): a registration of an earlier turn is dropped below
+                if job.status.is_final or news is not None:
+                    registered = False  # the script that ended the job dropped it
+                    return job if news is None else _told(job_id, news) or self.get(job_id)
+                registered = True
+                if time.monotonic() >= deadline:
+                    return job
+        finally:
+            if registered:
+                self._unwait(job_id, token)
+
+    def _wait_turn(self, job_id: str, token: str, block_s: float) -> tuple[Job | None, str | None]:
+        """One turn of :meth:`wait_for_final`: the job as read, and the news popped (None if none came)."""
+        k = self.keys
+        reply = k.reply(token)
+        keys = [k.jobs, k.state, k.done(job_id), k.errors(job_id), k.succeeded, k.expiry, k.waiters, reply]
+        args: list[str | int] = [job_id, token]
         with self._talking():
-            pubsub = self._subscriber()
-            try:
-                # Subscribed (confirmed: the subscription and the registration travel on
-                # different connections) and registered before reading, so a completion
-                # between the read and the wait cannot be missed.
-                pubsub.subscribe(channel)
-                _confirmed(pubsub, channel, min(self.block_s, timeout_s))
-                job = self._read(job_id, register=True)
-                while (job is None or not job.status.is_final) and time.monotonic() < deadline:
-                    remaining = min(self.block_s, deadline - time.monotonic())
-                    message = pubsub.get_message(timeout=max(remaining, 0.0))
-                    if _is_message(message, channel):
-                        told = True
-                        job = _told(job_id, message) or self.get(job_id)
-                    elif message is None:
-                        job = self.get(job_id)  # a notification missed costs block_s at most
-                pubsub.unsubscribe(channel)  # type: ignore[no-untyped-call]
-                return job
-            except BaseException:
-                self._drop_subscriber()
-                raise
-            finally:
-                if not told:
-                    # complete.lua unregistered a job it told of; any other wait leaves nothing
-                    # behind. Another producer waiting on the same id then reads every block_s.
-                    self.client.hdel(self.keys.waiters, job_id)
+            if isinstance(self.client, RedisCluster):
+                # A cluster's pipelines refuse scripts: two round trips there.
+                read = self._scripts["wait"](keys, args)
+                popped = self.client.blpop([reply], timeout=block_s)
+            else:
+                # EVAL, not EVALSHA: a server that lost its scripts (restart, SCRIPT
+                # FLUSH) would refuse the script and still run the BLPOP, which would
+                # then block in vain. The text costs the server a hash of 2 kB.
+                pipe = self.client.pipeline(transaction=False)
+                pipe.eval(_lua("wait"), len(keys), *keys, *args)
+                pipe.blpop([reply], timeout=block_s)
+                read, popped = pipe.execute()
+        payload, state, done, errors, succeeded, expiry = read
+        job = _found(job_id, payload, state, _pairs(done), errors, succeeded, expiry)
+        news = None if popped is None or popped[1] == "" else str(popped[1])
+        return job, news
 
-    def _subscriber(self) -> PubSub:
-        """This thread's subscriber connection, opened on first use."""
-        pubsub: PubSub | None = getattr(self._local, "pubsub", None)
-        if pubsub is None:
-            pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
-            self._local.pubsub = pubsub
-            with self._subscribers_lock:
-                self._subscribers.append(pubsub)
-        return pubsub
-
-    def _drop_subscriber(self) -> None:
-        pubsub: PubSub | None = getattr(self._local, "pubsub", None)
-        self._local.pubsub = None
-        if pubsub is not None:
-            with self._subscribers_lock:
-                self._subscribers.remove(pubsub)
-            pubsub.close()
+    def _unwait(self, job_id: str, token: str) -> None:
+        """Drop a wait's registration and reply list (see ``unwait.lua``); best effort."""
+        try:
+            with self._talking():
+                self._scripts["unwait"]([self.keys.waiters, self.keys.reply(token)], [job_id, token])
+        except EngineError as exc:
+            # Left behind, the token costs a push to a list that expires when the job ends.
+            log.debug("could not drop the wait on job %s: %s", job_id, exc)
 
     # --- worker side -----------------------------------------------------------
 
@@ -439,14 +442,14 @@ class RedisEngine(Engine):
         job_id = burial.job_id
         error = malformed_error(burial.reason)
         keys = [k.jobs, k.state, k.active(burial.plugin), k.done(job_id), k.index(JobStatus.DEAD.value)]
-        keys += [k.events, k.rate(_minute())]
+        keys += [k.events, k.rate(_minute()), k.waiters]
         args: list[str | int] = [
             job_id,
             burial.token,
             json.dumps(error.to_dict()),
             burial.plugin,
             max(1, int(burial.ttl_s)),
-            k.finished_channel(job_id),
+            k.reply(""),
             self.index_cap,
             self.events_max,
             HISTORY_S,
@@ -460,6 +463,37 @@ class RedisEngine(Engine):
         keys = [self.keys.signal(p) for p in plugins]
         with self._talking():
             self.client.blpop(keys, timeout=max(0.01, min(timeout_s, self.block_s)))
+
+    def wait_and_fetch(
+        self, plugins: Sequence[str], timeout_s: float, *, count: int, lease_s: float, worker_id: str
+    ) -> Batch:
+        """BLPOP on the plugins' signal lists and ``fetch.lua`` down one pipeline.
+
+        The server runs the fetch as soon as the BLPOP returns (woken, or timed
+        out), so a job appended to an idle worker's queue reaches it with no
+        round trip between the wake-up and the lease.
+        """
+        if isinstance(self.client, RedisCluster):  # its pipelines refuse scripts
+            return super().wait_and_fetch(
+                plugins, timeout_s, count=count, lease_s=lease_s, worker_id=worker_id
+            )
+        name, keys, args = self._fetching(plugins, count, lease_s, worker_id)
+        with self._talking():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.blpop(
+                [self.keys.signal(p) for p in plugins], timeout=max(0.01, min(timeout_s, self.block_s))
+            )
+            pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            woken, flat = pipe.execute(raise_on_error=False)
+        for reply in (woken, flat):
+            if isinstance(reply, Exception) and not isinstance(reply, redis.exceptions.NoScriptError):
+                raise reply
+        batch = None if isinstance(flat, Exception) else self._fetched(flat)
+        # A server without the script (restart, SCRIPT FLUSH), or a call that
+        # found only malformed records (now buried): fetch again, the usual way.
+        if batch is None:
+            batch = self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
+        return batch
 
     def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
         """Record the outcome under the lease's fencing token (see ``complete.lua``)."""
@@ -508,7 +542,7 @@ class RedisEngine(Engine):
             self.errors_kept,
             self.events_max,
             HISTORY_S,
-            k.finished_channel(""),
+            k.reply(""),
         ]
         for completion in completions:
             lease, outcome = completion.lease, completion.outcome
@@ -607,6 +641,7 @@ class RedisEngine(Engine):
             k.events,
             k.rate(_minute()),
             k.scheduled(plugin),
+            k.waiters,
         ]
         dead = dead_after_lost_leases(max_lost)
         args: list[str | int] = [
@@ -616,7 +651,7 @@ class RedisEngine(Engine):
             max_lost,
             max(1, int(ttl_s)),
             json.dumps(LOST_LEASE.to_dict()),
-            k.finished_channel(job_id),
+            k.reply(""),
             self.signal_cap,
             self.index_cap,
             self.errors_kept,
@@ -634,10 +669,11 @@ class RedisEngine(Engine):
         k = self.keys
         p = job.plugin
         keys = [k.jobs, k.state, k.ready(p), k.scheduled(p), k.done(job.id), k.events, k.rate(_minute())]
+        keys.append(k.waiters)
         args: list[str | int] = [
             job.id,
             max(1, int(ttl_s)),
-            k.finished_channel(job.id),
+            k.reply(""),
             p,
             self.events_max,
             HISTORY_S,
@@ -780,11 +816,7 @@ class RedisEngine(Engine):
             self.client.ping()
 
     def close(self) -> None:
-        """Close the client's connections, subscribers included."""
-        with self._subscribers_lock:
-            subscribers, self._subscribers = self._subscribers, []
-        for pubsub in subscribers:
-            pubsub.close()
+        """Close the client's connections."""
         self.client.close()
 
     def _write(self, name: str, keys: list[str], args: list[str | int], what: str) -> Any:
@@ -875,6 +907,16 @@ class RedisEngine(Engine):
             return browse.delete_final(self.client, self.keys, job_id)
 
 
+def _socket_timeout_s(url: str) -> float | None:
+    """The socket timeout the URL's query sets (it wins over the default), if any."""
+    given = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).get("socket_timeout")
+    try:
+        return float(given[-1]) if given else None
+    except ValueError:
+        return None  # connect() has refused it already
+
+
+@functools.cache
 def _lua(name: str) -> str:
     return importlib.resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
 
@@ -976,33 +1018,44 @@ def _server_ms(client: Client) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-def _confirmed(pubsub: PubSub, channel: str, timeout_s: float) -> None:
-    """Read the subscriber's messages until the server confirms ``channel``'s subscription."""
-    deadline = time.monotonic() + timeout_s
-    while (remaining := deadline - time.monotonic()) > 0:
-        message = pubsub.get_message(timeout=remaining)
-        if message is not None and message.get("type") == "subscribe" and message.get("channel") == channel:
-            return
-
-
-def _is_message(message: Mapping[str, Any] | None, channel: str) -> bool:
-    """Whether ``message`` is one published on ``channel`` (not a confirmation, not an old channel's)."""
-    return message is not None and message.get("type") == "message" and message.get("channel") == channel
-
-
-def _told(job_id: str, message: Mapping[str, Any]) -> Job | None:
-    """The succeeded job complete.lua put in its message, or None when the message is only the id."""
-    data = message.get("data")
-    if not isinstance(data, str) or data == job_id:
+def _told(job_id: str, news: str) -> Job | None:
+    """The succeeded job complete.lua put in its news, or None when the news is only the id."""
+    if news == job_id:
         return None
     try:
-        sent = json.loads(data)
+        sent = json.loads(news)
     except ValueError:
         return None
     if isinstance(sent, dict) and "record" in sent:
         errors = sent.get("errors")
         return _succeeded_job(job_id, str(sent["record"]), errors if isinstance(errors, list) else [])
-    return _succeeded_job(job_id, data, [])
+    return _succeeded_job(job_id, news, [])
+
+
+def _found(
+    job_id: str,
+    payload: str | None,
+    state: str | None,
+    done: Mapping[str, str],
+    errors: Sequence[str],
+    succeeded: str | None,
+    expiry: float | str | None,
+) -> Job | None:
+    """The job from a read of every place its record can be (live, final, succeeded), or None."""
+    if payload is not None or state is not None:
+        return _job(job_id, payload, state, errors=errors)
+    if done:
+        return _job(job_id, done["payload"], done["state"], done.get("result"), done.get("error"), errors)
+    # Expiry by this client's clock (a cluster pipeline refuses TIME): a skewed
+    # clock shows a record that long past, or short of, its retention.
+    if succeeded is not None and (expiry is None or float(expiry) > time.time() * 1000):
+        return _succeeded_job(job_id, succeeded, errors)
+    return None
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    """A hash as a script returns it (HGETALL: field, value, ...) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _succeeded_job(job_id: str, record: str, errors: Sequence[str]) -> Job:

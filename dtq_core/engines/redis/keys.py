@@ -27,8 +27,11 @@ key                               type    holds
                                           error; raw_payload and raw_state, as found,
                                           of a job buried for a malformed record);
                                           expires after the retention time
-``P:waiters``                     hash    id -> 1 while a producer waits for that
-                                          job's end (only those are published)
+``P:waiters``                     hash    id -> tokens (space-separated) of the
+                                          producers waiting for that job's end
+``P:reply:<token>``               list    one waiting producer's news of its job's
+                                          end, pushed by the script that ends it
+                                          (expires a minute after the push)
 ``P:errors:<id>``                 list    the job's attempt errors (capped, expires)
 ``P:index:<status>``              zset    ids of dead / failed jobs, by finish time
                                           (capped by count and age)
@@ -41,8 +44,9 @@ key                               type    holds
                                           minute (expires after two hours)
 ================================  ======  =============================================
 
-Channel ``P:finished:<id>`` receives the id when the job becomes final, if
-the id is in ``P:waiters`` (``wait_for_final`` puts it there).
+A producer waiting on a job (``Queue.result``) registers a token in
+``P:waiters`` and blocks on its ``P:reply:<token>`` list (wait.lua); the
+script that ends the job pushes the news onto each waiter's list.
 """
 
 from __future__ import annotations
@@ -115,7 +119,7 @@ class Keys:
 
     @property
     def waiters(self) -> str:
-        """Hash of the ids a producer waits on (whose end is published on their channel)."""
+        """Hash of the ids producers wait on -> their tokens (whose reply lists hear of the end)."""
         return f"{self.base}:waiters"
 
     def errors(self, job_id: str) -> str:
@@ -149,6 +153,6 @@ class Keys:
         """Hash of the outcomes counted in one minute (``epoch_minute`` = Unix time // 60)."""
         return f"{self.base}:rate:{epoch_minute}"
 
-    def finished_channel(self, job_id: str) -> str:
-        """Pub/Sub channel told when one job becomes final."""
-        return f"{self.base}:finished:{job_id}"
+    def reply(self, token: str) -> str:
+        """List on which one waiting producer hears of its job's end (``reply("")`` is the prefix)."""
+        return f"{self.base}:reply:{token}"

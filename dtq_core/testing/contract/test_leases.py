@@ -128,3 +128,44 @@ def test_get_jobs_recovers_expired_leases_first(
     time.sleep(0.03)
     [job] = dtq_make_worker().get_jobs()
     assert (job.id, job.result, job.attempts) == ("orphan", "xx", 2)
+
+
+def test_an_idle_wait_leases_a_job_appended_while_it_blocks(dtq_queue: Queue, dtq_engine: Engine) -> None:
+    assert dtq_engine.wait_and_fetch(["test_only"], 0.2, count=5, lease_s=30, worker_id="w").leases == []
+    timer = threading.Timer(0.3, dtq_queue.enqueue, ["test_only", {"action": "echo"}], {"id": "late"})
+    timer.start()
+    try:
+        batch = dtq_engine.wait_and_fetch(["test_only"], 10, count=5, lease_s=30, worker_id="w")
+        if not batch.leases:  # a wake-up may come a moment before the job is visible
+            batch = dtq_engine.fetch(["test_only"], count=5, lease_s=30, worker_id="w")
+    finally:
+        timer.join()
+    assert [lease.job.id for lease in batch.leases] == ["late"]
+    running = dtq_queue.get("late")
+    assert running is not None and running.status is JobStatus.RUNNING
+
+
+def test_a_wait_with_no_time_reads_the_job_once(dtq_queue: Queue, dtq_engine: Engine) -> None:
+    dtq_queue.enqueue("test_only", {"action": "echo"}, id="queued")
+    started = time.monotonic()
+    job = dtq_engine.wait_for_final("queued", 0)
+    assert job is not None and job.status is JobStatus.QUEUED
+    assert dtq_engine.wait_for_final("never-appended", 0) is None
+    assert time.monotonic() - started < 5
+
+
+def test_every_producer_waiting_on_one_job_gets_its_result(
+    dtq_queue: Queue, dtq_make_worker: Callable[..., Worker]
+) -> None:
+    dtq_queue.enqueue("test_only", {"action": "sleep", "seconds": 0.3}, id="shared")
+    results: list[object] = []
+    producers = [
+        threading.Thread(target=lambda: results.append(dtq_queue.result("shared", timeout=20)))
+        for _ in range(3)
+    ]
+    for producer in producers:
+        producer.start()
+    dtq_make_worker().get_jobs()
+    for producer in producers:
+        producer.join(30)
+    assert results == [{"slept": 0.3}] * 3

@@ -15,13 +15,14 @@ KEYS[4] done    hash    this id's final record
 KEYS[5] index   zset    ids of dead jobs -> finish time
 KEYS[6] events  stream  the namespace's lifecycle events
 KEYS[7] rate    hash    outcomes counted in the current minute (client's clock)
+KEYS[8] waiters hash    id -> tokens of the producers waiting for it (see wait.lua)
 ARGV[1] id
 ARGV[2] token: the fencing token fetch leased the job with; or '' for an id that
         fetch or release set aside, whose entry in active must then have expired
 ARGV[3] error JSON: {"type": "MalformedRecord", "message": "malformed record: ...", ...}
 ARGV[4] plugin name: of the queue the id was in
 ARGV[5] retention in seconds of the final record
-ARGV[6] channel published to with the id
+ARGV[6] reply prefix: a waiter's reply list is this followed by its token
 ARGV[7] dead index cap
 ARGV[8] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
 ARGV[9] lifetime in seconds of the minute's counts
@@ -68,5 +69,13 @@ if cap > 0 then
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', cap, '*', 'type', 'dead', 'time', now, 'job', id,
     'plugin', ARGV[4], 'attempt', 0, 'worker', '', 'error_type', ARGV[10], 'error_message', ARGV[11])
 end
-redis.call('PUBLISH', ARGV[6], id)
+-- Tell the producers waiting for the job (see wait.lua), each on its reply list.
+local waiting = redis.call('HGET', KEYS[8], id)
+if waiting then
+  for token in string.gmatch(waiting, '%S+') do
+    redis.call('RPUSH', ARGV[6] .. token, id)
+    redis.call('PEXPIRE', ARGV[6] .. token, 60000)
+  end
+  redis.call('HDEL', KEYS[8], id)
+end
 return 1

@@ -9,9 +9,10 @@ KEYS[4] scheduled  zset  the plugin's delayed jobs
 KEYS[5] done       hash    this id's final record
 KEYS[6] events     stream  the namespace's lifecycle events
 KEYS[7] rate       hash    outcomes counted in the current minute (client's clock)
+KEYS[8] waiters    hash    id -> tokens of the producers waiting for it (see wait.lua)
 ARGV[1] id
 ARGV[2] retention in seconds of the final record
-ARGV[3] channel published to with the id when the job becomes final
+ARGV[3] reply prefix: a waiter's reply list is this followed by its token
 ARGV[4] plugin name
 ARGV[5] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
 ARGV[6] lifetime in seconds of the minute's counts
@@ -58,5 +59,13 @@ redis.call('EXPIRE', KEYS[5], tonumber(ARGV[2]))
 redis.call('HINCRBY', KEYS[7], ARGV[4] .. '|cancelled', 1)
 redis.call('EXPIRE', KEYS[7], tonumber(ARGV[6]))
 event('cancelled')
-redis.call('PUBLISH', ARGV[3], id)
+-- Tell the producers waiting for the job (see wait.lua), each on its reply list.
+local waiting = redis.call('HGET', KEYS[8], id)
+if waiting then
+  for token in string.gmatch(waiting, '%S+') do
+    redis.call('RPUSH', ARGV[3] .. token, id)
+    redis.call('PEXPIRE', ARGV[3] .. token, 60000)
+  end
+  redis.call('HDEL', KEYS[8], id)
+end
 return 1

@@ -6,10 +6,10 @@ namespace's `succeeded` hash, its expiry a score in `expiry`; expired ones are
 swept here, a few per call, and by sweep.lua. Any other final outcome moves
 the record into the job's own done hash, which expires after the retention
 time. A retry puts the job back among the delayed jobs, due after the backoff.
-A producer waiting on a job (an id in `waiters`) is told on the job's channel:
-a succeeded job's record goes in the message (with earlier attempts' errors,
-if any, as {record, errors}), so the producer need not read it back; for
-other outcomes the message is the id.
+A producer waiting on a job (an id in `waiters`, see wait.lua) is told on its
+reply list: a succeeded job's record goes in the message (with earlier
+attempts' errors, if any, as {record, errors}), so the producer need not read
+it back; for other outcomes the message is the id.
 Writes of the whole batch go out as one command each (HDEL, HSET, ZADD with
 many arguments), so a batch costs a few commands plus one event per job.
 
@@ -21,7 +21,7 @@ KEYS[3] active     zset    the plugin's leases: id -> deadline
 KEYS[4] scheduled  zset    the plugin's delayed jobs: id -> due time
 KEYS[5] succeeded  hash    id -> final record JSON {payload, state, result} of a succeeded job
 KEYS[6] expiry     zset    id -> when its `succeeded` record expires (ms)
-KEYS[7] waiters    hash    id -> 1 while a producer waits for the job to end
+KEYS[7] waiters    hash    id -> tokens of the producers waiting for the job, space-separated
 KEYS[8] dead       zset    ids of dead jobs -> finish time
 KEYS[9] failed     zset    ids of failed jobs -> finish time
 KEYS[10] events    stream  the namespace's lifecycle events
@@ -34,7 +34,8 @@ ARGV[2] index cap: most ids kept in the dead and the failed index
 ARGV[3] most errors kept per job
 ARGV[4] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
 ARGV[5] lifetime in seconds of the minute's counts
-ARGV[6] channel prefix: a job's channel is this followed by its id
+ARGV[6] reply prefix: a waiter's reply list is this followed by its token (the
+        namespace's hash tag is in it, so the list is in the same slot)
 ARGV[7 + 9(i-1) ..] nine per completion i:
         id; token (the fencing token from fetch);
         outcome: 'succeeded', 'failed', 'dead', 'cancelled' or 'retry';
@@ -112,7 +113,7 @@ local function finish(i, state, a)
     if waiting[i] then
       -- The waiter gets the record itself (and earlier attempts' errors), not just the id.
       local errors = redis.call('LRANGE', KEYS[11 + 2 * i], 0, -1)
-      told[#told + 1] = {id, #errors == 0 and record or cjson.encode({record = record, errors = errors})}
+      told[#told + 1] = {id, #errors == 0 and record or cjson.encode({record = record, errors = errors}), i}
     end
     expiring[#expiring + 1] = now + ttl * 1000
     expiring[#expiring + 1] = id
@@ -127,7 +128,7 @@ local function finish(i, state, a)
       indexed[outcome] = math.max(indexed[outcome] or 0, ttl)
     end
   end
-  if waiting[i] and outcome ~= 'succeeded' then told[#told + 1] = {id, id} end
+  if waiting[i] and outcome ~= 'succeeded' then told[#told + 1] = {id, id, i} end
   event(outcome, id, state, a)
 end
 
@@ -179,9 +180,14 @@ end
 if next(counts) then redis.call('EXPIRE', KEYS[11], tonumber(ARGV[5])) end
 if #told > 0 then
   local ids_told = {}
-  for k, pair in ipairs(told) do
-    redis.call('PUBLISH', ARGV[6] .. pair[1], pair[2])
-    ids_told[k] = pair[1]
+  for k, news in ipairs(told) do
+    for token in string.gmatch(waiting[news[3]], '%S+') do
+      local reply = ARGV[6] .. token
+      redis.call('RPUSH', reply, news[2])
+      -- A reply nobody takes (its producer gave up) goes away on its own.
+      redis.call('PEXPIRE', reply, 60000)
+    end
+    ids_told[k] = news[1]
   end
   redis.call('HDEL', KEYS[7], unpack(ids_told))
 end

@@ -18,13 +18,14 @@ KEYS[8] index   zset    ids of dead jobs -> finish time
 KEYS[9] events  stream  the namespace's lifecycle events
 KEYS[10] rate   hash    outcomes counted in the current minute (client's clock)
 KEYS[11] scheduled zset  the plugin's delayed jobs
+KEYS[12] waiters hash    id -> tokens of the producers waiting for it (see wait.lua)
 ARGV[1] id
 ARGV[2] token, or '' to release only if the lease has expired
 ARGV[3] 1 to count a lost lease (and record ARGV[6] as an attempt error), else 0
 ARGV[4] max lost leases: the count at which the job goes dead
 ARGV[5] retention in seconds of a final record
 ARGV[6] error JSON recorded for a lost lease
-ARGV[7] channel published to with the id when the job becomes final
+ARGV[7] reply prefix: a waiter's reply list is this followed by its token
 ARGV[8] signal cap
 ARGV[9] dead index cap
 ARGV[10] most errors kept per job
@@ -154,7 +155,15 @@ if final then
   else
     event('cancelled')
   end
-  redis.call('PUBLISH', ARGV[7], id)
+  -- Tell the producers waiting for the job (see wait.lua), each on its reply list.
+  local waiting = redis.call('HGET', KEYS[12], id)
+  if waiting then
+    for token in string.gmatch(waiting, '%S+') do
+      redis.call('RPUSH', ARGV[7] .. token, id)
+      redis.call('PEXPIRE', ARGV[7] .. token, 60000)
+    end
+    redis.call('HDEL', KEYS[12], id)
+  end
   return final == 'dead' and 2 or 3
 end
 
