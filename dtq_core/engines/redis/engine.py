@@ -229,12 +229,20 @@ class RedisEngine(Engine):
         keys = self._queue_keys.get(plugin) or self._queue_keys.setdefault(plugin, self._append_keys(plugin))
         keys = keys + [self.keys.done(entry.job.id) for entry in entries]
         args: list[str | int] = [self.signal_cap, plugin, self.events_max]
+        encoded: dict[tuple[object, ...], str] = {}  # the jobs of a batch mostly share their options
         for entry in entries:
             job, eta = entry.job, entry.eta
+            # Keyed by identity too: 0.0 == -0.0, but they are written apart.
+            chosen = (job.max_retries, job.retry_backoff_s, job.timeout_s)
+            key = (*chosen, *map(id, chosen))
+            options = encoded.get(key)
+            if options is None:
+                options = encoded[key] = _state_members(job)
             args += [
                 job.id,
                 entry.payload,
-                json.dumps(job.options()),
+                job.priority,
+                options,
                 int(entry.delay_s * 1000),
                 0 if eta is None else max(1, int(eta.timestamp() * 1000)),
             ]
@@ -913,6 +921,13 @@ class RedisEngine(Engine):
         """Delete one final job's record (see :func:`.browse.delete_final`)."""
         with self._talking():
             return browse.delete_final(self.client, self.keys, job_id)
+
+
+def _state_members(job: Job) -> str:
+    """The job's options other than priority, as append.lua adds them to its state's JSON."""
+    options = job.options()
+    del options["priority"]
+    return "".join(f",{json.dumps(name)}:{json.dumps(value)}" for name, value in options.items())
 
 
 def _packer(client: Client) -> wire.Packer | None:
