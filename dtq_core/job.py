@@ -39,6 +39,9 @@ LATEST_ETA = datetime(9999, 1, 1, tzinfo=timezone.utc)
 _TOP_LEVEL_KEYS = frozenset({"id", "job", "options"})
 _JOB_KEYS = frozenset({"plugin", "data"})
 _OPTION_KEYS = frozenset({"priority", "max_retries", "retry_backoff_s", "timeout_s", "delay_s", "eta"})
+#: :func:`dumps`'s encoder, made once: json.dumps with options builds one per call.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_DECODER = json.JSONDecoder()
 
 
 class JobStatus(str, enum.Enum):
@@ -203,6 +206,12 @@ def new_job_id() -> str:
     return os.urandom(16).hex()
 
 
+def new_job_ids(count: int) -> list[str]:
+    """``count`` fresh random job ids, as :func:`new_job_id` makes them (from one read of randomness)."""
+    pool = os.urandom(16 * count).hex()
+    return [pool[start : start + 32] for start in range(0, 32 * count, 32)]
+
+
 def parse_job(raw: object) -> Job:
     """Validate an appended job dict and return it as a queued :class:`Job`; see :func:`parse_job_payload`."""
     return parse_job_payload(raw)[0]
@@ -238,15 +247,53 @@ def parse_job_payload(raw: object) -> tuple[Job, str]:
     if not isinstance(options, Mapping):
         raise InvalidJob(f"job['options'] must be a dict, got {type(options).__name__}")
     _reject_unknown_keys(options, _OPTION_KEYS, "job['options']")
-    plugin = check_plugin_name(body.get("plugin"))
-    data, data_json = _checked_data(body.get("data"))
-    job = Job(
-        id=normalise_id(raw.get("id")),
-        plugin=plugin,
-        data=data,
-        **checked_options(**{k: v for k, v in options.items() if k not in ("delay_s", "eta")}),
+    return job_payload(
+        body.get("plugin"),
+        body.get("data"),
+        raw.get("id"),
+        {k: v for k, v in options.items() if k not in ("delay_s", "eta")},
     )
-    return job, _payload(plugin, data_json)
+
+
+def job_payload(plugin: object, data: object, job_id: object, options: Mapping[str, Any]) -> tuple[Job, str]:
+    """A queued :class:`Job` from its parts, checked in the order :func:`parse_job_payload`
+    checks them (plugin name, data, id, options), and its payload.
+
+    ``options`` are the :func:`checked_options` keywords given.
+
+    Raises:
+        InvalidJob: a part is wrong; the message says which and what is expected.
+    """
+    name = check_plugin_name(plugin)
+    checked, data_json = _checked_data(data)
+    job = Job(
+        id=normalise_id(job_id),
+        plugin=name,
+        data=checked,
+        **checked_options(**options),
+    )
+    return job, _payload(name, data_json)
+
+
+def job_like(first: Job, data: object, job_id: str) -> tuple[Job, str]:
+    """A queued job with ``first``'s plugin and options (checked already), and its payload.
+
+    ``job_id`` is taken as it is (a generated one); only ``data`` is checked.
+
+    Raises:
+        InvalidJob: the data is wrong, as :func:`parse_job_payload` says it.
+    """
+    checked, data_json = _checked_data(data)
+    job = Job(
+        id=job_id,
+        plugin=first.plugin,
+        data=checked,
+        priority=first.priority,
+        max_retries=first.max_retries,
+        retry_backoff_s=first.retry_backoff_s,
+        timeout_s=first.timeout_s,
+    )
+    return job, _payload(first.plugin, data_json)
 
 
 def checked_options(
@@ -280,19 +327,21 @@ def schedule_of(options: Mapping[str, Any]) -> tuple[float, datetime | None]:
         InvalidJob: the delay is negative or not a number, or the ETA is not an
             aware datetime (or ISO 8601 string with a UTC offset).
     """
-    delay = _optional_seconds("delay_s", options.get("delay_s")) or 0.0
-    eta = options.get("eta")
+    return checked_schedule(options.get("delay_s"), options.get("eta"))
+
+
+def checked_schedule(delay_s: object, eta: object) -> tuple[float, datetime | None]:
+    """:func:`schedule_of` given the two options themselves (None for absent)."""
+    delay = _optional_seconds("delay_s", delay_s) or 0.0
     if isinstance(eta, str):
         try:
             eta = datetime.fromisoformat(eta)
         except ValueError as exc:
             raise InvalidJob(f"eta must be an ISO 8601 time, got {eta!r}") from exc
-    if eta is not None:
-        _check_eta(eta)
-    return delay, eta
+    return delay, None if eta is None else _check_eta(eta)
 
 
-def _check_eta(eta: object) -> None:
+def _check_eta(eta: object) -> datetime:
     if not isinstance(eta, datetime) or eta.utcoffset() is None:
         raise InvalidJob(
             f"eta must be a timezone-aware datetime (e.g. datetime.now(timezone.utc)), got {eta!r}"
@@ -303,6 +352,7 @@ def _check_eta(eta: object) -> None:
         too_late = True
     if too_late:
         raise InvalidJob(f"eta must be before {LATEST_ETA.isoformat()}, got {eta.isoformat()}")
+    return eta
 
 
 def _optional_count(name: str, value: object) -> int | None:
@@ -382,30 +432,49 @@ def check_data(value: object) -> dict[str, Any]:
 
 
 def _checked_data(value: object) -> tuple[dict[str, Any], str]:
-    """:func:`check_data`, and the data's canonical JSON."""
+    """:func:`check_data`, and the data's canonical JSON.
+
+    The data is encoded and decoded back; when the copy equals the original,
+    nothing was lost and no slower look is needed. Otherwise (a tuple, which
+    becomes a list, or a non-string key, which JSON would turn into a string)
+    the keys are looked at one by one. The copy is returned, never the caller's
+    dicts: a job does not change when the caller's data does.
+    """
     if not isinstance(value, Mapping):
         raise InvalidJob(
             "job['job']['data'] must be a dict (a JSON object) holding everything the "
             f"plugin needs, got {'nothing' if value is None else type(value).__name__}"
         )
     try:
-        _check_keys_are_strings(value, "data")
         text = dumps(value)
-        decoded = json.loads(text)
-    except InvalidJob:
-        raise
-    except RecursionError as exc:
-        raise InvalidJob("job data is nested too deeply, or contains itself: JSON cannot carry it") from exc
-    except (TypeError, ValueError) as exc:
-        raise InvalidJob(
-            f"job data must be JSON-serialisable (dicts, lists, strings, numbers, booleans, null): {exc}"
-        ) from exc
+        decoded = _DECODER.raw_decode(text)[0]  # ours: no whitespace around it
+        lossless = decoded == value
+    except (TypeError, ValueError, RecursionError) as exc:
+        _check_keys(value)  # a non-string key is the reason to name first
+        raise _unencodable(exc) from exc
+    if not lossless:
+        _check_keys(value)
     if not is_utf8(text):
         raise InvalidJob(
             "job data holds text that is not valid Unicode (a lone surrogate such as '\\ud800'), "
             "which JSON text in UTF-8 cannot carry"
         )
     return dict(decoded), text
+
+
+def _check_keys(value: object) -> None:
+    try:
+        _check_keys_are_strings(value, "data")
+    except RecursionError as exc:
+        raise _unencodable(exc) from exc
+
+
+def _unencodable(exc: BaseException) -> InvalidJob:
+    if isinstance(exc, RecursionError):
+        return InvalidJob("job data is nested too deeply, or contains itself: JSON cannot carry it")
+    return InvalidJob(
+        f"job data must be JSON-serialisable (dicts, lists, strings, numbers, booleans, null): {exc}"
+    )
 
 
 def is_utf8(text: str) -> bool:
@@ -419,7 +488,7 @@ def is_utf8(text: str) -> bool:
 
 def dumps(value: Any) -> str:
     """Encode ``value`` as compact, canonical JSON (sorted keys, no NaN)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def encode_payload(job: Job) -> str:
@@ -433,7 +502,13 @@ def encode_payload(job: Job) -> str:
 
 def _payload(plugin: str, data_json: str) -> str:
     # Exactly dumps({"plugin": plugin, "data": data}): sorted keys, so "data" comes first.
-    return '{"data":' + data_json + ',"plugin":' + dumps(plugin) + "}"
+    return '{"data":' + data_json + _payload_end(plugin)
+
+
+@functools.lru_cache(maxsize=256)
+def _payload_end(plugin: str) -> str:
+    # Remembered: a producer names the same few plugins over and over.
+    return ',"plugin":' + dumps(plugin) + "}"
 
 
 def from_ms(value: object) -> datetime | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +34,11 @@ from dtq_core.errors import (
 from dtq_core.job import (
     Job,
     JobStatus,
+    checked_schedule,
     encode_payload,
+    job_like,
+    job_payload,
+    new_job_ids,
     normalise_id,
     parse_job_payload,
     schedule_of,
@@ -44,6 +48,8 @@ from dtq_core.record import MALFORMED
 
 #: How long one wait for a result may block before checking again (seconds).
 _WAIT_SLICE_S = 30.0
+#: Ids generated at once for enqueue_many (one read of randomness).
+_IDS_AT_ONCE = 512
 
 
 class Queue:
@@ -150,15 +156,12 @@ class Queue:
             eta: run no sooner than this aware datetime (wins over ``delay_s``).
             max_retries, retry_backoff_s, timeout_s: override the plugin's.
         """
-        chosen = _given(
-            priority=priority,
-            delay_s=delay_s,
-            eta=eta,
-            max_retries=max_retries,
-            retry_backoff_s=retry_backoff_s,
-            timeout_s=timeout_s,
+        # As append() would check {"id", "job", "options"}, without building that dict.
+        options = _given(
+            priority=priority, max_retries=max_retries, retry_backoff_s=retry_backoff_s, timeout_s=timeout_s
         )
-        return self.append({"id": id, "job": {"plugin": plugin, "data": data}, "options": chosen})
+        job, payload = job_payload(plugin, data, id, options)
+        return self._append(job, payload, *checked_schedule(delay_s, eta))
 
     def append_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[Job]:
         """Queue many jobs given in the wire format, in few round trips; return them in order.
@@ -174,7 +177,10 @@ class Queue:
             DuplicateJob: ids that exist with other contents (the rest were appended).
             EngineUnavailable: the engine cannot be reached.
         """
-        entries = [self._checked(position, raw) for position, raw in enumerate(jobs)]
+        return self._append_all([self._checked(position, raw) for position, raw in enumerate(jobs)])
+
+    def _append_all(self, entries: list[Appending]) -> list[Job]:
+        """:meth:`append_many` once its jobs are checked."""
         outcomes = self.engine.append_many(entries)
         conflicts = [e.job.id for e, o in zip(entries, outcomes, strict=True) if o is AppendOutcome.CONFLICT]
         if conflicts:
@@ -209,9 +215,7 @@ class Queue:
             retry_backoff_s=retry_backoff_s,
             timeout_s=timeout_s,
         )
-        return self.append_many(
-            {"job": {"plugin": plugin, "data": data}, "options": chosen} for data in datas
-        )
+        return self._append_all(self._checked_alike(plugin, chosen, datas))
 
     def get(self, job_id: str | int) -> Job | None:
         """The job's current record, or None if no such job exists (or it expired)."""
@@ -404,6 +408,10 @@ class Queue:
         """:meth:`check`, given the job's payload."""
         self.registry.check_allowed(job.plugin)
         self._validate(job)
+        return self._sized(job, payload)
+
+    def _sized(self, job: Job, payload: str) -> str:
+        """``payload``, unless it is too large."""
         size = len(payload.encode("utf-8"))
         if size > self.max_payload_bytes:
             raise PayloadTooLarge(
@@ -437,16 +445,56 @@ class Queue:
             delay_s, eta = schedule_of(raw.get("options") or {})
             return Appending(job, self._checked_payload(job, payload), delay_s, eta)
         except DtqError as exc:
-            # Keep the error's type and attributes; only say which job it is.
-            exc.args = (f"job {position} of the batch: {exc}", *exc.args[1:])
+            _name_position(exc, position)
             raise
 
+    def _checked_alike(
+        self, plugin: str, options: Mapping[str, Any], datas: Iterable[Mapping[str, Any]]
+    ) -> list[Appending]:
+        """:meth:`enqueue_many`'s jobs, checked as :meth:`append_many` checks each one.
+
+        The first is checked in full. The others share its plugin, options and
+        schedule, so they passed those checks already: only their data, the
+        plugin's ``validate`` and their size are left to check.
+        """
+        entries: list[Appending] = []
+        ids: list[str] = []
+        validate: Callable[[Job], None] = _accept
+        for position, data in enumerate(datas):
+            if not entries:
+                raw = {"job": {"plugin": plugin, "data": data}, "options": options}
+                entries.append(first := self._checked(position, raw))
+                validate = self._validator(plugin)
+                continue
+            try:
+                ids = ids or new_job_ids(_IDS_AT_ONCE)
+                job, payload = job_like(first.job, data, ids.pop())
+                validate(job)
+                entries.append(Appending(job, self._sized(job, payload), first.delay_s, first.eta))
+            except DtqError as exc:
+                _name_position(exc, position)
+                raise
+        return entries
+
     def _validate(self, job: Job) -> None:
+        self._validator(job.plugin)(job)
+
+    def _validator(self, plugin: str) -> Callable[[Job], None]:
+        """What checks a job of ``plugin`` when it is appended."""
         # A name on the allow-list that is not installed here is queued as is:
         # the workers that have the plugin validate nothing more, by design.
-        if self.registry.allow is not None and not self.registry.is_installed(job.plugin):
-            return
-        self.registry.get(job.plugin).validate(job)
+        if self.registry.allow is not None and not self.registry.is_installed(plugin):
+            return _accept
+        return self.registry.get(plugin).validate
+
+
+def _accept(job: Job) -> None:
+    """The check of a plugin that is allowed but not installed here: none."""
+
+
+def _name_position(exc: DtqError, position: int) -> None:
+    """Make ``exc``'s message say which job of the batch it is about (its type and attributes stay)."""
+    exc.args = (f"job {position} of the batch: {exc}", *exc.args[1:])
 
 
 def _given(**options: Any) -> dict[str, Any]:

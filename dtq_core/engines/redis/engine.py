@@ -17,7 +17,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import redis
@@ -47,7 +47,7 @@ from dtq_core.engine import (
     history_minutes,
     short_message,
 )
-from dtq_core.engines.redis import browse
+from dtq_core.engines.redis import browse, wire
 from dtq_core.engines.redis.connect import Client, connect, engine_options
 from dtq_core.engines.redis.keys import Keys
 from dtq_core.errors import EngineError, EngineUnavailable, MalformedRecord
@@ -107,9 +107,8 @@ _CANCELLED = {
 _SET_ASIDE = 4
 #: Entries per job in fetch.lua's reply: id, payload, state, token, plugin, reason.
 _FETCHED = 6
-#: Jobs per append.lua call, and calls per pipelined round trip, of append_many.
+#: Jobs per append.lua call of append_many (a call holds the server while it runs).
 _APPEND_CHUNK = 500
-_APPEND_CHUNKS_PER_TRIP = 4
 #: Records per sweep.lua call, and calls per lease recovery at most.
 _SWEEP_BATCH = 1000
 _SWEEPS = 20
@@ -171,6 +170,8 @@ class RedisEngine(Engine):
         if wait_replicas and isinstance(client, RedisCluster):
             raise EngineError("wait_replicas is not supported on Redis Cluster; leave it at 0 there")
         self._scripts = {name: client.register_script(_lua(name)) for name in _SCRIPTS}
+        self._packer = _packer(client)
+        self._queue_keys: dict[str, list[str]] = {}
 
     @classmethod
     def from_url(
@@ -223,19 +224,41 @@ class RedisEngine(Engine):
         existing); the outcomes come back in the order of ``entries``.
         """
         groups = _call_groups([(e.job.plugin, e.job.id) for e in entries], _APPEND_CHUNK)
-        replies: list[Any] = []
-        for trip in _batched(groups, _APPEND_CHUNKS_PER_TRIP):
-            calls = [
-                ("append", *self._appending(entries[g[0]].job.plugin, [entries[i] for i in g])) for g in trip
-            ]
-            with self._talking():
-                replies += self._run_scripts(calls, wait_what="the jobs were stored on the master")
+        calls = [
+            ("append", *self._appending(entries[g[0]].job.plugin, [entries[i] for i in g])) for g in groups
+        ]
+        with self._talking():
+            replies = self._run_scripts(calls, wait_what="the jobs were stored on the master")
         return _in_order(len(entries), groups, replies, lambda code: _APPENDED[int(code)])
 
     def _appending(self, plugin: str, entries: Sequence[Appending]) -> tuple[list[str], list[str | int]]:
         """append.lua's KEYS and ARGV for entries of one plugin."""
+        keys = self._queue_keys.get(plugin) or self._queue_keys.setdefault(plugin, self._append_keys(plugin))
+        keys = keys + [self.keys.done(entry.job.id) for entry in entries]
+        args: list[str | int] = [self.signal_cap, plugin, self.events_max]
+        encoded: dict[tuple[object, ...], str] = {}  # the jobs of a batch mostly share their options
+        for entry in entries:
+            job, eta = entry.job, entry.eta
+            # Keyed by identity too: 0.0 == -0.0, but they are written apart.
+            chosen = (job.max_retries, job.retry_backoff_s, job.timeout_s)
+            key = (*chosen, *map(id, chosen))
+            options = encoded.get(key)
+            if options is None:
+                options = encoded[key] = _state_members(job)
+            args += [
+                job.id,
+                entry.payload,
+                job.priority,
+                options,
+                int(entry.delay_s * 1000),
+                0 if eta is None else max(1, int(eta.timestamp() * 1000)),
+            ]
+        return keys, args
+
+    def _append_keys(self, plugin: str) -> list[str]:
+        """append.lua's KEYS for ``plugin``, before those of each job."""
         k = self.keys
-        keys = [
+        return [
             k.jobs,
             k.state,
             k.ready(plugin),
@@ -247,18 +270,6 @@ class RedisEngine(Engine):
             k.succeeded,
             k.expiry,
         ]
-        keys += [k.done(entry.job.id) for entry in entries]
-        args: list[str | int] = [self.signal_cap, plugin, self.events_max]
-        for entry in entries:
-            job, eta = entry.job, entry.eta
-            args += [
-                job.id,
-                entry.payload,
-                json.dumps(job.options()),
-                int(entry.delay_s * 1000),
-                0 if eta is None else max(1, int(eta.timestamp() * 1000)),
-            ]
-        return keys, args
 
     def get(self, job_id: str) -> Job | None:
         """The job's record, read in one transaction (live or final).
@@ -821,8 +832,6 @@ class RedisEngine(Engine):
 
     def _write(self, name: str, keys: list[str], args: list[str | int], what: str) -> Any:
         """Run a script; with ``wait_replicas``, return only once enough replicas hold its writes."""
-        if self.wait_replicas <= 0:
-            return self._scripts[name](keys, args)
         [reply] = self._run_scripts([(name, keys, args)], wait_what=what)
         return reply
 
@@ -869,6 +878,44 @@ class RedisEngine(Engine):
         return replies
 
     def _send(self, calls: Sequence[_ScriptCall], *, wait: bool) -> list[Any]:
+        """Each call's reply (an error reply in its place), and WAIT's last with ``wait``."""
+        if self._packer is None:
+            return self._send_pipeline(calls, wait=wait)
+        command = self._packer.command
+
+        @functools.cache
+        def request(i: int) -> bytes:
+            if i == len(calls):
+                return command("WAIT", self.wait_replicas, int(self.wait_timeout_s * 1000))
+            name, keys, args = calls[i]
+            return command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+
+        return self._exchange(len(calls) + wait, request, resume=not wait)
+
+    def _exchange(self, count: int, request: Callable[[int], bytes], *, resume: bool) -> list[Any]:
+        """Each request's reply down one pooled connection (see :func:`.wire.converse`).
+
+        A dropped connection is retried as the client retries a command. With
+        ``resume``, the retry sends only the requests not answered yet (a
+        pipeline would send them all again); without it, all of them, on the new
+        connection (which a WAIT at the end must count).
+        """
+        pool = cast(redis.Redis, self.client).connection_pool  # not a cluster's: see _packer
+        conn = pool.get_connection()
+        replies: list[Any] = []
+
+        def failed(_error: Exception) -> None:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            if not resume:
+                replies.clear()
+
+        try:
+            return conn.retry.call_with_retry(lambda: wire.converse(conn, count, request, replies), failed)
+        finally:
+            pool.release(conn)
+
+    def _send_pipeline(self, calls: Sequence[_ScriptCall], *, wait: bool) -> list[Any]:
+        """:meth:`_send` through a redis-py pipeline, for a client that keeps a single connection."""
         pipe = self.client.pipeline(transaction=False)
         for name, keys, args in calls:
             pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
@@ -916,6 +963,25 @@ def _socket_timeout_s(url: str) -> float | None:
         return None  # connect() has refused it already
 
 
+def _state_members(job: Job) -> str:
+    """The job's options other than priority, as append.lua adds them to its state's JSON."""
+    options = job.options()
+    del options["priority"]
+    return "".join(f",{json.dumps(name)}:{json.dumps(value)}" for name, value in options.items())
+
+
+def _packer(client: Client) -> wire.Packer | None:
+    """How to pack commands for ``client``; None when they must go through redis-py.
+
+    A cluster client routes each command itself; a single-connection client
+    holds its connection under its own lock.
+    """
+    if isinstance(client, RedisCluster) or client.connection is not None:
+        return None
+    kwargs = client.connection_pool.connection_kwargs
+    return wire.Packer(kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict"))
+
+
 @functools.cache
 def _lua(name: str) -> str:
     return importlib.resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
@@ -952,11 +1018,6 @@ def _in_order(
         for position, code in zip(group, codes, strict=True):
             answers[position] = answer(code)
     return [answers[position] for position in range(total)]
-
-
-def _batched(items: Sequence[list[int]], size: int) -> Iterator[Sequence[list[int]]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _check_indexed(status: JobStatus) -> None:

@@ -18,11 +18,13 @@ KEYS[10 + i] done  hash    the i-th job's final record (failed, dead, cancelled)
 ARGV[1] signal cap: the signal list is kept at most this long
 ARGV[2] plugin name
 ARGV[3] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
-ARGV[4 + 5(i-1) ..] five per job i:
+ARGV[4 + 6(i-1) ..] six per job i:
         id;
         payload: canonical JSON, compared byte for byte with an existing job's;
-        options: JSON object of scalars (priority, max_retries, retry_backoff_s,
-          timeout_s), the start of the job's state;
+        priority: an integer from -4095 to 4095, as JSON;
+        options: more members of the job's state, as JSON text that follows
+          others (',"max_retries":3,"timeout_s":5.0'; '' for none): any of
+          max_retries, retry_backoff_s, timeout_s, scalars;
         delay in ms from now (server clock), 0 for none;
         due time in ms since the epoch (an ETA), 0 for none; wins over the delay
 
@@ -30,14 +32,14 @@ Returns one code per job, in order: 1 created; 2 the id exists with the same
 payload (a repeated append, also within the batch); 0 the id exists with a
 different payload (a conflict). Nothing is written for codes 0 and 2.
 ]]
-local n = (#ARGV - 3) / 5
+local n = (#ARGV - 3) / 6
 local plugin = ARGV[2]
 local cap = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 
 local ids = {}
-for i = 1, n do ids[i] = ARGV[4 + 5 * (i - 1)] end
+for i = 1, n do ids[i] = ARGV[4 + 6 * (i - 1)] end
 local live = redis.call('HMGET', KEYS[1], unpack(ids))
 local kept = redis.call('HMGET', KEYS[9], unpack(ids))
 
@@ -64,7 +66,7 @@ end
 local codes = {}
 local fresh = {}
 for i = 1, n do
-  local payload = ARGV[5 + 5 * (i - 1)]
+  local payload = ARGV[5 + 6 * (i - 1)]
   local found = existing(i)
   if found then
     codes[i] = found == payload and 2 or 0
@@ -79,31 +81,31 @@ if #fresh == 0 then return codes end
 local last = redis.call('INCRBY', KEYS[6], #fresh)
 local payloads, states, ready, scheduled = {}, {}, {}, {}
 local queued = 0
+local created = string.format('%.0f', now)
 for k, i in ipairs(fresh) do
-  local base = 4 + 5 * (i - 1)
+  local base = 4 + 6 * (i - 1)
   local id = ids[i]
-  local state = cjson.decode(ARGV[base + 2])
-  state.priority = tonumber(state.priority) or 0
-  state.seq = last - #fresh + k
-  state.created = now
-  state.attempts = 0
-  state.lost = 0
-  local due = tonumber(ARGV[base + 4])
-  if due == 0 and tonumber(ARGV[base + 3]) > 0 then
-    due = now + tonumber(ARGV[base + 3])
+  local priority = ARGV[base + 2]
+  local seq = last - #fresh + k
+  local due = tonumber(ARGV[base + 5])
+  if due == 0 and tonumber(ARGV[base + 4]) > 0 then
+    due = now + tonumber(ARGV[base + 4])
   end
+  -- The state is written as text: the same JSON object cjson would make of
+  -- it, without decoding and encoding it again for every job.
+  local state = '{"priority":' .. priority .. ',"seq":' .. string.format('%.0f', seq) ..
+    ',"created":' .. created .. ',"attempts":0,"lost":0' .. ARGV[base + 3]
   local kind
   if due > now then
-    state.status = 'scheduled'
-    state.due = due
+    state = state .. ',"status":"scheduled","due":' .. string.format('%.0f', due) .. '}'
     scheduled[#scheduled + 1] = due
     scheduled[#scheduled + 1] = id
     kind = 'scheduled'
   else
-    state.status = 'queued'
+    state = state .. ',"status":"queued"}'
     -- Lower scores pop first: higher priority first, then first in, first out.
     -- |score| < 2^52, so every score is an exact double.
-    ready[#ready + 1] = string.format('%.0f', -state.priority * 2^40 + state.seq)
+    ready[#ready + 1] = string.format('%.0f', -tonumber(priority) * 2^40 + seq)
     ready[#ready + 1] = id
     queued = queued + 1
     kind = 'appended'
@@ -111,7 +113,7 @@ for k, i in ipairs(fresh) do
   payloads[#payloads + 1] = id
   payloads[#payloads + 1] = ARGV[base + 1]
   states[#states + 1] = id
-  states[#states + 1] = cjson.encode(state)
+  states[#states + 1] = state
   if cap > 0 then
     -- The fields of dtq_core.Event.
     if kind == 'scheduled' then

@@ -1,0 +1,92 @@
+"""Script calls as RESP bytes, streamed down one connection.
+
+redis-py packs a command argument by argument through its encoder, which for
+a bulk append (six arguments per job) costs about as much as the script takes
+to run. Here the requests are packed with a few byte formats, and sent a few
+ahead of the replies read, so the server always has the next call waiting.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from redis.connection import AbstractConnection
+
+#: Requests sent and not yet answered, at most, in one exchange.
+IN_FLIGHT = 2
+
+
+class Packer:
+    """Packs commands as a client with ``encoding`` and ``errors`` would (redis-py's Encoder)."""
+
+    def __init__(self, encoding: str = "utf-8", errors: str = "strict") -> None:
+        self.encoding = encoding
+        self.errors = errors
+        # UTF-8 encodes a text piece by piece as it encodes it whole: the
+        # command is then written as text and encoded once.
+        self._as_text = codecs.lookup(encoding).name == "utf-8"
+
+    def command(self, *parts: str | int | float | bytes) -> bytes:
+        """One command: a RESP array of bulk strings."""
+        if not self._as_text or any(type(part) is bytes for part in parts):
+            return pack([self.encode(part) for part in parts])
+        encoding, errors = self.encoding, self.errors
+        texts = [part if type(part) is str else self.text(part) for part in parts]
+        body = "".join(
+            [
+                # An ASCII text's length is its length in bytes.
+                f"${len(t) if t.isascii() else len(t.encode(encoding, errors))}\r\n{t}\r\n"
+                for t in texts
+            ]
+        )
+        return f"*{len(texts)}\r\n{body}".encode(encoding, errors)
+
+    def encode(self, value: str | int | float | bytes) -> bytes:
+        """An argument as redis-py's Encoder makes it."""
+        return value if isinstance(value, bytes) else self.text(value).encode(self.encoding, self.errors)
+
+    @staticmethod
+    def text(value: str | int | float | bytes) -> str:
+        """A text or number argument as text; bools and other types are refused as redis-py refuses them."""
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise redis.DataError(
+                f"Invalid input of type: {type(value).__name__!r}. "
+                "Convert to a bytes, string, int or float first."
+            )
+        return value if isinstance(value, str) else repr(value)
+
+
+def pack(parts: Sequence[bytes]) -> bytes:
+    """A RESP array of the bulk strings ``parts``."""
+    return b"".join([b"*%d\r\n" % len(parts), *[b"$%d\r\n%b\r\n" % (len(p), p) for p in parts]])
+
+
+def converse(
+    conn: AbstractConnection, count: int, request: Callable[[int], bytes], replies: list[Any]
+) -> list[Any]:
+    """Send requests ``len(replies)`` to ``count - 1`` and read their replies into ``replies``.
+
+    ``request(i)`` is the i-th request; it is asked for as it is sent, so it
+    may be packed then, while the server runs the one before. At most
+    :data:`IN_FLIGHT` requests go unanswered at a time. An error reply stays in
+    its place rather than being raised, as in a redis-py pipeline. On a dropped
+    connection ``replies`` keeps what was answered, so a retry resumes.
+    """
+    for i in range(len(replies), count):
+        # A health check reads its own reply: only with nothing else in flight.
+        conn.send_packed_command([request(i)], check_health=i == len(replies))  # type: ignore[no-untyped-call]
+        if i + 1 - len(replies) >= IN_FLIGHT:
+            replies.append(_reply(conn))
+    while len(replies) < count:
+        replies.append(_reply(conn))
+    return replies
+
+
+def _reply(conn: AbstractConnection) -> Any:
+    try:
+        return conn.read_response()
+    except redis.ResponseError as exc:
+        return exc
