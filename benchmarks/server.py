@@ -171,10 +171,11 @@ class RedisServer:
         )
 
     def limit(self, requests: int) -> dict[str, Any]:
-        """The server's own ceiling: redis-benchmark, pipelined EVALSHA of a trivial script."""
+        """The server's own ceiling: redis-benchmark, pipelined EVALSHA of a trivial script, from one
+        client (as the producer under test is one client)."""
         sha = self.redis.script_load("return 1")
         binary = shutil.which("redis-benchmark") or "redis-benchmark"
-        argv = [binary, "-p", str(self.port), "-n", str(requests), "-P", "16", "-q", "--csv"]
+        argv = [binary, "-p", str(self.port), "-n", str(requests), "-c", "1", "-P", "16", "-q", "--csv"]
         argv += ["EVALSHA", sha, "0"]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True).stdout
         rows = [line.split('","') for line in out.splitlines() if line.startswith('"')]

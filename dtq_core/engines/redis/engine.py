@@ -17,7 +17,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import attrs
 import redis
@@ -170,7 +170,7 @@ class RedisEngine(Engine):
         if wait_replicas and isinstance(client, RedisCluster):
             raise EngineError("wait_replicas is not supported on Redis Cluster; leave it at 0 there")
         self._scripts = {name: client.register_script(_lua(name)) for name in _SCRIPTS}
-        self._packer = _packer(client)
+        self._wire = _wire(client)
         self._queue_keys: dict[str, list[str]] = {}
 
     @classmethod
@@ -879,9 +879,9 @@ class RedisEngine(Engine):
 
     def _send(self, calls: Sequence[_ScriptCall], *, wait: bool) -> list[Any]:
         """Each call's reply (an error reply in its place), and WAIT's last with ``wait``."""
-        if self._packer is None:
+        if self._wire is None:
             return self._send_pipeline(calls, wait=wait)
-        command = self._packer.command
+        command = self._wire.packer.command
 
         @functools.cache
         def request(i: int) -> bytes:
@@ -900,19 +900,22 @@ class RedisEngine(Engine):
         pipeline would send them all again); without it, all of them, on the new
         connection (which a WAIT at the end must count).
         """
-        pool = cast(redis.Redis, self.client).connection_pool  # not a cluster's: see _packer
-        conn = pool.get_connection()
+        assert self._wire is not None  # see _send
         replies: list[Any] = []
+        with self._wire.connection() as conn:
 
-        def failed(_error: Exception) -> None:
-            conn.disconnect()  # type: ignore[no-untyped-call]
-            if not resume:
-                replies.clear()
+            def failed(_error: Exception) -> None:
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                if not resume:
+                    replies.clear()
 
-        try:
-            return conn.retry.call_with_retry(lambda: wire.converse(conn, count, request, replies), failed)
-        finally:
-            pool.release(conn)
+            def attempt() -> list[Any]:
+                # As the pool connects a connection it hands out: a Sentinel-managed one
+                # asks the sentinels where the master is now (a reconnect on send would not).
+                conn.connect()  # type: ignore[no-untyped-call]
+                return wire.converse(conn, count, request, replies)
+
+            return conn.retry.call_with_retry(attempt, failed)
 
     def _send_pipeline(self, calls: Sequence[_ScriptCall], *, wait: bool) -> list[Any]:
         """:meth:`_send` through a redis-py pipeline, for a client that keeps a single connection."""
@@ -970,8 +973,8 @@ def _state_members(job: Job) -> str:
     return "".join(f",{json.dumps(name)}:{json.dumps(value)}" for name, value in options.items())
 
 
-def _packer(client: Client) -> wire.Packer | None:
-    """How to pack commands for ``client``; None when they must go through redis-py.
+def _wire(client: Client) -> wire.Connections | None:
+    """How to send packed commands to ``client``; None when they must go through redis-py.
 
     A cluster client routes each command itself; a single-connection client
     holds its connection under its own lock.
@@ -979,7 +982,8 @@ def _packer(client: Client) -> wire.Packer | None:
     if isinstance(client, RedisCluster) or client.connection is not None:
         return None
     kwargs = client.connection_pool.connection_kwargs
-    return wire.Packer(kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict"))
+    packer = wire.Packer(kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict"))
+    return wire.Connections(client.connection_pool, packer)
 
 
 @functools.cache

@@ -9,11 +9,14 @@ ahead of the replies read, so the server always has the next call waiting.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Callable, Sequence
+import collections
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import redis
-from redis.connection import AbstractConnection
+from redis.connection import AbstractConnection, ConnectionPool
 
 #: Requests sent and not yet answered, at most, in one exchange.
 IN_FLIGHT = 2
@@ -31,17 +34,22 @@ class Packer:
 
     def command(self, *parts: str | int | float | bytes) -> bytes:
         """One command: a RESP array of bulk strings."""
-        if not self._as_text or any(type(part) is bytes for part in parts):
-            return pack([self.encode(part) for part in parts])
+        texts: list[str] = []
+        for part in parts:
+            kind = type(part)
+            if kind is str:
+                texts.append(part)  # type: ignore[arg-type]
+            elif kind is int or kind is float:
+                texts.append(repr(part))
+            elif kind is bytes or not self._as_text:
+                return pack([self.encode(part) for part in parts])
+            else:
+                texts.append(self.text(part))
         encoding, errors = self.encoding, self.errors
-        texts = [part if type(part) is str else self.text(part) for part in parts]
-        body = "".join(
-            [
-                # An ASCII text's length is its length in bytes.
-                f"${len(t) if t.isascii() else len(t.encode(encoding, errors))}\r\n{t}\r\n"
-                for t in texts
-            ]
-        )
+        if "".join(texts).isascii():  # each text's length is its length in bytes
+            body = "".join([f"${len(t)}\r\n{t}\r\n" for t in texts])
+        else:
+            body = "".join([f"${len(t.encode(encoding, errors))}\r\n{t}\r\n" for t in texts])
         return f"*{len(texts)}\r\n{body}".encode(encoding, errors)
 
     def encode(self, value: str | int | float | bytes) -> bytes:
@@ -90,3 +98,38 @@ def _reply(conn: AbstractConnection) -> Any:
         return conn.read_response()
     except redis.ResponseError as exc:
         return exc
+
+
+class Connections:
+    """Connections taken from a redis-py pool and kept for exchanges, and how to pack commands for them.
+
+    Taking one from the pool and giving it back costs about as much CPU as a
+    round trip (redis-py checks, locks and records each time). Kept here, a
+    connection goes to whichever thread needs one next; there are only as many
+    as exchanges ever ran at once. They stay the pool's (its ``disconnect``
+    closes them; the next exchange reconnects).
+    """
+
+    def __init__(self, pool: ConnectionPool, packer: Packer) -> None:
+        self.pool = pool
+        self.packer = packer
+        self._free: collections.deque[AbstractConnection] = collections.deque()
+        self._pid = os.getpid()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[AbstractConnection]:
+        """A connection for one exchange; dropped if the exchange did not end cleanly."""
+        if self._pid != os.getpid():  # a forked child must not share its parent's sockets
+            self._free, self._pid = collections.deque(), os.getpid()
+        try:
+            conn = self._free.pop()
+        except IndexError:
+            conn = self.pool.get_connection()
+        try:
+            yield conn
+        except BaseException:
+            # Replies may be left unread on it: never hand it out like that.
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            self._free.append(conn)
