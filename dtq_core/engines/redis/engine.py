@@ -117,6 +117,7 @@ _COMPLETE_CHUNK = 500
 #: append.lua's codes.
 _APPENDED = {1: AppendOutcome.CREATED, 2: AppendOutcome.EXISTS, 0: AppendOutcome.CONFLICT}
 #: A stream entry id: ms-seq (or ms alone, which Redis reads as ms-0).
+_INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
 _STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 
 
@@ -988,7 +989,17 @@ def _wire(client: Client) -> wire.Connections | None:
 
 @functools.cache
 def _lua(name: str) -> str:
-    return importlib.resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+    """A script's text, each ``--#include NAME`` line replaced by ``lua/lib/NAME.lua``.
+
+    Scripts cannot call one another, so what several share (telling waiters,
+    sweeping expired records) lives once in ``lib/`` and is put into each.
+    """
+    text = _lua_file(f"{name}.lua")
+    return _INCLUDE.sub(lambda line: _lua_file(f"lib/{line[1]}.lua"), text)
+
+
+def _lua_file(path: str) -> str:
+    return importlib.resources.files(__package__).joinpath("lua", *path.split("/")).read_text("utf-8")
 
 
 def _completion_groups(completions: Sequence[Completion]) -> list[list[int]]:

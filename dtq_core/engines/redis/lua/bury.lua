@@ -32,6 +32,7 @@ ARGV[12] the final record's payload: canonical JSON naming the plugin, with empt
 Returns 1 buried; 0 nothing to do (another worker buried it first, or the lease
 is not the caller's, or there is no record at all).
 ]]
+--#include tell
 local id = ARGV[1]
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -69,13 +70,5 @@ if cap > 0 then
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', cap, '*', 'type', 'dead', 'time', now, 'job', id,
     'plugin', ARGV[4], 'attempt', 0, 'worker', '', 'error_type', ARGV[10], 'error_message', ARGV[11])
 end
--- Tell the producers waiting for the job (see wait.lua), each on its reply list.
-local waiting = redis.call('HGET', KEYS[8], id)
-if waiting then
-  for token in string.gmatch(waiting, '%S+') do
-    redis.call('RPUSH', ARGV[6] .. token, id)
-    redis.call('PEXPIRE', ARGV[6] .. token, 60000)
-  end
-  redis.call('HDEL', KEYS[8], id)
-end
+tell_one(KEYS[8], ARGV[6], id, id)
 return 1

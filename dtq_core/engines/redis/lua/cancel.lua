@@ -20,6 +20,7 @@ ARGV[6] lifetime in seconds of the minute's counts
 Returns 1 cancelled, 2 cancellation requested (running), 0 already final,
 -1 no such job.
 ]]
+--#include tell
 local id = ARGV[1]
 local ok, state = pcall(cjson.decode, redis.call('HGET', KEYS[2], id) or '')
 if not ok or type(state) ~= 'table' then
@@ -59,13 +60,5 @@ redis.call('EXPIRE', KEYS[5], tonumber(ARGV[2]))
 redis.call('HINCRBY', KEYS[7], ARGV[4] .. '|cancelled', 1)
 redis.call('EXPIRE', KEYS[7], tonumber(ARGV[6]))
 event('cancelled')
--- Tell the producers waiting for the job (see wait.lua), each on its reply list.
-local waiting = redis.call('HGET', KEYS[8], id)
-if waiting then
-  for token in string.gmatch(waiting, '%S+') do
-    redis.call('RPUSH', ARGV[3] .. token, id)
-    redis.call('PEXPIRE', ARGV[3] .. token, 60000)
-  end
-  redis.call('HDEL', KEYS[8], id)
-end
+tell_one(KEYS[8], ARGV[3], id, id)
 return 1

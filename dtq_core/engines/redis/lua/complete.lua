@@ -49,6 +49,8 @@ lease is no longer the caller's (it expired and the job went to another
 worker, or the job is gone) or the record is malformed: then nothing is
 written for it.
 ]]
+--#include tell
+--#include sweep
 local n = (#ARGV - 6) / 9
 local plugin = ARGV[1]
 local index_cap = tonumber(ARGV[2])
@@ -181,12 +183,7 @@ if next(counts) then redis.call('EXPIRE', KEYS[11], tonumber(ARGV[5])) end
 if #told > 0 then
   local ids_told = {}
   for k, news in ipairs(told) do
-    for token in string.gmatch(waiting[news[3]], '%S+') do
-      local reply = ARGV[6] .. token
-      redis.call('RPUSH', reply, news[2])
-      -- A reply nobody takes (its producer gave up) goes away on its own.
-      redis.call('PEXPIRE', reply, 60000)
-    end
+    tell(ARGV[6], waiting[news[3]], news[2])
     ids_told[k] = news[1]
   end
   redis.call('HDEL', KEYS[7], unpack(ids_told))
@@ -194,9 +191,5 @@ end
 
 -- Sweep as many expired succeeded records as this call finished jobs, and a
 -- few more: the store cleans itself at the rate it fills.
-local stale = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, #finished + 16)
-if #stale > 0 then
-  redis.call('HDEL', KEYS[5], unpack(stale))
-  redis.call('ZREM', KEYS[6], unpack(stale))
-end
+sweep(KEYS[5], KEYS[6], now, #finished + 16)
 return codes

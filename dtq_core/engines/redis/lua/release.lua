@@ -50,6 +50,7 @@ Returns 1 requeued, 2 dead, 3 cancelled, 0 nothing to do (the lease was renewed
 or belongs to someone else, or the job finished meanwhile), {4, reason} set
 aside for burial.
 ]]
+--#include tell
 local id = ARGV[1]
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -155,15 +156,7 @@ if final then
   else
     event('cancelled')
   end
-  -- Tell the producers waiting for the job (see wait.lua), each on its reply list.
-  local waiting = redis.call('HGET', KEYS[12], id)
-  if waiting then
-    for token in string.gmatch(waiting, '%S+') do
-      redis.call('RPUSH', ARGV[7] .. token, id)
-      redis.call('PEXPIRE', ARGV[7] .. token, 60000)
-    end
-    redis.call('HDEL', KEYS[12], id)
-  end
+  tell_one(KEYS[12], ARGV[7], id, id)
   return final == 'dead' and 2 or 3
 end
 

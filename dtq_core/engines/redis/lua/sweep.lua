@@ -10,11 +10,7 @@ ARGV[1] limit: most records to delete
 
 Returns how many were deleted.
 ]]
+--#include sweep
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-if #stale > 0 then
-  redis.call('HDEL', KEYS[1], unpack(stale))
-  redis.call('ZREM', KEYS[2], unpack(stale))
-end
-return #stale
+return sweep(KEYS[1], KEYS[2], now, tonumber(ARGV[1]))

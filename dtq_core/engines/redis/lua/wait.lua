@@ -23,6 +23,7 @@ ARGV[2] token: this waiter's, unique per wait (no spaces)
 Returns what a read of the job returns: {payload, state, done record as a flat
 field-value array, errors, succeeded record, its expiry}, each absent part nil.
 ]]
+--#include tell
 local id, token = ARGV[1], ARGV[2]
 local payload = redis.call('HGET', KEYS[1], id)
 local state = redis.call('HGET', KEYS[2], id)
@@ -38,6 +39,6 @@ if payload or state then
   end
 else
   redis.call('RPUSH', KEYS[8], '')
-  redis.call('PEXPIRE', KEYS[8], 60000)  -- a minute, as the ending scripts' replies
+  redis.call('PEXPIRE', KEYS[8], REPLY_MS)
 end
 return read

@@ -1,0 +1,32 @@
+"""The Redis engine's scripts as loaded: one per operation, each opening with its contract."""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+
+import pytest
+
+from dtq_core.engines.redis.engine import _SCRIPTS, _lua
+
+SHIPPED = sorted(
+    entry.name.removesuffix(".lua")
+    for entry in importlib.resources.files("dtq_core.engines.redis").joinpath("lua").iterdir()
+    if entry.name.endswith(".lua")
+)
+
+
+def test_every_shipped_script_is_loaded_by_the_engine() -> None:
+    assert sorted(_SCRIPTS) == SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_script_opens_with_its_contract_and_has_its_shared_parts_put_in(name: str) -> None:
+    text = _lua(name)
+    header = text[: text.index("]]")]
+    assert header.startswith(f"--[[ {name}: ")
+    assert "KEYS[1]" in header and "ARGV[1]" in header
+    assert not re.search(r"^--#include", text, re.MULTILINE)
+    for shared in re.findall(r"\b(tell_one|tell|sweep)\(", text[text.index("]]") :]):
+        # Each function used is defined once, before the code that calls it.
+        assert text.count(f"local function {shared}(") == 1, shared
