@@ -786,6 +786,11 @@ class _Pool:
         return None
 
 
+#: An acknowledger records at once this many outcomes; fewer wait up to _ACK_LINGER_S for more.
+_ACK_BATCH = 16
+_ACK_LINGER_S = 0.002
+
+
 class _Acknowledger:
     """Records outcomes from a thread of its own, in batches: what ended while the
     previous round trip was out goes in the next one (group commit).
@@ -844,6 +849,12 @@ class _Acknowledger:
                 self._changed.wait_for(lambda: self._pending or self._closing)
                 if not self._pending:
                     return
+                # A moment's wait for company: outcomes that come one at a time
+                # (a child process per job) then share a round trip and the
+                # script's fixed costs instead of paying them each.
+                self._changed.wait_for(
+                    lambda: len(self._pending) >= _ACK_BATCH or self._closing, _ACK_LINGER_S
+                )
                 batch, self._pending = self._pending, []
                 self._in_flight = True
             jobs = self._record(batch)
