@@ -25,7 +25,9 @@ class Dtq(System):
         "job": 'test_only {"action": "echo"} (returns its data)',
         "worker": "dtq worker --plugins test_only --concurrency 1 --quiet --mode <variant> --prefetch 64",
         "defaults kept": "lease 30 s, result kept 1 day, lifecycle events on",
-        "result wait": "Queue.result(id, timeout=) (Pub/Sub notification)",
+        "result wait": (
+            "Queue.result(id, timeout=) (wait.lua and a BLPOP on the wait's reply list: one round trip)"
+        ),
         "bulk": "Queue.enqueue_many(plugin, datas)",
     }
     variants = (

@@ -939,8 +939,8 @@ class RedisEngine(Engine):
         except redis.exceptions.NoPermissionError as exc:
             raise EngineError(
                 f"Redis at {mask_url(self.url)} refused a command: {exc}. The Redis user's ACL must "
-                f"allow keys and channels under {self.keys.prefix}:* (~{self.keys.prefix}:* "
-                f"&{self.keys.prefix}:*) and scripting, or set dtq's prefix to one it allows"
+                f"allow keys under {self.keys.prefix}:* (~{self.keys.prefix}:*) and scripting, "
+                "or set dtq's prefix to one it allows"
             ) from exc
         except redis.RedisError as exc:
             raise EngineError(f"Redis at {mask_url(self.url)} answered with an error: {exc}") from exc
