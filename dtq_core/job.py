@@ -313,7 +313,8 @@ def checked_options(
             f"priority must be an integer from {-MAX_PRIORITY} to {MAX_PRIORITY}, got {priority!r}"
         )
     return {
-        "priority": priority,
+        # Plain int: a subclass (an IntEnum) would reach the engine as its repr.
+        "priority": int(priority),
         "max_retries": _optional_count("max_retries", max_retries),
         "retry_backoff_s": _optional_seconds("retry_backoff_s", retry_backoff_s),
         "timeout_s": _optional_seconds("timeout_s", timeout_s),
@@ -360,7 +361,7 @@ def _optional_count(name: str, value: object) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
         raise InvalidJob(f"{name} must be a whole number from 0 up, at most {MAX_RETRIES}, got {value!r}")
-    return value
+    return int(value)
 
 
 def _optional_seconds(name: str, value: object) -> float | None:
@@ -412,7 +413,7 @@ def check_plugin_name(value: object) -> str:
         raise InvalidJob(
             f"plugin name {value!r} is not a valid entry-point name (no spaces, '=', '[' or ']')"
         )
-    return value
+    return str.__str__(value)  # plain text: a str subclass (a str Enum) would format as something else
 
 
 @functools.lru_cache(maxsize=256)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ import pytest
 import redis
 from dtqtest import RedisServer, free_port, running
 
-from dtq_core import EngineError, EngineUnavailable, JobFailed, Queue, ResultTimeout, Worker
+from dtq_core import EngineError, EngineUnavailable, JobFailed, JobStatus, Queue, ResultTimeout, Worker
 from dtq_core.engines.redis import Keys, RedisEngine
 
 MakeWorker = Callable[..., Worker]
@@ -226,3 +227,23 @@ def test_a_blocking_wait_longer_than_the_socket_timeout_is_refused(redis_url: st
     ):
         RedisEngine.from_url(redis_url, block_s=60)
     RedisEngine.from_url(_patient(redis_url), block_s=60).close()
+
+
+def test_a_wait_with_no_time_is_a_read_that_registers_nothing(
+    queue: Queue, redis_url: str, keys: Keys
+) -> None:
+    job = queue.enqueue("test_only", {"action": "echo"})
+    with pytest.raises(ResultTimeout):
+        queue.result(job.id, timeout=0)
+    assert _leftovers(redis_url, keys) == (0, [])
+
+
+def test_an_int_enum_priority_is_stored_as_its_number(queue: Queue, make_worker: MakeWorker) -> None:
+    class Level(enum.IntEnum):
+        HIGH = 5
+
+    # Delayed: its state is written by append.lua as text, then read back by fetch.lua.
+    job = queue.enqueue("test_only", {"action": "echo"}, priority=Level.HIGH, delay_s=0.05)
+    time.sleep(0.1)
+    [done] = make_worker().get_jobs()
+    assert (done.id, done.status, done.priority) == (job.id, JobStatus.SUCCEEDED, 5)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from dtq_core import InvalidJob, JobStatus, Queue, ValidationError
-from dtq_core.job import check_data, parse_job_payload
+from dtq_core.job import check_data, job_payload, parse_job_payload
 
 
 @pytest.fixture
@@ -90,3 +91,18 @@ def test_enqueue_many_gives_each_job_the_options_and_its_own_id(queue: Queue) ->
     assert parse_job_payload({"id": jobs[5].id, "job": {"plugin": "test_only", "data": given}})[0].data == (
         jobs[5].data
     )
+
+
+def test_enum_options_and_plugin_names_become_plain_values() -> None:
+    class Plugin(str, enum.Enum):
+        TEST = "test_only"
+
+    class Level(enum.IntEnum):
+        HIGH = 5
+
+    job, payload = job_payload(
+        Plugin.TEST, {"x": 1}, None, {"priority": Level.HIGH, "max_retries": Level.HIGH}
+    )
+    assert (type(job.plugin), type(job.priority), type(job.max_retries)) == (str, int, int)
+    assert (job.plugin, job.priority, job.max_retries) == ("test_only", 5, 5)
+    assert payload == '{"data":{"x":1},"plugin":"test_only"}'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Any
 
@@ -37,3 +38,17 @@ def test_packed_commands_are_those_redis_py_sends(encoding: str, errors: str) ->
     for bad in (True, None, [1]):
         with pytest.raises(redis.DataError):
             packer.command("SET", bad)
+
+
+def test_subclasses_of_text_and_numbers_are_packed_as_their_values() -> None:
+    class Name(str, enum.Enum):
+        A = "alpha"
+
+    class Level(enum.IntEnum):
+        HIGH = 5
+
+    packer = Packer()
+    # As their values: an Enum's own formatting ("Name.A", "<Level.HIGH: 5>") would
+    # break the frame's length or the script's arithmetic.
+    assert packer.command("GET", Name.A, Level.HIGH) == Packer().command("GET", "alpha", 5)
+    assert packer.command("GET", Name.A) == b"*2\r\n$3\r\nGET\r\n$5\r\nalpha\r\n"

@@ -304,23 +304,31 @@ class RedisEngine(Engine):
         news there (a succeeded job's whole record), so nothing is polled and no
         end can slip between the read and the wait.
         """
+        if timeout_s <= 0:
+            return self._read(job_id)  # no time to wait: a read, and nothing registered
         deadline = time.monotonic() + timeout_s
         token = os.urandom(8).hex()
-        registered = False
+        registered = False  # by an earlier turn, not dropped since
+        in_turn = False  # a turn that raises may have registered before it failed
         try:
             while True:
                 block_s = max(0.01, min(self.block_s, deadline - time.monotonic()))
+                in_turn = True
                 job, news = self._wait_turn(job_id, token, block_s)
+                in_turn = False
                 if job is None:
-                    return None  # gone (deleted): a registration of an earlier turn is dropped below
-                if job.status.is_final or news is not None:
-                    registered = False  # the script that ended the job dropped it
-                    return job if news is None else _told(job_id, news) or self.get(job_id)
+                    return None  # gone (deleted): an earlier turn's registration is dropped below
+                if job.status.is_final:
+                    registered = False  # the script that ended it dropped the registration
+                    return job
+                if news is not None:  # it ended after the read, and dropped the registration
+                    registered = False
+                    return _told(job_id, news) or self.get(job_id)
                 registered = True
                 if time.monotonic() >= deadline:
                     return job
         finally:
-            if registered:
+            if registered or in_turn:
                 self._unwait(job_id, token)
 
     def _wait_turn(self, job_id: str, token: str, block_s: float) -> tuple[Job | None, str | None]:
@@ -497,10 +505,13 @@ class RedisEngine(Engine):
             )
             pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
             woken, flat = pipe.execute(raise_on_error=False)
-        for reply in (woken, flat):
-            if isinstance(reply, Exception) and not isinstance(reply, redis.exceptions.NoScriptError):
-                raise reply
+        if isinstance(flat, Exception) and not isinstance(flat, redis.exceptions.NoScriptError):
+            raise flat
+        # The fetch's leases first: an error of the BLPOP alone (a signal key
+        # overwritten with another type) must not strand jobs leased already.
         batch = None if isinstance(flat, Exception) else self._fetched(flat)
+        if isinstance(woken, Exception) and not (batch and batch.leases):
+            raise woken
         # A server without the script (restart, SCRIPT FLUSH), or a call that
         # found only malformed records (now buried): fetch again, the usual way.
         if batch is None:

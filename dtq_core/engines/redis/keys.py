@@ -1,8 +1,11 @@
 """Every Redis key name dtq uses, built in one place.
 
 All keys of a namespace share one hash tag, ``{namespace}``, so every Lua script
-touches a single Redis Cluster slot. Scripts never build key names: Python
-builds them here and passes them through KEYS.
+touches a single Redis Cluster slot. Scripts do not build key names: Python
+builds them here and passes them through KEYS. The one exception is a waiter's
+reply list, whose token only ``waiters`` holds: the scripts that end a job
+name it from :meth:`Keys.reply` ``("")`` (the prefix, hash tag included, passed in
+ARGV) and the token.
 
 Data model (``P`` = ``<prefix>:{<namespace>}``):
 

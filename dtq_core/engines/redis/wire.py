@@ -64,7 +64,10 @@ class Packer:
                 f"Invalid input of type: {type(value).__name__!r}. "
                 "Convert to a bytes, string, int or float first."
             )
-        return value if isinstance(value, str) else repr(value)
+        # The value itself, not a subclass's own formatting (an Enum's "Cls.NAME").
+        if isinstance(value, str):
+            return str.__str__(value)
+        return int.__repr__(value) if isinstance(value, int) else float.__repr__(value)
 
 
 def pack(parts: Sequence[bytes]) -> bytes:
