@@ -227,6 +227,14 @@ def test_a_blocking_wait_longer_than_the_socket_timeout_is_refused(redis_url: st
     ):
         RedisEngine.from_url(redis_url, block_s=60)
     RedisEngine.from_url(_patient(redis_url), block_s=60).close()
+    client = redis.Redis.from_url(redis_url, socket_timeout=3)
+    try:
+        with pytest.raises(
+            EngineError, match=r"block_s \(5 s\) must be shorter than the socket timeout \(3 s\)"
+        ):
+            RedisEngine(client)  # made directly, with the default block_s
+    finally:
+        client.close()
 
 
 def test_a_wait_with_no_time_is_a_read_that_registers_nothing(

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -170,6 +169,13 @@ class RedisEngine(Engine):
         self.events_max = events_max
         if wait_replicas and isinstance(client, RedisCluster):
             raise EngineError("wait_replicas is not supported on Redis Cluster; leave it at 0 there")
+        socket_s = _socket_timeout_s(client)
+        if socket_s is not None and block_s >= socket_s:
+            raise EngineError(
+                f"block_s ({block_s:g} s) must be shorter than the socket timeout ({socket_s:g} s), or "
+                "every blocking wait would end in a timeout error; lower block_s or raise "
+                "socket_timeout in the URL (?socket_timeout=...)"
+            )
         self._scripts = {name: client.register_script(_lua(name)) for name in _SCRIPTS}
         self._wire = _wire(client)
         self._queue_keys: dict[str, list[str]] = {}
@@ -195,16 +201,13 @@ class RedisEngine(Engine):
         client = connect(
             redis_url, socket_timeout_s=socket_timeout_s, connect_timeout_s=connect_timeout_s, retries=retries
         )
-        socket_s = _socket_timeout_s(redis_url) or socket_timeout_s
-        block_s = float(options.pop("block_s", max(0.5, min(5.0, socket_s - 1.0))))
-        if block_s >= socket_s:
+        socket_s = _socket_timeout_s(client) or socket_timeout_s
+        options.setdefault("block_s", max(0.5, min(5.0, socket_s - 1.0)))
+        try:
+            return cls(client, url=url, **{**from_query, **options})
+        except EngineError:
             client.close()
-            raise EngineError(
-                f"block_s ({block_s:g} s) must be shorter than the socket timeout ({socket_s:g} s), or "
-                "every blocking wait would end in a timeout error; lower block_s or raise "
-                "socket_timeout in the URL (?socket_timeout=...)"
-            )
-        return cls(client, url=url, **{"block_s": block_s, **from_query, **options})
+            raise
 
     # --- producer side ---------------------------------------------------------
 
@@ -969,13 +972,14 @@ class RedisEngine(Engine):
             return browse.delete_final(self.client, self.keys, job_id)
 
 
-def _socket_timeout_s(url: str) -> float | None:
-    """The socket timeout the URL's query sets (it wins over the default), if any."""
-    given = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).get("socket_timeout")
-    try:
-        return float(given[-1]) if given else None
-    except ValueError:
-        return None  # connect() has refused it already
+def _socket_timeout_s(client: Client) -> float | None:
+    """The client's socket timeout (the URL's ``socket_timeout`` included), or None if it has none."""
+    if isinstance(client, RedisCluster):
+        kwargs = client.nodes_manager.connection_kwargs
+    else:
+        kwargs = client.connection_pool.connection_kwargs
+    value = kwargs.get("socket_timeout")
+    return None if value is None else float(value)
 
 
 def _state_members(job: Job) -> str:
