@@ -121,7 +121,7 @@ class Connections:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[AbstractConnection]:
-        """A connection for one exchange; dropped if the exchange did not end cleanly."""
+        """A connection for one exchange; disconnected (it reconnects when next used) if that failed."""
         if self._pid != os.getpid():  # a forked child must not share its parent's sockets
             self._free, self._pid = collections.deque(), os.getpid()
         try:
