@@ -236,10 +236,11 @@ class Queue:
         """
         key = normalise_id(job_id)
         deadline = math.inf if timeout is None else time.monotonic() + timeout
-        # Every engine's wait reads the job first: no read of its own before it.
-        job = self.engine.wait_for_final(key, _slice(deadline))
-        while job is not None and not job.status.is_final and time.monotonic() < deadline:
+        while True:
+            # Every engine's wait reads the job first: no read of its own before it.
             job = self.engine.wait_for_final(key, _slice(deadline))
+            if job is None or job.status.is_final or time.monotonic() >= deadline:
+                break
         if job is None:
             raise JobNotFound(f"no job with id {key!r} (never appended, or its record expired)")
         if job.status is JobStatus.SUCCEEDED:

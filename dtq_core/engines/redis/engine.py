@@ -115,8 +115,9 @@ _SWEEPS = 20
 _COMPLETE_CHUNK = 500
 #: append.lua's codes.
 _APPENDED = {1: AppendOutcome.CREATED, 2: AppendOutcome.EXISTS, 0: AppendOutcome.CONFLICT}
-#: A stream entry id: ms-seq (or ms alone, which Redis reads as ms-0).
+#: A script's line that asks for a shared part of lua/lib/ (see _lua).
 _INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
+#: A stream entry id: ms-seq (or ms alone, which Redis reads as ms-0).
 _STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 
 
@@ -315,9 +316,8 @@ class RedisEngine(Engine):
         in_turn = False  # a turn that raises may have registered before it failed
         try:
             while True:
-                block_s = max(0.01, min(self.block_s, deadline - time.monotonic()))
                 in_turn = True
-                job, news = self._wait_turn(job_id, token, block_s)
+                job, news = self._wait_turn(job_id, token, self._block_for(deadline - time.monotonic()))
                 in_turn = False
                 if job is None:
                     return None  # gone (deleted): an earlier turn's registration is dropped below
@@ -485,7 +485,11 @@ class RedisEngine(Engine):
         """Block on the plugins' signal lists (BLPOP), at most ``block_s`` at a time."""
         keys = [self.keys.signal(p) for p in plugins]
         with self._talking():
-            self.client.blpop(keys, timeout=max(0.01, min(timeout_s, self.block_s)))
+            self.client.blpop(keys, timeout=self._block_for(timeout_s))
+
+    def _block_for(self, timeout_s: float) -> float:
+        """One blocking call's length for a wait of ``timeout_s``: at most ``block_s``, never 0 (forever)."""
+        return max(0.01, min(timeout_s, self.block_s))
 
     def wait_and_fetch(
         self, plugins: Sequence[str], timeout_s: float, *, count: int, lease_s: float, worker_id: str
@@ -503,9 +507,7 @@ class RedisEngine(Engine):
         name, keys, args = self._fetching(plugins, count, lease_s, worker_id)
         with self._talking():
             pipe = self.client.pipeline(transaction=False)
-            pipe.blpop(
-                [self.keys.signal(p) for p in plugins], timeout=max(0.01, min(timeout_s, self.block_s))
-            )
+            pipe.blpop([self.keys.signal(p) for p in plugins], timeout=self._block_for(timeout_s))
             pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
             woken, flat = pipe.execute(raise_on_error=False)
         if isinstance(flat, Exception) and not isinstance(flat, redis.exceptions.NoScriptError):
