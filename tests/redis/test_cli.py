@@ -128,6 +128,13 @@ def test_unreachable_redis_names_the_url_and_exits_3(run_dtq: RunDtq, dtq_env: d
         assert "s3cret" not in proc.stderr
 
 
+def test_a_misspelt_url_option_is_named_not_a_traceback(run_dtq: RunDtq, dtq_env: dict[str, str]) -> None:
+    env = dict(dtq_env, DTQ_URL=dtq_env["DTQ_URL"] + "?socket_timout=3")
+    for args in (("enqueue", "test_only", "--data", '{"action": "echo"}'), ("stats",), ("worker", "--burst")):
+        proc = run_dtq(*args, env=env)
+        assert_clean_error(proc, 1, "'socket_timout' is not an option of a Redis connection")
+
+
 def test_status_of_unknown_job(run_dtq: RunDtq) -> None:
     proc = run_dtq("status", "never-there")
     assert_clean_error(proc, 5, "no job with id 'never-there'")

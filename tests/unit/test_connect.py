@@ -56,3 +56,21 @@ def test_malformed_cluster_and_sentinel_urls_say_what_is_wrong(url: str, message
     with pytest.raises(EngineError, match=message) as caught:
         connect(url, socket_timeout_s=1, connect_timeout_s=1, retries=0)
     assert "pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://:pw@h:1/0?socket_timout=3", "redis+sentinel://:pw@a:26379/main?socket_timout=3"],
+)
+def test_an_unknown_query_option_is_refused_when_connecting_with_its_name(url: str) -> None:
+    # redis-py itself would only fail at the first command, with a TypeError from deep inside.
+    with pytest.raises(EngineError, match="'socket_timout' is not an option of a Redis connection") as caught:
+        connect(url, socket_timeout_s=1, connect_timeout_s=1, retries=0)
+    assert "pw" not in str(caught.value)
+
+
+def test_known_query_options_are_taken() -> None:
+    client = connect(
+        "redis://h:1/0?socket_timeout=3&protocol=2", socket_timeout_s=1, connect_timeout_s=1, retries=0
+    )
+    assert client.connection_pool.connection_kwargs["socket_timeout"] == 3.0

@@ -16,6 +16,7 @@ dtq's own options may go in the query too: ``wait_replicas`` and ``wait_timeout_
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from typing import Any
 
@@ -57,15 +58,39 @@ def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, retr
         if scheme.endswith("+cluster"):
             return _cluster(url, common)
         if scheme.endswith("+sentinel"):
-            return _sentinel(url, common)
-        return redis.Redis.from_url(
-            url,
-            health_check_interval=15,
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            **common,
-        )
+            client = _sentinel(url, common)
+        else:
+            client = redis.Redis.from_url(
+                url,
+                health_check_interval=15,
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                **common,
+            )
     except (ValueError, TypeError) as exc:
         raise EngineError(f"bad Redis URL {mask_url(url)!r}: {exc}") from exc
+    _check_options(client, url)
+    return client
+
+
+def _check_options(client: redis.Redis, url: str) -> None:
+    """Refuse a query option that redis-py's connections do not take, now rather than at first use.
+
+    redis-py hands every query option it does not parse itself to each
+    connection it makes, which refuses an unknown one only then (a TypeError
+    deep inside the first command). Making one connection object, which does
+    not connect, finds it here.
+    """
+    pool = client.connection_pool
+    try:
+        pool.connection_class(**pool.connection_kwargs)
+    except TypeError as exc:
+        name = re.search(r"argument '(\w+)'", str(exc))
+        what = f"{name.group(1)!r} is not an option" if name else f"an option is not one ({exc})"
+        raise EngineError(
+            f"bad Redis URL {mask_url(url)!r}: {what} of a Redis connection. dtq's own are "
+            f"{', '.join(ENGINE_OPTIONS)}; the others are redis-py's (socket_timeout, "
+            "ssl_ca_certs, protocol, ...): check the spelling"
+        ) from exc
 
 
 #: Query options meant for the engine, not for redis-py, with their types.
