@@ -65,6 +65,29 @@ def test_every_key_of_a_finished_job_has_a_lifetime(
     assert time.time() * 1000 < expiries["f"] < (time.time() + 86_400 + 60) * 1000
 
 
+def test_the_events_stream_stays_near_its_cap_when_batches_trim_it_once(
+    redis_url: str, namespace: str, keys: Keys, redis_server: RedisServer, make_worker: MakeWorker
+) -> None:
+    # A batch adds its events untrimmed and trims once at the end (lib/events.lua).
+    cap, options = 200, {"events_max": 200}
+    with Queue(["test_only"], redis_url, namespace=namespace, engine_options=options) as queue:
+        jobs = queue.enqueue_many("test_only", [{"action": "echo", "n": n} for n in range(1500)])
+        client = redis_server.client
+        # MAXLEN ~ drops whole stream nodes (100 entries each by default), so up to one node over.
+        assert cap <= client.xlen(keys.events) <= cap + 100
+        worker = thread_worker(make_worker, prefetch=64, engine_options=options)
+        assert len(worker.get_jobs()) == 1500
+        assert cap <= client.xlen(keys.events) <= cap + 100
+        newest = queue.events(after=None, limit=10_000)[-1]
+        assert newest.type.value == "succeeded" and newest.job_id in {job.id for job in jobs}
+        # Fields left out of an event (no error, attempt 0, no worker yet) read back as their defaults.
+        assert (newest.attempt, newest.worker, newest.error_type) == (1, worker.worker_id, None)
+        appended = queue.engine.events(after=None, limit=1)
+        single = queue.enqueue("test_only", {"action": "echo"})
+        [event] = [e for e in queue.events(after=appended[0].id, limit=10_000) if e.job_id == single.id]
+        assert (event.type.value, event.attempt, event.worker) == ("appended", 0, None)
+
+
 def test_succeeded_records_are_hidden_at_expiry_and_swept_by_workers(
     queue: Queue, make_worker: MakeWorker, keys: Keys, redis_server: RedisServer
 ) -> None:

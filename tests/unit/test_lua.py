@@ -27,6 +27,10 @@ def test_a_script_opens_with_its_contract_and_has_its_shared_parts_put_in(name: 
     assert header.startswith(f"--[[ {name}: ")
     assert "KEYS[1]" in header and "ARGV[1]" in header
     assert not re.search(r"^--#include", text, re.MULTILINE)
-    for shared in re.findall(r"\b(tell_one|tell|sweep)\(", text[text.index("]]") :]):
+    body = text[text.index("]]") :]
+    for shared in re.findall(r"\b(tell_one|tell|sweep|add_event|trim_events)\(", body):
         # Each function used is defined once, before the code that calls it.
         assert text.count(f"local function {shared}(") == 1, shared
+    if re.search(r"^\s*add_event\(", body, re.MULTILINE):
+        # Events added untrimmed are trimmed once, as the script's last write.
+        assert re.search(r"^trim_events\(.*\)\nreturn \w+\s*$", body, re.MULTILINE), name

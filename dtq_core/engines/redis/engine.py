@@ -114,7 +114,8 @@ _SWEEPS = 20
 #: Completions per complete.lua call.
 _COMPLETE_CHUNK = 500
 #: append.lua's codes.
-_APPENDED = {1: AppendOutcome.CREATED, 2: AppendOutcome.EXISTS, 0: AppendOutcome.CONFLICT}
+#: append.lua's codes: one digit per job, all of a call's in one string.
+_APPENDED = {"1": AppendOutcome.CREATED, "2": AppendOutcome.EXISTS, "0": AppendOutcome.CONFLICT}
 #: A script's line that asks for a shared part of lua/lib/ (see _lua).
 _INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
 #: A stream entry id: ms-seq (or ms alone, which Redis reads as ms-0).
@@ -219,7 +220,7 @@ class RedisEngine(Engine):
         keys, args = self._appending(job.plugin, [Appending(job, payload, delay_s, eta)])
         with self._talking():
             [code] = self._write("append", keys, args, f"job {job.id!r} was stored on the master")
-        return _APPENDED[int(code)]
+        return _APPENDED[code]
 
     def append_many(self, entries: Sequence[Appending]) -> list[AppendOutcome]:
         """Append the entries with ``append.lua``: one call per plugin and chunk, one round trip per chunk.
@@ -234,7 +235,7 @@ class RedisEngine(Engine):
         ]
         with self._talking():
             replies = self._run_scripts(calls, wait_what="the jobs were stored on the master")
-        return _in_order(len(entries), groups, replies, lambda code: _APPENDED[int(code)])
+        return _in_order(len(entries), groups, replies, _APPENDED.__getitem__)
 
     def _appending(self, plugin: str, entries: Sequence[Appending]) -> tuple[list[str], list[str | int]]:
         """append.lua's KEYS and ARGV for entries of one plugin."""

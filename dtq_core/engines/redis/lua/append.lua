@@ -15,6 +15,7 @@ KEYS[8] events     stream  the namespace's lifecycle events
 KEYS[9] succeeded  hash    id -> final record JSON of a succeeded job (see complete.lua)
 KEYS[10] expiry    zset    id -> when its `succeeded` record expires (ms)
 KEYS[10 + i] done  hash    the i-th job's final record (failed, dead, cancelled), while retained
+                           (one EXISTS looks for any of them: they are rare)
 ARGV[1] signal cap: the signal list is kept at most this long
 ARGV[2] plugin name
 ARGV[3] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
@@ -28,10 +29,12 @@ ARGV[4 + 6(i-1) ..] six per job i:
         delay in ms from now (server clock), 0 for none;
         due time in ms since the epoch (an ETA), 0 for none; wins over the delay
 
-Returns one code per job, in order: 1 created; 2 the id exists with the same
+Returns one code per job, in order, as the digits of one string ("1121": one
+reply to read, not one per job): 1 created; 2 the id exists with the same
 payload (a repeated append, also within the batch); 0 the id exists with a
 different payload (a conflict). Nothing is written for codes 0 and 2.
 ]]
+--#include events
 local n = (#ARGV - 3) / 6
 local plugin = ARGV[2]
 local cap = tonumber(ARGV[3])
@@ -56,11 +59,16 @@ local function succeeded(i)
   return record.payload
 end
 
+-- Retained failed, dead or cancelled records are rare: one look for any of
+-- them, instead of one per job.
+local any_done = redis.call('EXISTS', unpack(KEYS, 11)) > 0
+
 -- The payload an id already has (live, retained final, or earlier in this batch), or nil.
 local seen = {}
 local function existing(i)
   local id = ids[i]
-  return seen[id] or live[i] or (kept[i] and succeeded(i)) or redis.call('HGET', KEYS[10 + i], 'payload')
+  return seen[id] or live[i] or (kept[i] and succeeded(i))
+    or (any_done and redis.call('HGET', KEYS[10 + i], 'payload'))
 end
 
 local codes = {}
@@ -76,12 +84,13 @@ for i = 1, n do
     fresh[#fresh + 1] = i
   end
 end
-if #fresh == 0 then return codes end
+if #fresh == 0 then return table.concat(codes) end
 
 local last = redis.call('INCRBY', KEYS[6], #fresh)
 local payloads, states, ready, scheduled = {}, {}, {}, {}
 local queued = 0
 local created = string.format('%.0f', now)
+local alone = #fresh == 1
 for k, i in ipairs(fresh) do
   local base = 4 + 6 * (i - 1)
   local id = ids[i]
@@ -104,8 +113,9 @@ for k, i in ipairs(fresh) do
   else
     state = state .. ',"status":"queued"}'
     -- Lower scores pop first: higher priority first, then first in, first out.
-    -- |score| < 2^52, so every score is an exact double.
-    ready[#ready + 1] = string.format('%.0f', -tonumber(priority) * 2^40 + seq)
+    -- |score| < 2^52, so every score is an exact double, and Redis writes a
+    -- number argument exactly (no string.format needed: it costs as much as a command).
+    ready[#ready + 1] = -tonumber(priority) * 2^40 + seq
     ready[#ready + 1] = id
     queued = queued + 1
     kind = 'appended'
@@ -114,15 +124,12 @@ for k, i in ipairs(fresh) do
   payloads[#payloads + 1] = ARGV[base + 1]
   states[#states + 1] = id
   states[#states + 1] = state
-  if cap > 0 then
-    -- The fields of dtq_core.Event.
-    if kind == 'scheduled' then
-      redis.call('XADD', KEYS[8], 'MAXLEN', '~', cap, '*', 'type', kind, 'time', now, 'job', id,
-        'plugin', plugin, 'attempt', 0, 'worker', '', 'delay_ms', due - now)
-    else
-      redis.call('XADD', KEYS[8], 'MAXLEN', '~', cap, '*', 'type', kind, 'time', now, 'job', id,
-        'plugin', plugin, 'attempt', 0, 'worker', '')
-    end
+  -- The fields of dtq_core.Event (attempt 0 and no worker yet: left out).
+  if kind == 'scheduled' then
+    add_event(KEYS[8], cap, alone, 'type', kind, 'time', now, 'job', id, 'plugin', plugin,
+      'delay_ms', due - now)
+  else
+    add_event(KEYS[8], cap, alone, 'type', kind, 'time', now, 'job', id, 'plugin', plugin)
   end
 end
 
@@ -140,4 +147,5 @@ if queued > 0 then
     redis.call('LPUSH', KEYS[5], unpack(hints))
   end
 end
-return codes
+trim_events(KEYS[8], cap)
+return table.concat(codes)

@@ -51,6 +51,7 @@ written for it.
 ]]
 --#include tell
 --#include sweep
+--#include events
 local n = (#ARGV - 6) / 9
 local plugin = ARGV[1]
 local index_cap = tonumber(ARGV[2])
@@ -86,10 +87,14 @@ end
 
 local function event(kind, id, state, a, ...)
   counts[kind] = (counts[kind] or 0) + 1
-  if cap <= 0 then return end
-  redis.call('XADD', KEYS[10], 'MAXLEN', '~', cap, '*', 'type', kind, 'time', now, 'job', id,
-    'plugin', plugin, 'attempt', tonumber(state.attempts) or 0, 'worker', state.worker or '',
-    'error_type', ARGV[a + 7], 'error_message', ARGV[a + 8], ...)
+  local attempt, worker = tonumber(state.attempts) or 0, state.worker or ''
+  if ARGV[a + 7] == '' and ARGV[a + 8] == '' then  -- no error: no error fields
+    add_event(KEYS[10], cap, n == 1, 'type', kind, 'time', now, 'job', id, 'plugin', plugin,
+      'attempt', attempt, 'worker', worker, ...)
+  else
+    add_event(KEYS[10], cap, n == 1, 'type', kind, 'time', now, 'job', id, 'plugin', plugin,
+      'attempt', attempt, 'worker', worker, 'error_type', ARGV[a + 7], 'error_message', ARGV[a + 8], ...)
+  end
 end
 
 local function retry(i, state, a)
@@ -192,4 +197,5 @@ end
 -- Sweep as many expired succeeded records as this call finished jobs, and a
 -- few more: the store cleans itself at the rate it fills.
 sweep(KEYS[5], KEYS[6], now, #finished + 16)
+trim_events(KEYS[10], cap)
 return codes

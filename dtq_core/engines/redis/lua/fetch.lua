@@ -37,6 +37,7 @@ token, plugin, reason}: the wait until the next delayed job of these plugins
 is due (-1 if none); a job taken has reason ''; an id set aside has payload
 and state nil, token '' and the reason.
 ]]
+--#include events
 local count = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -190,11 +191,8 @@ local function lease(id, ready, active, scheduled, plugin)
   local deadlines = leases_of[active]
   deadlines[#deadlines + 1] = deadline
   deadlines[#deadlines + 1] = id
-  local cap = tonumber(ARGV[4])
-  if cap > 0 then
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', 'type', 'started', 'time', now, 'job', id,
-      'plugin', plugin, 'attempt', state.attempts, 'worker', ARGV[3])
-  end
+  add_event(KEYS[3], tonumber(ARGV[4]), count == 1, 'type', 'started', 'time', now, 'job', id,
+    'plugin', plugin, 'attempt', state.attempts, 'worker', ARGV[3])
   report(id, payload, encoded, state.token, plugin, '')
   taken = taken + 1
 end
@@ -221,4 +219,5 @@ for k = 4, #KEYS, 3 do
 end
 if #leased_states > 0 then redis.call('HSET', KEYS[2], unpack(leased_states)) end
 for active, deadlines in pairs(leases_of) do redis.call('ZADD', active, unpack(deadlines)) end
+trim_events(KEYS[3], tonumber(ARGV[4]))
 return out
