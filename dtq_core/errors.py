@@ -127,6 +127,14 @@ class ResultTimeout(DtqError, TimeoutError):
     """The job did not finish within the time the caller was willing to wait."""
 
 
+class JobProcessError(DtqError):
+    """A process-mode worker could not start the child process that runs jobs.
+
+    No job is at fault: the worker hands the jobs it holds back to their queue
+    and tries again later.
+    """
+
+
 # --- signals a plugin raises to steer its job (not errors, not DtqError) -------
 
 

@@ -7,6 +7,7 @@ running job can only stop by itself (``caller.check_cancelled()``).
 
 Worker and child talk over a pipe in JSON messages, never pickle:
 
+* child to worker, once, when it has started: ``{"op": "ready"}``;
 * worker to child: ``{"op": "run", "job": <Job.to_dict()>}``, and replies;
 * child to worker: ``{"op": "progress", ...}``, ``{"op": "poll"}``,
   ``{"op": "append", "job": ...}`` (each answered), then ``{"op": "done",
@@ -30,7 +31,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from dtq_core.caller import Caller, Control, LocalCaller
-from dtq_core.errors import DtqError, PluginError
+from dtq_core.errors import DtqError, JobProcessError, PluginError
 from dtq_core.job import ErrorInfo, Job
 from dtq_core.plugin import Plugin, PluginRegistry
 from dtq_core.retry import Attempt, Ending
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 
 #: How often a waiting worker looks at a child's deadline and cancel flag (s).
 _POLL_S = 0.05
+#: Longest wait for a new child to say it is ready (s): it imports dtq and the plugins first.
+_START_TIMEOUT_S = 20.0
 
 
 def call_plugin(plugin: Plugin, job: Job, caller: Caller) -> Attempt:
@@ -172,7 +175,7 @@ class ProcessRunner:
 
     def abort(self) -> None:
         """Kill the child and forget it (a new one starts for the next job); from the slot's thread."""
-        if self._process is not None:
+        if self._process is not None and self._process.pid is not None:  # None: it never started
             self._process.kill()
             self._process.join(5)
         if self._conn is not None:
@@ -182,7 +185,7 @@ class ProcessRunner:
     def kill(self) -> None:
         """Kill the child from another thread; the slot's thread notices and cleans up."""
         process = self._process
-        if process is not None:
+        if process is not None and process.pid is not None:
             process.kill()
 
     def close(self) -> None:
@@ -206,10 +209,43 @@ class ProcessRunner:
             allow = list(self.registry.allow) if self.registry.allow is not None else None
             args = (child, allow, os.getpid(), self.registry.config)
             self._process = context.Process(target=child_main, args=args, daemon=True)
-            self._process.start()
-            child.close()
+            try:
+                self._process.start()
+            except Exception as exc:
+                parent.close()
+                self._process = None
+                raise _not_started(exc) from exc
+            finally:
+                child.close()
             self._conn = parent
+            self._await_ready(parent)
         return self._conn
+
+    def _await_ready(self, conn: Connection) -> None:
+        """Wait for a new child's ``ready``; if it dies or stays silent, kill it and raise JobProcessError."""
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while True:
+            message = self._receive(conn)
+            if isinstance(message, dict) and message.get("op") == "ready":
+                return
+            if message is None and time.monotonic() <= deadline:
+                continue
+            process = self._process
+            if message is not None and process is not None:
+                process.join(5)  # its pipe closed as it exits: let it, for its exit code
+            self.abort()
+            if message is None:
+                problem = f"did not say it was ready within {_START_TIMEOUT_S:g} s"
+            else:
+                code = None if process is None else process.exitcode
+                problem = (
+                    f"failed as it started (exit code {code}); its error is in the worker's output above"
+                )
+            raise JobProcessError(
+                f"a job process {problem}. A script that runs a process-mode Worker must keep its "
+                'code under `if __name__ == "__main__":` (children are started with spawn, which '
+                "imports the script again); mode='thread' starts none"
+            )
 
     def _on_progress(self, control: Control, message: dict[str, Any]) -> dict[str, Any]:
         _held, cancel = self.engine.progress(control.lease, message.get("fraction"), message.get("message"))
@@ -225,6 +261,21 @@ class ProcessRunner:
 
 
 _DIED = object()
+
+
+def _not_started(exc: Exception) -> JobProcessError:
+    """Why a job process could not start, and what to do about it."""
+    if isinstance(exc, RuntimeError) and "bootstrapping phase" in str(exc):
+        # multiprocessing's spawn imports the main module again in the child.
+        return JobProcessError(
+            "could not start a job process: the script that runs the Worker is being imported again "
+            "by its child (process mode starts children with multiprocessing's spawn). Put the "
+            "script's code under `if __name__ == \"__main__\":`, or use mode='thread'"
+        )
+    return JobProcessError(
+        f"could not start a job process ({type(exc).__name__}: {exc}); check the worker's limits "
+        "(processes, memory, open files), or use mode='thread'"
+    )
 
 
 def _send(conn: Connection, message: Mapping[str, Any]) -> None:
@@ -270,6 +321,7 @@ def child_main(
     _die_with_parent(worker_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when jobs stop
     registry = PluginRegistry(allow, config=config)
+    _send(conn, {"op": "ready"})
     while True:
         try:
             message = json.loads(conn.recv_bytes())

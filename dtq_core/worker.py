@@ -36,7 +36,7 @@ import attrs
 from dtq_core.caller import Control
 from dtq_core.config import Settings, mask_url
 from dtq_core.engine import Batch, Completion, Engine, Lease, Outcome, ReleaseOutcome, resolve_engine
-from dtq_core.errors import DtqError, EngineUnavailable, PluginError
+from dtq_core.errors import DtqError, EngineUnavailable, JobProcessError, PluginError
 from dtq_core.job import Job, JobStatus
 from dtq_core.periodic import Periodic, PeriodicScheduler
 from dtq_core.plugin import PluginRegistry
@@ -187,6 +187,7 @@ class Worker:
         self._stale: set[tuple[str, str]] = set()  # deliveries in hand whose lease is lost: not renewed
         # Leased and waiting in a slot (prefetched): renewed, and handed back if not started.
         self._waiting: dict[tuple[str, str], Lease] = {}
+        self._start_failures = 0  # job processes that could not start, in a row
         self._stopping = threading.Event()
         self._next_recovery = 0.0
 
@@ -351,6 +352,17 @@ class Worker:
             self._give_back(lease)
             return False
         return True
+
+    def _cannot_start(self, leases: list[Lease], exc: JobProcessError) -> None:
+        """Hand back ``leases``, which a slot cannot run (its job process did not start), then
+        pause that slot, longer each time in a row: the worker cannot help it, other workers may."""
+        log.error("%s; handing %d job(s) back to the queue", exc, len(leases))
+        for lease in leases:
+            with self._in_hand_lock:
+                self._waiting.pop(_delivery(lease), None)
+            self._give_back(lease)
+        self._start_failures += 1
+        self._stopping.wait(_backoff_s(self._start_failures))
 
     def _give_back(self, lease: Lease) -> ReleaseOutcome | None:
         """Hand a job this worker will not run back to the queue; None if that failed (its lease expires)."""
@@ -758,26 +770,43 @@ class _Pool:
     def _slot(self, runner: Runner) -> None:
         while (leases := self._work.get()) is not None:
             while leases:
-                # Each outcome goes to the acknowledger as it comes, but the last of the
-                # share: the slot records that one in the round trip that fetches its next.
-                last: list[Ended] = []
-                for n, lease in enumerate(leases, start=1):
-                    ended = self._run_one(runner, lease)
-                    if isinstance(ended, Ended) and n == len(leases):
-                        last.append(ended)
-                    elif ended is not None:
-                        self.acks.submit(ended)
+                try:
+                    last = self._run_share(runner, leases)
+                except JobProcessError:
+                    break  # its jobs went back; no refill
                 leases = self.worker._refill(last, self.acks)
             with self._idle:
                 self._busy -= 1
                 self._idle.notify_all()
             self._free.release()
 
+    def _run_share(self, runner: Runner, leases: list[Lease]) -> list[Ended]:
+        """Run a share of leases in turn; return the outcome of the last, which the slot records itself.
+
+        Each other outcome goes to the acknowledger as it comes. If the job
+        process cannot start, the jobs not run yet go back to the queue.
+        """
+        last: list[Ended] = []
+        for n, lease in enumerate(leases, start=1):
+            try:
+                ended = self._run_one(runner, lease)
+            except JobProcessError as exc:
+                self.worker._cannot_start(leases[n - 1 :], exc)
+                raise
+            self.worker._start_failures = 0
+            if isinstance(ended, Ended) and n == len(leases):
+                last.append(ended)
+            elif ended is not None:
+                self.acks.submit(ended)
+        return last
+
     def _run_one(self, runner: Runner, lease: Lease) -> Ended | Job | None:
         if not self.worker._start(lease):
             return None
         try:
             return self.worker.execute(runner, lease)
+        except JobProcessError:
+            raise  # not this job's fault: see _run_share
         except DtqError as exc:
             log.error("job %s: could not settle its attempt: %s", lease.job.id, exc)
         except Exception:

@@ -230,3 +230,13 @@ class FakeSite:
 def unique_module(prefix: str = "fakeplugin") -> str:
     """A module name no other test has imported."""
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def never_ready(*_args: object) -> None:
+    """A job process's entry point that never says it is ready (see dtq_core.runner)."""
+    time.sleep(60)
+
+
+def fails_at_start(*_args: object) -> None:
+    """A job process's entry point that fails before it is ready."""
+    raise SystemExit(3)

@@ -7,9 +7,12 @@ ends in exactly one final state.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -17,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from dtqtest import dtq_command, wait_for
+from dtqtest import dtq_command, fails_at_start, never_ready, wait_for
 
-from dtq_core import JobFailed, JobStatus, Queue
+from dtq_core import JobFailed, JobStatus, Queue, Worker, runner
 from dtq_core.engines.redis import Keys
 
 StartWorker = Callable[..., subprocess.Popen[str]]
@@ -183,3 +186,70 @@ def test_sigterm_finishes_the_job_in_hand_then_exits_cleanly(queue: Queue, start
     assert finished is not None and finished.status is JobStatus.SUCCEEDED
     untouched = queue.get("next")
     assert untouched is not None and untouched.status is JobStatus.QUEUED
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        (never_ready, "did not say it was ready within 1 s"),
+        (fails_at_start, "failed as it started (exit code 3)"),
+    ],
+)
+def test_a_job_process_that_cannot_start_hands_the_jobs_back_without_spinning(
+    queue: Queue,
+    redis_url: str,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    entry: Callable[..., None],
+    problem: str,
+) -> None:
+    monkeypatch.setattr(runner, "child_main", entry)  # spawn finds it by name in dtqtest
+    monkeypatch.setattr(runner, "_START_TIMEOUT_S", 1.0)
+    queue.enqueue_many("test_only", [{"action": "echo", "n": n} for n in range(3)])
+    worker = Worker(["test_only"], redis_url, namespace=namespace, mode="process", prefetch=8, poll_s=0.05)
+    stopper = threading.Timer(3.0, worker.stop)
+    stopper.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="dtq"):
+            worker.work()
+    finally:
+        stopper.cancel()
+        worker.close()
+    tries = [r.getMessage() for r in caplog.records if "a job process" in r.getMessage()]
+    # Paused longer after each failure (before, a slot failed every job it was given, thousands a second).
+    assert 1 <= len(tries) <= 6, tries
+    assert problem in tries[0] and 'if __name__ == "__main__":' in tries[0]
+    assert "handing 3 job(s) back to the queue" in tries[0]
+    # Every job is back in its queue, at once: not held until its lease expires.
+    [stats] = [q for q in queue.stats().queues if q.plugin == "test_only"]
+    assert (stats.waiting, stats.running) == (3, 0)
+
+
+def test_a_script_that_runs_a_process_worker_unguarded_is_told_how_to_fix_it(
+    redis_url: str, namespace: str, queue: Queue, tmp_path: Path
+) -> None:
+    # The spawned child imports the script again, which runs the worker again: each one's
+    # job process never starts, and every job survives.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import threading\n"
+        "import dtq_core.runner\n"
+        "from dtq_core import Queue, Worker\n"
+        "dtq_core.runner._START_TIMEOUT_S = 2.0\n"
+        f"Queue(['test_only'], {redis_url!r}, namespace={namespace!r}).enqueue(\n"
+        "    'test_only', {'action': 'echo'}, id='j1')\n"
+        f"worker = Worker(['test_only'], {redis_url!r}, namespace={namespace!r}, mode='process',\n"
+        "    lease_s=1, poll_s=0.05)\n"
+        "threading.Timer(4.0, worker.stop).start()\n"
+        "worker.work()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'keep its code under `if __name__ == "__main__":`' in proc.stderr
+    assert proc.stderr.count("handing 1 job(s) back") <= 12  # no spinning
+    worker = Worker(["test_only"], redis_url, namespace=namespace, mode="thread", lease_s=1, poll_s=0.05)
+    wait_for(lambda: worker.get_jobs() != [] or queue.get("j1").status is JobStatus.SUCCEEDED, timeout=15)
+    assert queue.result("j1", timeout=5) == {"action": "echo"}
