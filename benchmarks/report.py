@@ -231,8 +231,9 @@ def _notes(results: Result) -> list[str]:
         "last (polled every 10 ms). cmds = INFO commandstats calls (commands run inside scripts included),",
         "trips = requests the server read (total_reads_processed), both less the harness's own; CPU per job",
         "over the same window; MB per 100k scaled from the measure's own size. Latency: one job at a time",
-        "on the idle 1-process worker, after 5 untimed warm-up jobs. Bulk: the median of 3 calls, each of",
-        "the whole bulk size, on an emptied server. error / n/a: details in latest.json.",
+        "on the idle 1-process worker, after 5 untimed warm-up jobs. Bulk: the median of up to 3 calls",
+        "(while they take under 3 s in all), each of the whole bulk size, on an emptied server.",
+        "error / n/a: details in latest.json.",
     ]
     return lines
 

@@ -131,8 +131,13 @@ class JobProcessError(DtqError):
     """A process-mode worker could not start the child process that runs jobs.
 
     No job is at fault: the worker hands the jobs it holds back to their queue
-    and tries again later.
+    and tries again later (a burst stops with this error). ``in_a_row`` counts
+    the failed starts of that slot since its last good one.
     """
+
+    def __init__(self, message: str, *, in_a_row: int = 1) -> None:
+        super().__init__(message)
+        self.in_a_row = in_a_row
 
 
 # --- signals a plugin raises to steer its job (not errors, not DtqError) -------

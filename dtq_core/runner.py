@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 #: How often a waiting worker looks at a child's deadline and cancel flag (s).
 _POLL_S = 0.05
-#: Longest wait for a new child to say it is ready (s): it imports dtq and the plugins first.
+#: Longest wait for a new child to say it is ready (s): the interpreter starts, and
+#: spawn imports the main module again (plugins load later, as jobs need them).
 _START_TIMEOUT_S = 20.0
 
 
@@ -134,6 +135,7 @@ class ProcessRunner:
         self.queue = queue
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
+        self._failed_starts = 0  # in a row
 
     def run(self, control: Control, limit_s: float | None, plugin: Plugin) -> Attempt | None:
         """Run the job in the child (which loads ``plugin`` itself); None when the child died."""
@@ -214,7 +216,7 @@ class ProcessRunner:
             except Exception as exc:
                 parent.close()
                 self._process = None
-                raise _not_started(exc) from exc
+                raise self._start_failed(_not_started(exc)) from exc
             finally:
                 child.close()
             self._conn = parent
@@ -227,6 +229,7 @@ class ProcessRunner:
         while True:
             message = self._receive(conn)
             if isinstance(message, dict) and message.get("op") == "ready":
+                self._failed_starts = 0
                 return
             if message is None and time.monotonic() <= deadline:
                 continue
@@ -241,11 +244,15 @@ class ProcessRunner:
                 problem = (
                     f"failed as it started (exit code {code}); its error is in the worker's output above"
                 )
-            raise JobProcessError(
+            raise self._start_failed(
                 f"a job process {problem}. A script that runs a process-mode Worker must keep its "
                 'code under `if __name__ == "__main__":` (children are started with spawn, which '
                 "imports the script again); mode='thread' starts none"
             )
+
+    def _start_failed(self, message: str) -> JobProcessError:
+        self._failed_starts += 1
+        return JobProcessError(message, in_a_row=self._failed_starts)
 
     def _on_progress(self, control: Control, message: dict[str, Any]) -> dict[str, Any]:
         _held, cancel = self.engine.progress(control.lease, message.get("fraction"), message.get("message"))
@@ -263,16 +270,16 @@ class ProcessRunner:
 _DIED = object()
 
 
-def _not_started(exc: Exception) -> JobProcessError:
+def _not_started(exc: Exception) -> str:
     """Why a job process could not start, and what to do about it."""
     if isinstance(exc, RuntimeError) and "bootstrapping phase" in str(exc):
         # multiprocessing's spawn imports the main module again in the child.
-        return JobProcessError(
+        return (
             "could not start a job process: the script that runs the Worker is being imported again "
             "by its child (process mode starts children with multiprocessing's spawn). Put the "
             "script's code under `if __name__ == \"__main__\":`, or use mode='thread'"
         )
-    return JobProcessError(
+    return (
         f"could not start a job process ({type(exc).__name__}: {exc}); check the worker's limits "
         "(processes, memory, open files), or use mode='thread'"
     )

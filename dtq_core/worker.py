@@ -187,7 +187,8 @@ class Worker:
         self._stale: set[tuple[str, str]] = set()  # deliveries in hand whose lease is lost: not renewed
         # Leased and waiting in a slot (prefetched): renewed, and handed back if not started.
         self._waiting: dict[tuple[str, str], Lease] = {}
-        self._start_failures = 0  # job processes that could not start, in a row
+        self._burst = False  # set by each run
+        self._failure: JobProcessError | None = None  # what ends a burst early
         self._stopping = threading.Event()
         self._next_recovery = 0.0
 
@@ -244,6 +245,7 @@ class Worker:
         # Only a burst returns its jobs: a long-running worker must not keep them all.
         pool = _Pool(self, self.concurrency, self._make_runner, keep_finished=burst)
         grace = self.grace_s
+        self._burst, self._failure = burst, None
         try:
             with _Heartbeat(self):
                 self._dispatch(pool, burst)
@@ -254,6 +256,8 @@ class Worker:
             pool.shutdown(grace, before_kill=self._hand_back)
             self._unregister()
             self._stopping.clear()  # a stopped worker can be run again
+        if self._failure is not None:
+            raise self._failure
         return pool.finished
 
     def _dispatch(self, pool: _Pool, burst: bool) -> None:
@@ -354,15 +358,22 @@ class Worker:
         return True
 
     def _cannot_start(self, leases: list[Lease], exc: JobProcessError) -> None:
-        """Hand back ``leases``, which a slot cannot run (its job process did not start), then
-        pause that slot, longer each time in a row: the worker cannot help it, other workers may."""
-        log.error("%s; handing %d job(s) back to the queue", exc, len(leases))
-        for lease in leases:
-            with self._in_hand_lock:
-                self._waiting.pop(_delivery(lease), None)
+        """Hand back the share ``leases`` from the one a slot could not start on (its job
+        process did not start), then pause that slot, longer each time in a row: the
+        worker cannot help it, other workers may. A burst stops and raises ``exc``."""
+        with self._in_hand_lock:
+            # The first had started; the others still wait, unless their leases were lost.
+            unrun = leases[:1] + [lease for lease in leases[1:] if self._waiting.pop(_delivery(lease), None)]
+        for lease in unrun:
             self._give_back(lease)
-        self._start_failures += 1
-        self._stopping.wait(_backoff_s(self._start_failures))
+        if self._stopping.is_set():
+            return  # stopping: its child was killed on purpose, or soon would be
+        log.error("%s; handed %d job(s) back to the queue", exc, len(unrun))
+        if self._burst:
+            self._failure = exc
+            self._stopping.set()
+            return
+        self._stopping.wait(_backoff_s(exc.in_a_row))
 
     def _give_back(self, lease: Lease) -> ReleaseOutcome | None:
         """Hand a job this worker will not run back to the queue; None if that failed (its lease expires)."""
@@ -793,7 +804,6 @@ class _Pool:
             except JobProcessError as exc:
                 self.worker._cannot_start(leases[n - 1 :], exc)
                 raise
-            self.worker._start_failures = 0
             if isinstance(ended, Ended) and n == len(leases):
                 last.append(ended)
             elif ended is not None:

@@ -22,7 +22,7 @@ import pytest
 import redis
 from dtqtest import dtq_command, fails_at_start, never_ready, wait_for
 
-from dtq_core import JobFailed, JobStatus, Queue, Worker, runner
+from dtq_core import JobFailed, JobProcessError, JobStatus, Queue, Worker, runner
 from dtq_core.engines.redis import Keys
 
 StartWorker = Callable[..., subprocess.Popen[str]]
@@ -220,7 +220,7 @@ def test_a_job_process_that_cannot_start_hands_the_jobs_back_without_spinning(
     # Paused longer after each failure (before, a slot failed every job it was given, thousands a second).
     assert 1 <= len(tries) <= 6, tries
     assert problem in tries[0] and 'if __name__ == "__main__":' in tries[0]
-    assert "handing 3 job(s) back to the queue" in tries[0]
+    assert "handed 3 job(s) back to the queue" in tries[0]
     # Every job is back in its queue, at once: not held until its lease expires.
     [stats] = [q for q in queue.stats().queues if q.plugin == "test_only"]
     assert (stats.waiting, stats.running) == (3, 0)
@@ -249,7 +249,21 @@ def test_a_script_that_runs_a_process_worker_unguarded_is_told_how_to_fix_it(
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'keep its code under `if __name__ == "__main__":`' in proc.stderr
-    assert proc.stderr.count("handing 1 job(s) back") <= 12  # no spinning
+    assert proc.stderr.count("handed 1 job(s) back") <= 12  # no spinning
     worker = Worker(["test_only"], redis_url, namespace=namespace, mode="thread", lease_s=1, poll_s=0.05)
     wait_for(lambda: worker.get_jobs() != [] or queue.get("j1").status is JobStatus.SUCCEEDED, timeout=15)
     assert queue.result("j1", timeout=5) == {"action": "echo"}
+
+
+def test_a_burst_whose_job_process_cannot_start_stops_with_the_error_and_keeps_the_jobs(
+    queue: Queue, redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "child_main", fails_at_start)
+    queue.enqueue_many("test_only", [{"action": "echo", "n": n} for n in range(3)])
+    worker = Worker(["test_only"], redis_url, namespace=namespace, mode="process", prefetch=8, poll_s=0.05)
+    with pytest.raises(JobProcessError, match="failed as it started") as caught:
+        worker.get_jobs()  # before, a burst fetched the handed-back jobs again, for ever
+    worker.close()
+    assert caught.value.in_a_row == 1
+    [stats] = [q for q in queue.stats().queues if q.plugin == "test_only"]
+    assert (stats.waiting, stats.running) == (3, 0)

@@ -83,6 +83,8 @@ def _check_options(client: redis.Redis, url: str) -> None:
     pool = client.connection_pool
     try:
         pool.connection_class(**pool.connection_kwargs)
+    except (ValueError, redis.RedisError) as exc:  # a bad value: protocol=4, ssl_cert_reqs=bogus
+        raise EngineError(f"bad Redis URL {mask_url(url)!r}: {exc}") from exc
     except TypeError as exc:
         name = re.search(r"argument '(\w+)'", str(exc))
         what = f"{name.group(1)!r} is not an option" if name else f"an option is not one ({exc})"

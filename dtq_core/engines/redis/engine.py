@@ -113,7 +113,6 @@ _SWEEP_BATCH = 1000
 _SWEEPS = 20
 #: Completions per complete.lua call.
 _COMPLETE_CHUNK = 500
-#: append.lua's codes.
 #: append.lua's codes: one digit per job, all of a call's in one string.
 _APPENDED = {"1": AppendOutcome.CREATED, "2": AppendOutcome.EXISTS, "0": AppendOutcome.CONFLICT}
 #: A script's line that asks for a shared part of lua/lib/ (see _lua).

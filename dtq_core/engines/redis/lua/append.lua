@@ -1,8 +1,9 @@
 --[[ append: create jobs of one plugin, each unless a job with its id exists.
 
 Each job is created whole or not at all (a script runs atomically); a batch
-costs a fixed number of commands plus, per job, one look for a retained final
-record and one event, so a bulk append needs few commands per job.
+costs a fixed number of commands plus one event per job (and a look for a
+retained final record per job only when the batch has one), so a bulk append
+needs few commands per job.
 
 KEYS[1] jobs       hash    id -> payload JSON {"data","plugin"} of every live job
 KEYS[2] state      hash    id -> state JSON of every live job (see fetch.lua)

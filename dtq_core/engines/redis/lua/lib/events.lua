@@ -3,8 +3,9 @@
 -- (0 records none). XADD's MAXLEN costs about a fifth of the XADD: a call
 -- that may add several events adds them untrimmed and trims once at its end
 -- (trim_events); one that adds a single event trims in it (`alone`).
--- Fields whose value is the reader's default (attempt 0, no worker, no
--- error) are left out of an event: each field costs the server work and memory.
+-- A field an event has no value for may be left out (the reader takes attempt
+-- 0, no worker, no error): appends and successes, the bulk of the events, do
+-- so; each field costs the server work and memory.
 local events_untrimmed = 0
 
 local function add_event(stream, cap, alone, ...)
