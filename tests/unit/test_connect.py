@@ -74,3 +74,9 @@ def test_known_query_options_are_taken() -> None:
         "redis://h:1/0?socket_timeout=3&protocol=2", socket_timeout_s=1, connect_timeout_s=1, retries=0
     )
     assert client.connection_pool.connection_kwargs["socket_timeout"] == 3.0
+
+
+def test_a_bad_value_in_the_query_is_refused_when_connecting() -> None:
+    with pytest.raises(EngineError, match="bad Redis URL 'redis://:\\*\\*\\*@h:1/0\\?protocol=4'") as caught:
+        connect("redis://:pw@h:1/0?protocol=4", socket_timeout_s=1, connect_timeout_s=1, retries=0)
+    assert "pw" not in str(caught.value)
