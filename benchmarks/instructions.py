@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,16 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
+from server import free_port
 
 from dtq_core import Queue, Worker
 
 DATA = {"action": "echo"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class CountedServer:

@@ -12,21 +12,15 @@ Figures vary run to run on a shared machine by up to about 20%.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 import redis
+from server import free_port
 
 from dtq_core import Queue, Worker
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def commands(client: redis.Redis) -> int:

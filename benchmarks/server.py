@@ -97,7 +97,7 @@ class RedisServer:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
         self.client: redis.Redis | None = None
@@ -184,12 +184,12 @@ class RedisServer:
         return {"command": f"redis-benchmark {shown}", "evalsha_per_s": rps}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     if port == 6379:  # pragma: no cover - the machine's own Redis is never ours
-        return _free_port()
+        return free_port()
     return port
 
 
