@@ -12,6 +12,12 @@ Worker and child talk over a pipe in JSON messages, never pickle:
 * child to worker: ``{"op": "progress", ...}``, ``{"op": "poll"}``,
   ``{"op": "append", "job": ...}`` (each answered), then ``{"op": "done",
   "attempt": <Attempt.to_dict()>}``.
+
+The worker sends the slot's next job while one runs, so the child starts it as
+soon as it sends ``done`` instead of waiting a round trip for it: a job
+process holds at most its running job and the next. Jobs run in the order
+sent, and each job's messages come before its ``done``, so both sides always
+know which job a message is about.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import inspect
 import json
 import multiprocessing
 import os
+import select
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -39,8 +47,12 @@ from dtq_core.retry import Attempt, Ending
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-    from dtq_core.engine import Engine
+    from dtq_core.engine import Engine, Lease
     from dtq_core.queue import Queue
+
+#: Begins the slot's next job while one runs and returns its lease; None when there is
+#: none or it may not run (see ``Worker.begin``). Only a process runner calls it.
+Ahead = Callable[[], "Lease | None"]
 
 #: How often a waiting worker looks at a child's deadline and cancel flag (s).
 _POLL_S = 0.05
@@ -108,8 +120,13 @@ class ThreadRunner:
         self.engine = engine
         self.queue = queue
 
-    def run(self, control: Control, limit_s: float | None, plugin: Plugin) -> Attempt | None:
-        """Run the job; the result is discarded if it finished past its time limit."""
+    def run(
+        self, control: Control, limit_s: float | None, plugin: Plugin, ahead: Ahead | None = None
+    ) -> Attempt | None:
+        """Run the job; the result is discarded if it finished past its time limit.
+
+        ``ahead`` is not called: a thread runs one job at a time, nothing to overlap.
+        """
         job = control.lease.job
         caller = LocalCaller(control, self.engine, self.queue)
         attempt = call_plugin(plugin, job, caller)
@@ -118,6 +135,10 @@ class ThreadRunner:
         if limit_s is not None and control.deadline is not None and time.monotonic() > control.deadline:
             return timed_out(limit_s)
         return attempt
+
+    def holds(self, lease: Lease) -> bool:
+        """Never: nothing is sent ahead to a thread."""
+        return False
 
     def kill(self) -> None:
         """A thread cannot be stopped from outside: its late completion is fenced off."""
@@ -135,13 +156,31 @@ class ProcessRunner:
         self.queue = queue
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
+        self._readable: select.poll | None = None  # the pipe's end, registered once per child
+        self._sent: deque[tuple[str, str]] = deque()  # sent ahead, not started: (job id, token)
         self._failed_starts = 0  # in a row
 
-    def run(self, control: Control, limit_s: float | None, plugin: Plugin) -> Attempt | None:
-        """Run the job in the child (which loads ``plugin`` itself); None when the child died."""
+    def run(
+        self, control: Control, limit_s: float | None, plugin: Plugin, ahead: Ahead | None = None
+    ) -> Attempt | None:
+        """Run the job in the child (which loads ``plugin`` itself); None when the child died.
+
+        Once the child has the job, ``ahead`` begins the next one, which is sent
+        at once: the child starts it when this one ends.
+        """
+        lease = control.lease
+        if self._sent and self._sent[0] != _key(lease):
+            self.abort()  # the child holds a job its slot no longer runs (not expected)
         conn = self._ensure_child()
         try:
-            _send(conn, {"op": "run", "job": control.lease.job.to_dict()})
+            if self._sent:
+                self._sent.popleft()  # sent ahead while the previous job ran
+            else:
+                _send(conn, {"op": "run", "job": lease.job.to_dict()})
+            following = ahead() if ahead is not None else None
+            if following is not None:
+                _send(conn, {"op": "run", "job": following.job.to_dict()})
+                self._sent.append(_key(following))
             return self._supervise(conn, control, limit_s)
         except (OSError, ValueError):
             self.abort()  # the pipe broke: the child is gone
@@ -175,14 +214,25 @@ class ProcessRunner:
                 return Attempt.from_dict(message["attempt"])
             _send(conn, handlers[message["op"]](message))
 
+    def holds(self, lease: Lease) -> bool:
+        """Whether a live child has this job, sent ahead, to run next."""
+        process = self._process
+        return (
+            bool(self._sent) and self._sent[0] == _key(lease) and process is not None and process.is_alive()
+        )
+
     def abort(self) -> None:
-        """Kill the child and forget it (a new one starts for the next job); from the slot's thread."""
+        """Kill the child and forget it (a new one starts for the next job); from the slot's thread.
+
+        A job sent ahead goes with it: it is sent again to the next child.
+        """
         if self._process is not None and self._process.pid is not None:  # None: it never started
             self._process.kill()
             self._process.join(5)
         if self._conn is not None:
             self._conn.close()
-        self._process = self._conn = None
+        self._process = self._conn = self._readable = None
+        self._sent.clear()
 
     def kill(self) -> None:
         """Kill the child from another thread; the slot's thread notices and cleans up."""
@@ -195,9 +245,10 @@ class ProcessRunner:
         self.abort()
 
     def _receive(self, conn: Connection) -> Any:
-        process = self._process
+        process, readable = self._process, self._readable
         try:
-            if not conn.poll(_POLL_S):
+            # One poll object per child: Connection.poll builds a selector on every call.
+            if readable is None or not readable.poll(_POLL_S * 1000):
                 return None if process is not None and process.is_alive() else _DIED
             return json.loads(conn.recv_bytes())
         except (EOFError, OSError, ValueError):
@@ -220,6 +271,8 @@ class ProcessRunner:
             finally:
                 child.close()
             self._conn = parent
+            self._readable = select.poll()
+            self._readable.register(parent.fileno(), select.POLLIN)
             self._await_ready(parent)
         return self._conn
 
@@ -270,6 +323,10 @@ class ProcessRunner:
 _DIED = object()
 
 
+def _key(lease: Lease) -> tuple[str, str]:
+    return (lease.job.id, lease.token)
+
+
 def _not_started(exc: Exception) -> str:
     """Why a job process could not start, and what to do about it."""
     if isinstance(exc, RuntimeError) and "bootstrapping phase" in str(exc):
@@ -295,9 +352,10 @@ def _send(conn: Connection, message: Mapping[str, Any]) -> None:
 class ChildCaller(Caller):
     """The caller of a job running in a child process: asks its worker over the pipe."""
 
-    def __init__(self, job: Job, conn: Connection) -> None:
+    def __init__(self, job: Job, conn: Connection, pending: deque[dict[str, Any]]) -> None:
         super().__init__(job)
         self._conn = conn
+        self._pending = pending
 
     def progress(self, fraction: float | None = None, message: str | None = None) -> None:
         """Send progress to the worker, which records it."""
@@ -317,8 +375,11 @@ class ChildCaller(Caller):
 
     def _ask(self, message: Mapping[str, Any]) -> dict[str, Any]:
         _send(self._conn, message)
-        reply: dict[str, Any] = json.loads(self._conn.recv_bytes())
-        return reply
+        while True:
+            reply: dict[str, Any] = json.loads(self._conn.recv_bytes())
+            if reply.get("op") != "run":
+                return reply
+            self._pending.append(reply)  # the next job, sent ahead: it runs after this one
 
 
 def child_main(
@@ -328,10 +389,11 @@ def child_main(
     _die_with_parent(worker_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when jobs stop
     registry = PluginRegistry(allow, config=config)
+    pending: deque[dict[str, Any]] = deque()  # run messages read while a job asked something
     _send(conn, {"op": "ready"})
     while True:
         try:
-            message = json.loads(conn.recv_bytes())
+            message = pending.popleft() if pending else json.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
         job = Job.from_dict(message["job"])
@@ -340,7 +402,7 @@ def child_main(
         except PluginError as exc:
             attempt = unrunnable(exc)
         else:
-            attempt = call_plugin(plugin, job, ChildCaller(job, conn))
+            attempt = call_plugin(plugin, job, ChildCaller(job, conn, pending))
         _send(conn, {"op": "done", "attempt": attempt.to_dict()})
 
 

@@ -39,10 +39,10 @@ from dtq_core.engine import Batch, Completion, Engine, Lease, Outcome, ReleaseOu
 from dtq_core.errors import DtqError, EngineUnavailable, JobProcessError, PluginError
 from dtq_core.job import Job, JobStatus
 from dtq_core.periodic import Periodic, PeriodicScheduler
-from dtq_core.plugin import PluginRegistry
+from dtq_core.plugin import Plugin, PluginRegistry
 from dtq_core.queue import Queue
 from dtq_core.retry import RetryPolicy, decide, policy_for, timeout_for
-from dtq_core.runner import ProcessRunner, Runner, ThreadRunner, unrunnable
+from dtq_core.runner import Ahead, ProcessRunner, Runner, ThreadRunner, unrunnable
 
 log = logging.getLogger("dtq.worker")
 
@@ -375,6 +375,14 @@ class Worker:
             return
         self._stopping.wait(_backoff_s(exc.in_a_row))
 
+    def _unbegin(self, started: Started) -> None:
+        """Hand back a begun job that will not run after all (see :meth:`begin`)."""
+        lease = started.control.lease
+        with self._in_hand_lock:
+            self._in_hand.pop(_delivery(lease), None)
+            self._stale.discard(_delivery(lease))
+        self._give_back(lease)
+
     def _give_back(self, lease: Lease) -> ReleaseOutcome | None:
         """Hand a job this worker will not run back to the queue; None if that failed (its lease expires)."""
         try:
@@ -501,31 +509,39 @@ class Worker:
 
     # --- one job -----------------------------------------------------------------
 
-    def execute(self, runner: Runner, lease: Lease) -> Ended | Job:
-        """Run one leased job to the end of its attempt: its outcome, still to record.
-
-        An attempt whose runner died is settled at once (released): its Job is returned.
-        """
+    def begin(self, lease: Lease) -> Started | Ended:
+        """Hold a leased job as running: its plugin found, its lease renewed and its cancel
+        reachable from now on; or, when its plugin cannot run here, its outcome (dead)."""
         job = lease.job
-        started = time.monotonic()
         try:
             plugin = self.registry.get(job.plugin)
         except PluginError as exc:
-            return self._ended(lease, decide(RetryPolicy(), job, unrunnable(exc)), started)  # dead
-        limit = timeout_for(plugin, job)
-        control = Control(lease, deadline=None if limit is None else started + limit)
-        delivery = _delivery(lease)
+            return self._ended(lease, decide(RetryPolicy(), job, unrunnable(exc)), time.monotonic())
+        control = Control(lease)
         with self._in_hand_lock:
-            self._in_hand[delivery] = control
+            self._in_hand[_delivery(lease)] = control
+        return Started(control, plugin, timeout_for(plugin, job))
+
+    def execute(self, runner: Runner, started: Started, ahead: Ahead | None = None) -> Ended | Job:
+        """Run a begun job to the end of its attempt: its outcome, still to record.
+
+        ``ahead`` may begin the slot's next job, which a process runner sends its
+        child before this one ends. An attempt whose runner died is settled at
+        once (released): its Job is returned.
+        """
+        control, lease = started.control, started.control.lease
+        began = time.monotonic()
+        if started.limit_s is not None:
+            control.deadline = began + started.limit_s  # the time limit counts from here
         try:
-            attempt = runner.run(control, limit, plugin)
+            attempt = runner.run(control, started.limit_s, started.plugin, ahead)
         finally:
             with self._in_hand_lock:
-                self._in_hand.pop(delivery, None)
-                self._stale.discard(delivery)
+                self._in_hand.pop(_delivery(lease), None)
+                self._stale.discard(_delivery(lease))
         if attempt is None:
             return self._lost(lease)
-        return self._ended(lease, decide(policy_for(plugin, job), job, attempt), started)
+        return self._ended(lease, decide(policy_for(started.plugin, lease.job), lease.job, attempt), began)
 
     def _ended(self, lease: Lease, outcome: Outcome, started: float) -> Ended:
         ttl = self.result_ttl_s if outcome.status is JobStatus.SUCCEEDED else self.failure_ttl_s
@@ -700,6 +716,15 @@ class Ended:
     duration_s: float
 
 
+@attrs.frozen
+class Started:
+    """A job held as running (:meth:`Worker.begin`): its control, plugin and time limit."""
+
+    control: Control
+    plugin: Plugin
+    limit_s: float | None
+
+
 class _Pool:
     """``size`` slot threads, each with its own runner, fed a share of leases at a time.
 
@@ -794,13 +819,27 @@ class _Pool:
     def _run_share(self, runner: Runner, leases: list[Lease]) -> list[Ended]:
         """Run a share of leases in turn; return the outcome of the last, which the slot records itself.
 
-        Each other outcome goes to the acknowledger as it comes. If the job
-        process cannot start, the jobs not run yet go back to the queue.
+        Each other outcome goes to the acknowledger as it comes. A process runner
+        sends the job process the next job while one runs (``ahead``), so that the
+        child never waits for the worker between jobs. If the job process cannot
+        start, the jobs not run yet go back to the queue.
         """
         last: list[Ended] = []
+        early: dict[int, Started | Ended] = {}  # the next job, begun while the one before ran
+
+        def ahead(n: int) -> Ahead:
+            def begin_next() -> Lease | None:
+                if n >= len(leases) or not self.worker._start(leases[n]):
+                    return None
+                begun = early[n] = self.worker.begin(leases[n])
+                return leases[n] if isinstance(begun, Started) else None
+
+            return begin_next
+
         for n, lease in enumerate(leases, start=1):
+            begun = early.pop(n - 1, None)
             try:
-                ended = self._run_one(runner, lease)
+                ended = self._run_one(runner, lease, begun, ahead(n))
             except JobProcessError as exc:
                 self.worker._cannot_start(leases[n - 1 :], exc)
                 raise
@@ -810,11 +849,23 @@ class _Pool:
                 self.acks.submit(ended)
         return last
 
-    def _run_one(self, runner: Runner, lease: Lease) -> Ended | Job | None:
-        if not self.worker._start(lease):
+    def _run_one(
+        self, runner: Runner, lease: Lease, begun: Started | Ended | None, ahead: Ahead
+    ) -> Ended | Job | None:
+        """Run one job of a share; ``begun`` when ``ahead`` began it already, None if it
+        may not run (its lease was lost or the worker is stopping) or went wrong."""
+        if begun is None:
+            if not self.worker._start(lease):
+                return None
+            begun = self.worker.begin(lease)
+        elif isinstance(begun, Started) and self.worker._stopping.is_set() and not runner.holds(lease):
+            # Begun early, but its job process was stopped before it could run it.
+            self.worker._unbegin(begun)
             return None
+        if isinstance(begun, Ended):
+            return begun  # its plugin cannot run here
         try:
-            return self.worker.execute(runner, lease)
+            return self.worker.execute(runner, begun, ahead)
         except JobProcessError:
             raise  # not this job's fault: see _run_share
         except DtqError as exc:

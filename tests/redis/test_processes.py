@@ -22,7 +22,7 @@ import pytest
 import redis
 from dtqtest import dtq_command, fails_at_start, never_ready, wait_for
 
-from dtq_core import JobFailed, JobProcessError, JobStatus, Queue, Worker, runner
+from dtq_core import CancelOutcome, JobFailed, JobProcessError, JobStatus, Queue, Worker, runner
 from dtq_core.engines.redis import Keys
 
 StartWorker = Callable[..., subprocess.Popen[str]]
@@ -267,3 +267,114 @@ def test_a_burst_whose_job_process_cannot_start_stops_with_the_error_and_keeps_t
     assert caught.value.in_a_row == 1
     [stats] = [q for q in queue.stats().queues if q.plugin == "test_only"]
     assert (stats.waiting, stats.running) == (3, 0)
+
+
+# --- the next job, sent to the job process while one runs (prefetch above 1) --------------
+
+
+def burst_in_process_mode(redis_url: str, namespace: str, **options: object) -> list[str]:
+    worker = Worker(["test_only"], redis_url, namespace=namespace, mode="process", poll_s=0.05, **options)
+    try:
+        return [job.id for job in worker.get_jobs()]
+    finally:
+        worker.close()
+
+
+def final(queue: Queue, job_id: str) -> tuple[JobStatus, int, int]:
+    job = queue.get(job_id)
+    assert job is not None
+    return (job.status, job.attempts, job.lost_leases)
+
+
+def test_one_job_process_runs_a_share_in_order_each_job_sent_while_the_one_before_runs(
+    queue: Queue, redis_url: str, namespace: str
+) -> None:
+    ids = [f"w{n}" for n in range(6)]
+    for job_id in ids:
+        queue.enqueue("test_only", {"action": "whoami", "seconds": 0.05}, id=job_id)
+    assert burst_in_process_mode(redis_url, namespace, prefetch=6) == ids
+    results = [queue.result(job_id, timeout=5) for job_id in ids]
+    assert len({result["pid"] for result in results}) == 1  # one child for the share
+    assert all(final(queue, job_id) == (JobStatus.SUCCEEDED, 1, 0) for job_id in ids)
+
+
+def test_a_job_that_asks_its_worker_while_the_next_is_sent_gets_its_own_replies(
+    queue: Queue, redis_url: str, namespace: str
+) -> None:
+    # The next job's run message reaches the child before the replies to progress
+    # and to the cancel checks: the child must keep it for later, not take it for a reply.
+    queue.enqueue("test_only", {"action": "progress", "steps": 5, "interval": 0.02}, id="asks")
+    queue.enqueue("test_only", {"action": "follow_up"}, id="appends")
+    queue.enqueue("test_only", {"action": "echo", "n": 3}, id="plain")
+    burst_in_process_mode(redis_url, namespace, prefetch=3)
+    assert queue.result("asks", timeout=5) == {"steps": 5}
+    assert queue.result("appends", timeout=5) == {"child": "appends-child"}
+    assert queue.result("plain", timeout=5) == {"action": "echo", "n": 3}
+    assert final(queue, "asks") == (JobStatus.SUCCEEDED, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("middle", "ending"),
+    [
+        ({"action": "sleep", "seconds": 60}, (JobStatus.FAILED, 1, 0)),  # stopped at its time limit
+        ({"action": "crash", "crashes": 1}, (JobStatus.SUCCEEDED, 2, 1)),  # lost, then ran again
+    ],
+    ids=["timed-out", "crashed"],
+)
+def test_the_job_sent_ahead_to_a_child_that_was_killed_runs_in_the_next_child_as_a_first_attempt(
+    queue: Queue,
+    redis_url: str,
+    namespace: str,
+    middle: dict[str, object],
+    ending: tuple[JobStatus, int, int],
+) -> None:
+    queue.enqueue("test_only", {"action": "whoami", "seconds": 0}, id="before")
+    queue.enqueue("test_only", middle, id="middle", timeout_s=0.5, max_retries=0)
+    queue.enqueue("test_only", {"action": "whoami", "seconds": 0}, id="after")  # sent while middle ran
+    burst_in_process_mode(redis_url, namespace, prefetch=3)
+    before, after = queue.result("before", timeout=5), queue.result("after", timeout=5)
+    assert before["pid"] != after["pid"]  # the first child was killed with the middle job
+    assert final(queue, "after") == (JobStatus.SUCCEEDED, 1, 0)  # neither lost nor run twice
+    assert final(queue, "middle") == ending
+
+
+def test_a_job_sent_ahead_and_cancelled_while_the_one_before_ran_is_stopped(
+    queue: Queue, redis_url: str, namespace: str
+) -> None:
+    queue.enqueue("test_only", {"action": "sleep", "seconds": 1.5}, id="first")
+    queue.enqueue("test_only", {"action": "whoami", "seconds": 30}, id="ahead")
+    worker = Worker(
+        ["test_only"], redis_url, namespace=namespace, mode="process", poll_s=0.05, prefetch=2, lease_s=1.5
+    )
+    thread = threading.Thread(target=worker.get_jobs)
+    thread.start()
+    try:
+        wait_for(lambda: is_running(queue, "first"))
+        assert queue.cancel("ahead") is CancelOutcome.REQUESTED  # it is leased: it must be stopped
+        thread.join(25)
+        assert not thread.is_alive()
+    finally:
+        worker.stop()
+        thread.join(10)
+        worker.close()
+    assert final(queue, "first") == (JobStatus.SUCCEEDED, 1, 0)
+    assert final(queue, "ahead")[0] is JobStatus.CANCELLED
+
+
+def test_sigterm_with_prefetch_runs_the_job_in_hand_and_the_one_sent_ahead_and_hands_back_the_rest(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    queue.enqueue("test_only", {"action": "progress", "steps": 10, "interval": 0.1}, id="in-hand")
+    for job_id in ("ahead", "later-1", "later-2"):
+        queue.enqueue("test_only", {"action": "echo"}, id=job_id)
+    worker = start_worker("--prefetch", "4", "--lease", "5")
+    # Its first progress report means its child runs it, and has the next job already.
+    wait_for(lambda: (job := queue.get("in-hand")) is not None and (job.progress or 0) > 0)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    assert final(queue, "in-hand") == (JobStatus.SUCCEEDED, 1, 0)
+    assert final(queue, "ahead") == (JobStatus.SUCCEEDED, 1, 0)  # already in the job process
+    for job_id in ("later-1", "later-2"):
+        job = queue.get(job_id)
+        assert job is not None and job.result is None  # handed back, not run
+        assert (job.status, job.lost_leases) == (JobStatus.QUEUED, 0)
