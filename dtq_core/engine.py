@@ -437,6 +437,16 @@ class Engine(abc.ABC):
     def release(self, lease: Lease, *, lost: bool, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
         """Give a held job back to its queue; ``lost`` counts it as a lost lease (its process died)."""
 
+    def hand_back(self, lease: Lease, *, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
+        """Give back a held job that never started (prefetched, then the worker stopped).
+
+        Its delivery should not count as an attempt, so that a job handed back at
+        every shutdown keeps its retries; the next delivery's token must still
+        differ from this one's. This default counts it (``release`` with
+        ``lost=False``): the built-in engines override it.
+        """
+        return self.release(lease, lost=False, max_lost_leases=max_lost_leases, ttl_s=ttl_s)
+
     @abc.abstractmethod
     def recover(self, plugin: str, *, max_lost_leases: int, ttl_s: float, limit: int = 100) -> int:
         """Requeue (or bury as dead) jobs of ``plugin`` whose lease expired; return how many."""
@@ -550,6 +560,25 @@ LOST_LEASE = ErrorInfo(
     type="LeaseLost",
     message="the worker running this job stopped renewing its lease (killed, out of memory, or hung)",
 )
+
+
+def delivery_token(worker_id: str, state: dict[str, Any]) -> str:
+    """A leased job's fencing token: unique per delivery, as fetch.lua makes it.
+
+    Deliveries handed back unstarted (:func:`uncount_attempt`) share attempt
+    numbers with the next, so their count is part of the token too.
+    """
+    token = f"{worker_id}/{state['attempts']}"
+    returned = int(state.get("returned", 0))
+    return f"{token}.{returned}" if returned else token
+
+
+def uncount_attempt(state: dict[str, Any]) -> None:
+    """Take back the attempt a delivery counted, when it is handed back unstarted (as release.lua)."""
+    state["attempts"] = max(0, int(state.get("attempts", 1)) - 1)
+    state["returned"] = int(state.get("returned", 0)) + 1
+    if state["attempts"] == 0:
+        state.pop("started", None)
 
 
 def dead_after_lost_leases(max_lost: int) -> ErrorInfo:

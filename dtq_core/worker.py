@@ -383,11 +383,16 @@ class Worker:
             self._stale.discard(_delivery(lease))
         self._give_back(lease)
 
-    def _give_back(self, lease: Lease) -> ReleaseOutcome | None:
-        """Hand a job this worker will not run back to the queue; None if that failed (its lease expires)."""
+    def _give_back(self, lease: Lease, *, started: bool = False) -> ReleaseOutcome | None:
+        """Hand a job this worker will not run (or finish) back to the queue; None if that
+        failed (its lease expires). Unless ``started``, its delivery is not counted as an attempt."""
         try:
-            return self.engine.release(
-                lease, lost=False, max_lost_leases=self.max_lost_leases, ttl_s=self.failure_ttl_s
+            if started:
+                return self.engine.release(
+                    lease, lost=False, max_lost_leases=self.max_lost_leases, ttl_s=self.failure_ttl_s
+                )
+            return self.engine.hand_back(
+                lease, max_lost_leases=self.max_lost_leases, ttl_s=self.failure_ttl_s
             )
         except DtqError as exc:
             log.warning("job %s: could not hand it back (%s); its lease will expire", lease.job.id, exc)
@@ -451,8 +456,10 @@ class Worker:
 
     def _hand_back(self) -> None:
         """Give the jobs still in hand back to the queue (shutdown past the grace period)."""
+        with self._in_hand_lock:
+            running = {_delivery(control.lease) for control in self._in_hand.values()}
         for lease in self.in_hand():
-            outcome = self._give_back(lease)
+            outcome = self._give_back(lease, started=_delivery(lease) in running)
             if outcome is not None:
                 log.warning(
                     "job %s (%s): stopped at shutdown, %s", lease.job.id, lease.job.plugin, outcome.value

@@ -46,8 +46,10 @@ from dtq_core.engine import (
     counter_event_id,
     counter_event_seq,
     dead_after_lost_leases,
+    delivery_token,
     history_minutes,
     short_message,
+    uncount_attempt,
 )
 from dtq_core.job import ErrorInfo, Job, JobStatus
 from dtq_core.record import job_from_state
@@ -321,6 +323,15 @@ class MemoryEngine(Engine):
                 return ReleaseOutcome.NOT_HELD
             return self._release(self._space, lease.job.plugin, lease.job.id, lost, max_lost_leases, ttl_s)
 
+    def hand_back(self, lease: Lease, *, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
+        """Give back a job never started, its attempt not counted (as ``release.lua``)."""
+        with self._store.lock:
+            record = self._space.records.get(lease.job.id)
+            if record is None or record.state.get("token") != lease.token:
+                return ReleaseOutcome.NOT_HELD
+            uncount_attempt(record.state)
+            return self._release(self._space, lease.job.plugin, lease.job.id, False, max_lost_leases, ttl_s)
+
     def recover(self, plugin: str, *, max_lost_leases: int, ttl_s: float, limit: int = 100) -> int:
         """Requeue or bury the jobs whose lease expired."""
         with self._store.lock:
@@ -493,9 +504,7 @@ class MemoryEngine(Engine):
         record = space.records[job_id]
         state = record.state
         state["attempts"] = int(state["attempts"]) + 1
-        state.update(
-            status="running", started=now, worker=worker_id, token=f"{worker_id}/{state['attempts']}"
-        )
+        state.update(status="running", started=now, worker=worker_id, token=delivery_token(worker_id, state))
         state.pop("progress", None)
         state.pop("message", None)
         space.active.setdefault(plugin, {})[job_id] = now + int(lease_s * 1000)

@@ -65,8 +65,10 @@ from dtq_core.engine import (
     counter_event_id,
     counter_event_seq,
     dead_after_lost_leases,
+    delivery_token,
     history_minutes,
     short_message,
+    uncount_attempt,
 )
 from dtq_core.errors import EngineError, EngineUnavailable, MalformedRecord
 from dtq_core.job import ErrorInfo, Job, JobStatus, encode_payload
@@ -382,6 +384,15 @@ class SqliteEngine(Engine):
                 return ReleaseOutcome.NOT_HELD
             return self._release(db, row, lost, max_lost_leases, ttl_s)
 
+    def hand_back(self, lease: Lease, *, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
+        """Give back a job never started, its attempt not counted (as ``release.lua``)."""
+        with self._tx() as db:
+            row = self._row(db, lease.job.id)
+            if row is None or row["token"] != lease.token or row["status"] != "running":
+                return ReleaseOutcome.NOT_HELD
+            uncount_attempt(row["state"])
+            return self._release(db, row, False, max_lost_leases, ttl_s)
+
     def recover(self, plugin: str, *, max_lost_leases: int, ttl_s: float, limit: int = 100) -> int:
         """Requeue or bury the jobs whose lease expired."""
         with self._tx() as db:
@@ -658,7 +669,7 @@ class SqliteEngine(Engine):
         state.update(started=now, worker=worker_id)
         state.pop("progress", None)
         state.pop("message", None)
-        token = f"{worker_id}/{state['attempts']}"
+        token = delivery_token(worker_id, state)
         row.update(status="running", token=token, deadline_ms=now + int(lease_s * 1000))
         self._save(db, row)
         self._event(db, EventType.STARTED, row)

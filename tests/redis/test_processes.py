@@ -375,6 +375,10 @@ def test_sigterm_with_prefetch_runs_the_job_in_hand_and_the_one_sent_ahead_and_h
     assert final(queue, "in-hand") == (JobStatus.SUCCEEDED, 1, 0)
     assert final(queue, "ahead") == (JobStatus.SUCCEEDED, 1, 0)  # already in the job process
     for job_id in ("later-1", "later-2"):
-        job = queue.get(job_id)
-        assert job is not None and job.result is None  # handed back, not run
-        assert (job.status, job.lost_leases) == (JobStatus.QUEUED, 0)
+        job = queue.get(job_id)  # handed back unstarted: not an attempt, its retries intact
+        assert job is not None and (job.status, job.attempts, job.lost_leases, job.started_at) == (
+            JobStatus.QUEUED,
+            0,
+            0,
+            None,
+        )

@@ -615,7 +615,14 @@ class RedisEngine(Engine):
 
     def release(self, lease: Lease, *, lost: bool, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
         """Give a held job back (see ``release.lua``)."""
-        call = self._release(lease.job.plugin, lease.job.id, lease.token, lost, max_lost_leases, ttl_s)
+        return self._give_back(lease, 1 if lost else 0, max_lost_leases, ttl_s)
+
+    def hand_back(self, lease: Lease, *, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
+        """Give back a job never started; its delivery does not count as an attempt (``release.lua``)."""
+        return self._give_back(lease, 2, max_lost_leases, ttl_s)
+
+    def _give_back(self, lease: Lease, how: int, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
+        call = self._release(lease.job.plugin, lease.job.id, lease.token, how, max_lost_leases, ttl_s)
         with self._talking():
             [reply] = self._run_scripts([call])
         # With a token, release.lua leaves a malformed record to lease recovery (0).
@@ -634,7 +641,7 @@ class RedisEngine(Engine):
             expired = self._scripts["expired"]([self.keys.active(plugin)], [limit])
             if not expired:
                 return 0
-            calls = [self._release(plugin, job_id, "", True, max_lost_leases, ttl_s) for job_id in expired]
+            calls = [self._release(plugin, job_id, "", 1, max_lost_leases, ttl_s) for job_id in expired]
             replies = self._run_scripts(calls)
         burials = [
             _Burial(plugin, job_id, "", str(reply[1]), ttl_s)
@@ -654,8 +661,9 @@ class RedisEngine(Engine):
                 return
 
     def _release(
-        self, plugin: str, job_id: str, token: str, lost: bool, max_lost: int, ttl_s: float
+        self, plugin: str, job_id: str, token: str, how: int, max_lost: int, ttl_s: float
     ) -> _ScriptCall:
+        """release.lua's call; ``how`` is its ARGV[3]: 1 lost, 0 given back, 2 never started."""
         k = self.keys
         keys = [
             k.jobs,
@@ -675,7 +683,7 @@ class RedisEngine(Engine):
         args: list[str | int] = [
             job_id,
             token,
-            1 if lost else 0,
+            how,
             max_lost,
             max(1, int(ttl_s)),
             json.dumps(LOST_LEASE.to_dict()),

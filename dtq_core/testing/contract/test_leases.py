@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from dtq_core import Engine, JobStatus, Outcome, Queue, Worker
+from dtq_core import Engine, JobStatus, Lease, Outcome, Queue, ReleaseOutcome, Worker
 
 
 def test_failing_plugin_marks_the_job_failed_and_the_worker_carries_on(
@@ -68,6 +68,36 @@ def test_completion_with_a_lost_lease_is_rejected(dtq_queue: Queue, dtq_engine: 
     final = dtq_queue.get("contested")
     assert final is not None
     assert (final.result, final.attempts, final.lost_leases) == ("owner", 2, 1)
+
+
+def test_a_job_handed_back_unstarted_keeps_its_retries_and_each_delivery_its_own_token(
+    dtq_queue: Queue, dtq_engine: Engine
+) -> None:
+    """A prefetched job a stopping worker hands back was never attempted: shutdowns must
+    not use up its retries, yet a stale holder of an earlier delivery stays fenced off."""
+    dtq_queue.enqueue("test_only", {"action": "echo"}, id="returned", max_retries=0)
+    tokens = []
+    for _ in range(3):
+        [lease] = dtq_engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases
+        assert lease.job.attempts == 1
+        tokens.append(lease.token)
+        assert dtq_engine.hand_back(lease, max_lost_leases=3, ttl_s=60) is ReleaseOutcome.REQUEUED
+        assert dtq_engine.hand_back(lease, max_lost_leases=3, ttl_s=60) is ReleaseOutcome.NOT_HELD
+    waiting = dtq_queue.get("returned")
+    assert waiting is not None
+    assert (waiting.status, waiting.attempts, waiting.lost_leases, waiting.started_at) == (
+        JobStatus.QUEUED,
+        0,
+        0,
+        None,
+    )
+    [owner] = dtq_engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases
+    assert len({*tokens, owner.token}) == 4
+    stale = Lease(owner.job, tokens[0])
+    assert not dtq_engine.complete(stale, Outcome(JobStatus.SUCCEEDED, result_json='"stale"'), ttl_s=60)
+    assert dtq_engine.complete(owner, Outcome(JobStatus.SUCCEEDED, result_json='"owner"'), ttl_s=60)
+    final = dtq_queue.get("returned")
+    assert final is not None and (final.result, final.attempts) == ("owner", 1)
 
 
 def test_repeated_completion_by_the_holder_is_idempotent(dtq_queue: Queue, dtq_engine: Engine) -> None:

@@ -10,7 +10,8 @@ due and are promoted here, atomically, by whichever worker comes first.
 KEYS[1] jobs    hash  id -> payload JSON
 KEYS[2] state   hash  id -> state JSON: {status, attempts, lost, priority, seq,
                       created, started, finished, due, worker, token, cancel,
-                      progress, message, max_retries, retry_backoff_s, timeout_s}
+                      progress, message, max_retries, retry_backoff_s, timeout_s,
+                      returned (deliveries handed back unstarted, see release.lua)}
 KEYS[3] events  stream  the namespace's lifecycle events
 KEYS[4..]       triples of (ready zset, active zset, scheduled zset) of each
                 plugin, in the order to take from; active: id -> lease deadline
@@ -181,8 +182,10 @@ local function lease(id, ready, active, scheduled, plugin)
   state.worker = ARGV[3]
   state.progress = nil
   state.message = nil
-  -- The attempt number makes the token unique per delivery: fencing.
+  -- The attempt number, and the count of deliveries handed back unstarted
+  -- (release.lua), make the token unique per delivery: fencing.
   state.token = ARGV[3] .. '/' .. state.attempts
+  if num(state.returned) then state.token = state.token .. '.' .. string.format('%d', state.returned) end
   local ok, encoded = pcall(cjson.encode, state)
   if not ok then return set_aside(id, active, plugin, 'the state holds a number JSON cannot carry') end
   leased_states[#leased_states + 1] = id

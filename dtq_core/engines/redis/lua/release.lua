@@ -2,8 +2,10 @@
 
 Three callers: recovery of an expired lease (its worker died or hung: no token,
 the deadline must have passed, a lost lease is counted); a worker whose job
-process died (token, lost lease counted); a worker shutting down that hands
-back a job it has not finished (token, nothing counted). A job that has lost
+process died (token, lost lease counted); a worker that hands back a job it
+has not finished (token, nothing counted), or one it never started (token: the
+delivery is not counted as an attempt either, so a job handed back at every
+shutdown keeps its retries). A job that has lost
 too many leases (it keeps killing its workers) ends 'dead'; a job whose
 cancellation was requested ends 'cancelled' instead of running again.
 
@@ -21,7 +23,8 @@ KEYS[11] scheduled zset  the plugin's delayed jobs
 KEYS[12] waiters hash    id -> tokens of the producers waiting for it (see wait.lua)
 ARGV[1] id
 ARGV[2] token, or '' to release only if the lease has expired
-ARGV[3] 1 to count a lost lease (and record ARGV[6] as an attempt error), else 0
+ARGV[3] 1 to count a lost lease (and record ARGV[6] as an attempt error); 2 not
+        started: take back the attempt the fetch counted (a token is needed); else 0
 ARGV[4] max lost leases: the count at which the job goes dead
 ARGV[5] retention in seconds of a final record
 ARGV[6] error JSON recorded for a lost lease
@@ -108,6 +111,13 @@ local lost = num(state.lost) or 0
 if ARGV[3] == '1' then lost = lost + 1 end
 state.lost = lost
 state.token = nil
+if ARGV[3] == '2' and ARGV[2] ~= '' then
+  -- Not an attempt after all. `returned` keeps the next delivery's token
+  -- unlike this one's (fetch.lua), though their attempt numbers are the same.
+  state.attempts = math.max(0, (num(state.attempts) or 1) - 1)
+  state.returned = (num(state.returned) or 0) + 1
+  if state.attempts == 0 then state.started = nil end
+end
 -- Checked before any write: a state JSON cannot write back is set aside whole.
 if not pcall(cjson.encode, state) then
   if ARGV[2] == '' then return {4, 'the state holds a number JSON cannot carry'} end
