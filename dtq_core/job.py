@@ -106,7 +106,8 @@ class Job:
     its options (``priority``, ``max_retries``, ``retry_backoff_s``,
     ``timeout_s``; None means the plugin's default). The other fields are
     written by dtq as the job moves through its life: ``attempts`` counts
-    deliveries to a worker (a worker killed mid-job still used one);
+    deliveries to a worker (a worker killed mid-job still used one; a
+    prefetched job handed back unstarted did not);
     ``lost_leases`` counts the deliveries whose worker stopped renewing its
     lease; ``errors`` holds each failed attempt's error, oldest first, and
     ``error`` the last one; ``eta`` is when a scheduled job is due.

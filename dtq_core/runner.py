@@ -158,6 +158,7 @@ class ProcessRunner:
         self._conn: Connection | None = None
         self._readable: select.poll | None = None  # the pipe's end, registered once per child
         self._sent: deque[tuple[str, str]] = deque()  # sent ahead, not started: (job id, token)
+        self._killed = False  # by kill(), from another thread: the child holds nothing any more
         self._failed_starts = 0  # in a row
 
     def run(
@@ -218,7 +219,11 @@ class ProcessRunner:
         """Whether a live child has this job, sent ahead, to run next."""
         process = self._process
         return (
-            bool(self._sent) and self._sent[0] == _key(lease) and process is not None and process.is_alive()
+            not self._killed
+            and bool(self._sent)
+            and self._sent[0] == _key(lease)
+            and process is not None
+            and process.is_alive()  # can still be True for a moment after kill()
         )
 
     def abort(self) -> None:
@@ -233,9 +238,11 @@ class ProcessRunner:
             self._conn.close()
         self._process = self._conn = self._readable = None
         self._sent.clear()
+        self._killed = False
 
     def kill(self) -> None:
         """Kill the child from another thread; the slot's thread notices and cleans up."""
+        self._killed = True
         process = self._process
         if process is not None and process.pid is not None:
             process.kill()

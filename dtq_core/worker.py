@@ -18,6 +18,7 @@ stays leased: a worker killed in between loses nothing, the job runs again.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -185,6 +186,8 @@ class Worker:
         self._in_hand: dict[tuple[str, str], Control] = {}
         self._in_hand_lock = threading.Lock()
         self._stale: set[tuple[str, str]] = set()  # deliveries in hand whose lease is lost: not renewed
+        # In hand and running (execute): the others in hand were only sent ahead to a job process.
+        self._executing: set[tuple[str, str]] = set()
         # Leased and waiting in a slot (prefetched): renewed, and handed back if not started.
         self._waiting: dict[tuple[str, str], Lease] = {}
         self._burst = False  # set by each run
@@ -253,6 +256,8 @@ class Worker:
             grace = 0.0  # a second signal, or a crash: hand jobs back now
             raise
         finally:
+            self._stopping.set()  # also on a crash: slots must start nothing more
+            self._hand_back_waiting()
             pool.shutdown(grace, before_kill=self._hand_back)
             self._unregister()
             self._stopping.clear()  # a stopped worker can be run again
@@ -454,11 +459,21 @@ class Worker:
                     observer.leases_recovered(plugin, count)
         self._next_recovery = time.monotonic() + max(0.05, self.lease_s / 4)
 
+    def _hand_back_waiting(self) -> None:
+        """On stopping, give back the prefetched jobs no slot has begun, so that other workers
+        can take them while the jobs in hand finish (a slot that pops one first runs it)."""
+        with self._in_hand_lock:
+            waiting = list(self._waiting.values())
+            self._waiting.clear()
+        for lease in waiting:
+            self._give_back(lease)
+
     def _hand_back(self) -> None:
         """Give the jobs still in hand back to the queue (shutdown past the grace period)."""
         with self._in_hand_lock:
-            running = {_delivery(control.lease) for control in self._in_hand.values()}
-        for lease in self.in_hand():
+            leases = [control.lease for control in self._in_hand.values()] + list(self._waiting.values())
+            running = set(self._executing)
+        for lease in leases:
             outcome = self._give_back(lease, started=_delivery(lease) in running)
             if outcome is not None:
                 log.warning(
@@ -540,12 +555,15 @@ class Worker:
         began = time.monotonic()
         if started.limit_s is not None:
             control.deadline = began + started.limit_s  # the time limit counts from here
+        with self._in_hand_lock:
+            self._executing.add(_delivery(lease))
         try:
             attempt = runner.run(control, started.limit_s, started.plugin, ahead)
         finally:
             with self._in_hand_lock:
                 self._in_hand.pop(_delivery(lease), None)
                 self._stale.discard(_delivery(lease))
+                self._executing.discard(_delivery(lease))
         if attempt is None:
             return self._lost(lease)
         return self._ended(lease, decide(policy_for(started.plugin, lease.job), lease.job, attempt), began)
@@ -832,21 +850,12 @@ class _Pool:
         start, the jobs not run yet go back to the queue.
         """
         last: list[Ended] = []
-        early: dict[int, Started | Ended] = {}  # the next job, begun while the one before ran
-
-        def ahead(n: int) -> Ahead:
-            def begin_next() -> Lease | None:
-                if n >= len(leases) or not self.worker._start(leases[n]):
-                    return None
-                begun = early[n] = self.worker.begin(leases[n])
-                return leases[n] if isinstance(begun, Started) else None
-
-            return begin_next
-
+        early: dict[int, Started] = {}  # the next job, begun while the one before ran
         for n, lease in enumerate(leases, start=1):
             begun = early.pop(n - 1, None)
+            ahead = functools.partial(self._begin_ahead, leases, n, early)
             try:
-                ended = self._run_one(runner, lease, begun, ahead(n))
+                ended = self._run_one(runner, lease, begun, ahead)
             except JobProcessError as exc:
                 self.worker._cannot_start(leases[n - 1 :], exc)
                 raise
@@ -856,23 +865,37 @@ class _Pool:
                 self.acks.submit(ended)
         return last
 
+    def _begin_ahead(self, leases: list[Lease], n: int, early: dict[int, Started]) -> Lease | None:
+        """Begin ``leases[n]`` while the job before it runs (see :data:`Ahead`), noting it in ``early``."""
+        if n >= len(leases) or not self.worker._start(leases[n]):
+            return None
+        begun = self.worker.begin(leases[n])
+        if isinstance(begun, Ended):
+            self.acks.submit(begun)  # its plugin cannot run here: recorded now, not held
+            return None
+        early[n] = begun
+        return leases[n]
+
     def _run_one(
-        self, runner: Runner, lease: Lease, begun: Started | Ended | None, ahead: Ahead
+        self, runner: Runner, lease: Lease, begun: Started | None, ahead: Ahead
     ) -> Ended | Job | None:
         """Run one job of a share; ``begun`` when ``ahead`` began it already, None if it
         may not run (its lease was lost or the worker is stopping) or went wrong."""
+        started: Started | Ended
         if begun is None:
             if not self.worker._start(lease):
                 return None
-            begun = self.worker.begin(lease)
-        elif isinstance(begun, Started) and self.worker._stopping.is_set() and not runner.holds(lease):
+            started = self.worker.begin(lease)
+            if isinstance(started, Ended):
+                return started  # its plugin cannot run here
+        elif self.worker._stopping.is_set() and not runner.holds(lease):
             # Begun early, but its job process was stopped before it could run it.
             self.worker._unbegin(begun)
             return None
-        if isinstance(begun, Ended):
-            return begun  # its plugin cannot run here
+        else:
+            started = begun
         try:
-            return self.worker.execute(runner, begun, ahead)
+            return self.worker.execute(runner, started, ahead)
         except JobProcessError:
             raise  # not this job's fault: see _run_share
         except DtqError as exc:

@@ -327,8 +327,12 @@ class MemoryEngine(Engine):
         """Give back a job never started, its attempt not counted (as ``release.lua``)."""
         with self._store.lock:
             record = self._space.records.get(lease.job.id)
-            if record is None or record.state.get("token") != lease.token:
-                return ReleaseOutcome.NOT_HELD
+            if (
+                record is None
+                or record.state.get("token") != lease.token
+                or record.state["status"] != "running"
+            ):
+                return ReleaseOutcome.NOT_HELD  # a finished record keeps its token: check the status first
             uncount_attempt(record.state)
             return self._release(self._space, lease.job.plugin, lease.job.id, False, max_lost_leases, ttl_s)
 

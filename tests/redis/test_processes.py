@@ -286,13 +286,13 @@ def final(queue: Queue, job_id: str) -> tuple[JobStatus, int, int]:
     return (job.status, job.attempts, job.lost_leases)
 
 
-def test_one_job_process_runs_a_share_in_order_each_job_sent_while_the_one_before_runs(
+def test_one_job_process_runs_a_whole_share_each_job_sent_while_the_one_before_runs(
     queue: Queue, redis_url: str, namespace: str
 ) -> None:
     ids = [f"w{n}" for n in range(6)]
     for job_id in ids:
         queue.enqueue("test_only", {"action": "whoami", "seconds": 0.05}, id=job_id)
-    assert burst_in_process_mode(redis_url, namespace, prefetch=6) == ids
+    assert sorted(burst_in_process_mode(redis_url, namespace, prefetch=6)) == ids
     results = [queue.result(job_id, timeout=5) for job_id in ids]
     assert len({result["pid"] for result in results}) == 1  # one child for the share
     assert all(final(queue, job_id) == (JobStatus.SUCCEEDED, 1, 0) for job_id in ids)
@@ -341,7 +341,7 @@ def test_the_job_sent_ahead_to_a_child_that_was_killed_runs_in_the_next_child_as
 def test_a_job_sent_ahead_and_cancelled_while_the_one_before_ran_is_stopped(
     queue: Queue, redis_url: str, namespace: str
 ) -> None:
-    queue.enqueue("test_only", {"action": "sleep", "seconds": 1.5}, id="first")
+    queue.enqueue("test_only", {"action": "progress", "steps": 15, "interval": 0.1}, id="first")
     queue.enqueue("test_only", {"action": "whoami", "seconds": 30}, id="ahead")
     worker = Worker(
         ["test_only"], redis_url, namespace=namespace, mode="process", poll_s=0.05, prefetch=2, lease_s=1.5
@@ -349,7 +349,8 @@ def test_a_job_sent_ahead_and_cancelled_while_the_one_before_ran_is_stopped(
     thread = threading.Thread(target=worker.get_jobs)
     thread.start()
     try:
-        wait_for(lambda: is_running(queue, "first"))
+        # Its first progress report means its child runs it, and has the next job already.
+        wait_for(lambda: (job := queue.get("first")) is not None and (job.progress or 0) > 0)
         assert queue.cancel("ahead") is CancelOutcome.REQUESTED  # it is leased: it must be stopped
         thread.join(25)
         assert not thread.is_alive()
@@ -364,13 +365,16 @@ def test_a_job_sent_ahead_and_cancelled_while_the_one_before_ran_is_stopped(
 def test_sigterm_with_prefetch_runs_the_job_in_hand_and_the_one_sent_ahead_and_hands_back_the_rest(
     queue: Queue, start_worker: StartWorker
 ) -> None:
-    queue.enqueue("test_only", {"action": "progress", "steps": 10, "interval": 0.1}, id="in-hand")
+    queue.enqueue("test_only", {"action": "progress", "steps": 30, "interval": 0.1}, id="in-hand")
     for job_id in ("ahead", "later-1", "later-2"):
         queue.enqueue("test_only", {"action": "echo"}, id=job_id)
     worker = start_worker("--prefetch", "4", "--lease", "5")
     # Its first progress report means its child runs it, and has the next job already.
     wait_for(lambda: (job := queue.get("in-hand")) is not None and (job.progress or 0) > 0)
     worker.send_signal(signal.SIGTERM)
+    # The jobs no slot has begun go back at once, for other workers, while the job in hand runs on.
+    wait_for(lambda: final(queue, "later-2")[0] is JobStatus.QUEUED)
+    assert is_running(queue, "in-hand")
     assert worker.wait(20) == 0
     assert final(queue, "in-hand") == (JobStatus.SUCCEEDED, 1, 0)
     assert final(queue, "ahead") == (JobStatus.SUCCEEDED, 1, 0)  # already in the job process
@@ -382,3 +386,27 @@ def test_sigterm_with_prefetch_runs_the_job_in_hand_and_the_one_sent_ahead_and_h
             0,
             None,
         )
+
+
+def test_past_the_grace_period_only_the_job_that_ran_counts_an_attempt(
+    queue: Queue, redis_url: str, namespace: str
+) -> None:
+    queue.enqueue("test_only", {"action": "progress", "steps": 300, "interval": 0.1}, id="in-hand")
+    queue.enqueue("test_only", {"action": "echo"}, id="ahead")
+    queue.enqueue("test_only", {"action": "echo"}, id="later")
+    worker = Worker(
+        ["test_only"], redis_url, namespace=namespace, mode="process", poll_s=0.05, prefetch=3, grace_s=0.5
+    )
+    thread = threading.Thread(target=worker.work)
+    thread.start()
+    try:
+        # Its first progress report means its child runs it, and has the next job already.
+        wait_for(lambda: (job := queue.get("in-hand")) is not None and (job.progress or 0) > 0)
+    finally:
+        worker.stop()
+        thread.join(20)
+        worker.close()
+    assert not thread.is_alive()
+    assert final(queue, "in-hand") == (JobStatus.QUEUED, 1, 0)  # stopped mid-run: an attempt, not lost
+    assert final(queue, "ahead") == (JobStatus.QUEUED, 0, 0)  # sent ahead, never started
+    assert final(queue, "later") == (JobStatus.QUEUED, 0, 0)

@@ -98,6 +98,11 @@ def test_a_job_handed_back_unstarted_keeps_its_retries_and_each_delivery_its_own
     assert dtq_engine.complete(owner, Outcome(JobStatus.SUCCEEDED, result_json='"owner"'), ttl_s=60)
     final = dtq_queue.get("returned")
     assert final is not None and (final.result, final.attempts) == ("owner", 1)
+    # Too late: the job ended (a finished record may keep its token), and stays as it ended.
+    assert dtq_engine.hand_back(owner, max_lost_leases=3, ttl_s=60) is ReleaseOutcome.NOT_HELD
+    after = dtq_queue.get("returned")
+    assert after is not None
+    assert (after.status, after.attempts, after.started_at) == (JobStatus.SUCCEEDED, 1, final.started_at)
 
 
 def test_repeated_completion_by_the_holder_is_idempotent(dtq_queue: Queue, dtq_engine: Engine) -> None:
