@@ -199,20 +199,20 @@ class ProcessRunner:
             "append": self._on_append,
         }
         while True:
-            if control.cancel.is_set():
-                self.abort()
-                return stopped_by_cancel()
-            if limit_s is not None and control.deadline is not None and time.monotonic() > control.deadline:
-                self.abort()
-                return timed_out(limit_s)
-            message = self._receive(conn)
+            stop = _must_stop(control, limit_s)
+            # Once it must stop, read only what the child already sent: its outcome
+            # may be there, and then the child, maybe on the next job already, lives.
+            message = self._receive(conn, wait=stop is None)
             if message is _DIED:
                 self.abort()
                 return None
             if message is None:
+                if stop is not None:
+                    self.abort()  # still running: stopped by killing its process
+                    return stop
                 continue
             if message["op"] == "done":
-                return Attempt.from_dict(message["attempt"])
+                return _settled(Attempt.from_dict(message["attempt"]), stop)
             _send(conn, handlers[message["op"]](message))
 
     def holds(self, lease: Lease) -> bool:
@@ -251,11 +251,12 @@ class ProcessRunner:
         """Stop the child (once the slot's thread is done with it)."""
         self.abort()
 
-    def _receive(self, conn: Connection) -> Any:
+    def _receive(self, conn: Connection, *, wait: bool = True) -> Any:
+        """The child's next message; None if none came within a poll (at once, without ``wait``)."""
         process, readable = self._process, self._readable
         try:
             # One poll object per child: Connection.poll builds a selector on every call.
-            if readable is None or not readable.poll(_POLL_S * 1000):
+            if readable is None or not readable.poll(_POLL_S * 1000 if wait else 0):
                 return None if process is not None and process.is_alive() else _DIED
             return json.loads(conn.recv_bytes())
         except (EOFError, OSError, ValueError):
@@ -328,6 +329,23 @@ class ProcessRunner:
 
 
 _DIED = object()
+
+
+def _must_stop(control: Control, limit_s: float | None) -> Attempt | None:
+    """The ending of an attempt that must stop now (cancelled, or past its time limit), else None."""
+    if control.cancel.is_set():
+        return stopped_by_cancel()
+    if limit_s is not None and control.deadline is not None and time.monotonic() > control.deadline:
+        return timed_out(limit_s)
+    return None
+
+
+def _settled(attempt: Attempt, stop: Attempt | None) -> Attempt:
+    """How an attempt that ended as it was to be stopped counts, as in thread mode: a success
+    stands against a late cancellation; past the time limit, the result is discarded."""
+    if stop is None or (stop.ending is Ending.CANCELLED and attempt.ending is Ending.OK):
+        return attempt
+    return stop
 
 
 def _key(lease: Lease) -> tuple[str, str]:
