@@ -13,9 +13,9 @@ Worker and child talk over a pipe in JSON messages, never pickle:
   ``{"op": "append", "job": ...}`` (each answered), then ``{"op": "done",
   "attempt": <Attempt.to_dict()>}``.
 
-The worker sends the slot's next job while one runs, so the child starts it as
-soon as it sends ``done`` instead of waiting a round trip for it: a job
-process holds at most its running job and the next. Jobs run in the order
+The worker sends the slot's next jobs while one runs, so the child starts the
+next as soon as it sends ``done`` instead of waiting a round trip for it: a job
+process holds at most its running job and the next two. Jobs run in the order
 sent, and each job's messages come before its ``done``, so both sides always
 know which job a message is about.
 """
@@ -50,8 +50,8 @@ if TYPE_CHECKING:
     from dtq_core.engine import Engine, Lease
     from dtq_core.queue import Queue
 
-#: Begins the slot's next job while one runs and returns its lease; None when there is
-#: none or it may not run (see ``Worker.begin``). Only a process runner calls it.
+#: Begins the slot's next job that may run, while one runs, and returns its lease; None
+#: when none is left (see ``Worker.begin``). Only a process runner calls it.
 Ahead = Callable[[], "Lease | None"]
 
 #: How often a waiting worker looks at a child's deadline and cancel flag (s).
@@ -59,6 +59,10 @@ _POLL_S = 0.05
 #: Longest wait for a new child to say it is ready (s): the interpreter starts, and
 #: spawn imports the main module again (plugins load later, as jobs need them).
 _START_TIMEOUT_S = 20.0
+#: Jobs a child is sent beyond the one it runs. One hides the worker's round trip between
+#: jobs; two also the worker's own stalls (its other threads, the GIL): about a third more
+#: jobs a second than one, measured with no-op jobs. More gained nothing.
+_AHEAD = 2
 
 
 def call_plugin(plugin: Plugin, job: Job, caller: Caller) -> Attempt:
@@ -115,6 +119,8 @@ def stopped_by_cancel() -> Attempt:
 class ThreadRunner:
     """Runs plugins in the calling thread of the worker's process."""
 
+    generation = 0  # never replaced: nothing is sent ahead (see ProcessRunner.generation)
+
     def __init__(self, registry: PluginRegistry, engine: Engine, queue: Queue) -> None:
         self.registry = registry
         self.engine = engine
@@ -158,7 +164,9 @@ class ProcessRunner:
         self._conn: Connection | None = None
         self._readable: select.poll | None = None  # the pipe's end, registered once per child
         self._sent: deque[tuple[str, str]] = deque()  # sent ahead, not started: (job id, token)
-        self._killed = False  # by kill(), from another thread: the child holds nothing any more
+        self._killed = False  # by kill() at shutdown, from another thread: no job runs any more
+        #: Counts the children stopped: jobs sent ahead to one are sent again to the next.
+        self.generation = 0
         self._failed_starts = 0  # in a row
 
     def run(
@@ -166,10 +174,14 @@ class ProcessRunner:
     ) -> Attempt | None:
         """Run the job in the child (which loads ``plugin`` itself); None when the child died.
 
-        Once the child has the job, ``ahead`` begins the next one, which is sent
-        at once: the child starts it when this one ends.
+        Once the child has the job, ``ahead`` begins the next ones (up to
+        ``_AHEAD`` in the child), which are sent at once: the child starts the
+        first when this one ends.
         """
         lease = control.lease
+        if self._killed:
+            self.abort()
+            return None  # the worker gave its jobs back and stopped this runner: start no child
         if self._sent and self._sent[0] != _key(lease):
             self.abort()  # the child holds a job its slot no longer runs (not expected)
         conn = self._ensure_child()
@@ -178,8 +190,7 @@ class ProcessRunner:
                 self._sent.popleft()  # sent ahead while the previous job ran
             else:
                 _send(conn, {"op": "run", "job": lease.job.to_dict()})
-            following = ahead() if ahead is not None else None
-            if following is not None:
+            while ahead is not None and len(self._sent) < _AHEAD and (following := ahead()) is not None:
                 _send(conn, {"op": "run", "job": following.job.to_dict()})
                 self._sent.append(_key(following))
             return self._supervise(conn, control, limit_s)
@@ -238,7 +249,7 @@ class ProcessRunner:
             self._conn.close()
         self._process = self._conn = self._readable = None
         self._sent.clear()
-        self._killed = False
+        self.generation += 1
 
     def kill(self) -> None:
         """Kill the child from another thread; the slot's thread notices and cleans up."""

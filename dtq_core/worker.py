@@ -18,7 +18,6 @@ stays leased: a worker killed in between loses nothing, the job runs again.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -845,18 +844,19 @@ class _Pool:
         """Run a share of leases in turn; return the outcome of the last, which the slot records itself.
 
         Each other outcome goes to the acknowledger as it comes. A process runner
-        sends the job process the next job while one runs (``ahead``), so that the
+        sends the job process its next jobs while one runs (``ahead``), so that the
         child never waits for the worker between jobs. If the job process cannot
         start, the jobs not run yet go back to the queue.
         """
         last: list[Ended] = []
-        early: dict[int, Started] = {}  # the next job, begun while the one before ran
+        ahead = _SendAhead(self, runner, leases)
         for n, lease in enumerate(leases, start=1):
-            begun = early.pop(n - 1, None)
-            ahead = functools.partial(self._begin_ahead, leases, n, early)
+            begun = ahead.reached(n - 1)
             try:
                 ended = self._run_one(runner, lease, begun, ahead)
             except JobProcessError as exc:
+                for unsent in ahead.early.values():  # sent to a child that died, then none started
+                    self.worker._unbegin(unsent)
                 self.worker._cannot_start(leases[n - 1 :], exc)
                 raise
             if isinstance(ended, Ended) and n == len(leases):
@@ -864,17 +864,6 @@ class _Pool:
             elif ended is not None:
                 self.acks.submit(ended)
         return last
-
-    def _begin_ahead(self, leases: list[Lease], n: int, early: dict[int, Started]) -> Lease | None:
-        """Begin ``leases[n]`` while the job before it runs (see :data:`Ahead`), noting it in ``early``."""
-        if n >= len(leases) or not self.worker._start(leases[n]):
-            return None
-        begun = self.worker.begin(leases[n])
-        if isinstance(begun, Ended):
-            self.acks.submit(begun)  # its plugin cannot run here: recorded now, not held
-            return None
-        early[n] = begun
-        return leases[n]
 
     def _run_one(
         self, runner: Runner, lease: Lease, begun: Started | None, ahead: Ahead
@@ -903,6 +892,42 @@ class _Pool:
         except Exception:
             # Never let a slot die silently: the job's lease expires and it runs again.
             log.exception("job %s: unexpected error in the worker", lease.job.id)
+        return None
+
+
+class _SendAhead:
+    """The :data:`Ahead` of a share: begins, in order, the jobs its process runner sends
+    the child before their turn, each once, and again after the child was replaced."""
+
+    def __init__(self, pool: _Pool, runner: Runner, leases: list[Lease]) -> None:
+        self.pool, self.runner, self.leases = pool, runner, leases
+        self.early: dict[int, Started] = {}  # begun (and sent) while one before them ran
+        self._current = 0  # the index of the job the slot runs
+        self._following = 1  # the index of the next job to send the child
+        self._child = runner.generation  # the child the jobs ahead were sent to
+
+    def reached(self, n: int) -> Started | None:
+        """The slot runs ``leases[n]`` now: the job as begun ahead, if it was."""
+        self._current, self._following = n, max(self._following, n + 1)
+        return self.early.pop(n, None)
+
+    def __call__(self) -> Lease | None:
+        if self.runner.generation != self._child:
+            # A new child: the jobs sent ahead died with the old one; send them again, in order.
+            self._child, self._following = self.runner.generation, self._current + 1
+        worker = self.pool.worker
+        while (n := self._following) < len(self.leases):
+            self._following += 1
+            if n in self.early:
+                return self.leases[n]  # begun before, for the child that was replaced
+            if not worker._start(self.leases[n]):
+                continue  # its lease was lost, or the worker is stopping (it went back)
+            begun = worker.begin(self.leases[n])
+            if isinstance(begun, Ended):
+                self.pool.acks.submit(begun)  # its plugin cannot run here: recorded now, not held
+                continue
+            self.early[n] = begun
+            return self.leases[n]
         return None
 
 

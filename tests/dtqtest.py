@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import random
 import shutil
 import socket
@@ -11,6 +12,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -240,3 +242,15 @@ def never_ready(*_args: object) -> None:
 def fails_at_start(*_args: object) -> None:
     """A job process's entry point that fails before it is ready."""
     raise SystemExit(3)
+
+
+def works_once(*args: Any) -> None:
+    """A job process's entry point that works in the first child only: later ones fail as
+    they start. The marker file that says a child started is named by DTQ_TEST_MARKER."""
+    from dtq_core import runner
+
+    marker = Path(os.environ["DTQ_TEST_MARKER"])
+    if marker.exists():
+        raise SystemExit(3)
+    marker.touch()
+    runner.child_main(*args)

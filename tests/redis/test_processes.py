@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from dtqtest import dtq_command, fails_at_start, never_ready, wait_for
+from dtqtest import dtq_command, fails_at_start, never_ready, wait_for, works_once
 
 from dtq_core import CancelOutcome, JobFailed, JobProcessError, JobStatus, Queue, Worker, runner
 from dtq_core.engines.redis import Keys
@@ -269,7 +269,7 @@ def test_a_burst_whose_job_process_cannot_start_stops_with_the_error_and_keeps_t
     assert (stats.waiting, stats.running) == (3, 0)
 
 
-# --- the next job, sent to the job process while one runs (prefetch above 1) --------------
+# --- the next jobs, sent to the job process while one runs (prefetch above 1) -------------
 
 
 def burst_in_process_mode(redis_url: str, namespace: str, **options: object) -> list[str]:
@@ -330,11 +330,18 @@ def test_the_job_sent_ahead_to_a_child_that_was_killed_runs_in_the_next_child_as
 ) -> None:
     queue.enqueue("test_only", {"action": "whoami", "seconds": 0}, id="before")
     queue.enqueue("test_only", middle, id="middle", timeout_s=0.5, max_retries=0)
-    queue.enqueue("test_only", {"action": "whoami", "seconds": 0}, id="after")  # sent while middle ran
-    burst_in_process_mode(redis_url, namespace, prefetch=3)
-    before, after = queue.result("before", timeout=5), queue.result("after", timeout=5)
-    assert before["pid"] != after["pid"]  # the first child was killed with the middle job
-    assert final(queue, "after") == (JobStatus.SUCCEEDED, 1, 0)  # neither lost nor run twice
+    after = [f"after-{n}" for n in range(5)]  # the first two were sent while middle ran
+    for job_id in after:
+        queue.enqueue("test_only", {"action": "whoami", "seconds": 0}, id=job_id)
+    burst_in_process_mode(redis_url, namespace, prefetch=7)
+    before = queue.result("before", timeout=5)
+    pids = {queue.result(job_id, timeout=5)["pid"] for job_id in after}
+    # The first child was killed with the middle job; the next one ran all the rest, in order:
+    # jobs sent ahead again to it, then the following ones (sent out of order, they would
+    # have cost a child each).
+    assert len(pids) == 1 and before["pid"] not in pids
+    for job_id in after:
+        assert final(queue, job_id) == (JobStatus.SUCCEEDED, 1, 0)  # neither lost nor counted twice
     assert final(queue, "middle") == ending
 
 
@@ -362,22 +369,22 @@ def test_a_job_sent_ahead_and_cancelled_while_the_one_before_ran_is_stopped(
     assert final(queue, "ahead")[0] is JobStatus.CANCELLED
 
 
-def test_sigterm_with_prefetch_runs_the_job_in_hand_and_the_one_sent_ahead_and_hands_back_the_rest(
+def test_sigterm_with_prefetch_runs_the_job_in_hand_and_those_sent_ahead_and_hands_back_the_rest(
     queue: Queue, start_worker: StartWorker
 ) -> None:
     queue.enqueue("test_only", {"action": "progress", "steps": 30, "interval": 0.1}, id="in-hand")
-    for job_id in ("ahead", "later-1", "later-2"):
+    for job_id in ("ahead-1", "ahead-2", "later-1", "later-2"):
         queue.enqueue("test_only", {"action": "echo"}, id=job_id)
-    worker = start_worker("--prefetch", "4", "--lease", "5")
-    # Its first progress report means its child runs it, and has the next job already.
+    worker = start_worker("--prefetch", "5", "--lease", "5")
+    # Its first progress report means its child runs it, and has the next two jobs already.
     wait_for(lambda: (job := queue.get("in-hand")) is not None and (job.progress or 0) > 0)
     worker.send_signal(signal.SIGTERM)
     # The jobs no slot has begun go back at once, for other workers, while the job in hand runs on.
     wait_for(lambda: final(queue, "later-2")[0] is JobStatus.QUEUED)
     assert is_running(queue, "in-hand")
     assert worker.wait(20) == 0
-    assert final(queue, "in-hand") == (JobStatus.SUCCEEDED, 1, 0)
-    assert final(queue, "ahead") == (JobStatus.SUCCEEDED, 1, 0)  # already in the job process
+    for job_id in ("in-hand", "ahead-1", "ahead-2"):  # the last two already in the job process
+        assert final(queue, job_id) == (JobStatus.SUCCEEDED, 1, 0)
     for job_id in ("later-1", "later-2"):
         job = queue.get(job_id)  # handed back unstarted: not an attempt, its retries intact
         assert job is not None and (job.status, job.attempts, job.lost_leases, job.started_at) == (
@@ -392,10 +399,10 @@ def test_past_the_grace_period_only_the_job_that_ran_counts_an_attempt(
     queue: Queue, redis_url: str, namespace: str
 ) -> None:
     queue.enqueue("test_only", {"action": "progress", "steps": 300, "interval": 0.1}, id="in-hand")
-    queue.enqueue("test_only", {"action": "echo"}, id="ahead")
-    queue.enqueue("test_only", {"action": "echo"}, id="later")
+    for job_id in ("ahead-1", "ahead-2", "later"):
+        queue.enqueue("test_only", {"action": "echo"}, id=job_id)
     worker = Worker(
-        ["test_only"], redis_url, namespace=namespace, mode="process", poll_s=0.05, prefetch=3, grace_s=0.5
+        ["test_only"], redis_url, namespace=namespace, mode="process", poll_s=0.05, prefetch=4, grace_s=0.5
     )
     thread = threading.Thread(target=worker.work)
     thread.start()
@@ -408,5 +415,20 @@ def test_past_the_grace_period_only_the_job_that_ran_counts_an_attempt(
         worker.close()
     assert not thread.is_alive()
     assert final(queue, "in-hand") == (JobStatus.QUEUED, 1, 0)  # stopped mid-run: an attempt, not lost
-    assert final(queue, "ahead") == (JobStatus.QUEUED, 0, 0)  # sent ahead, never started
-    assert final(queue, "later") == (JobStatus.QUEUED, 0, 0)
+    for job_id in ("ahead-1", "ahead-2", "later"):  # sent ahead or waiting: never started
+        assert final(queue, job_id) == (JobStatus.QUEUED, 0, 0)
+
+
+def test_jobs_sent_ahead_to_a_child_that_died_go_back_when_no_new_child_can_start(
+    queue: Queue, redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(runner, "child_main", works_once)
+    monkeypatch.setenv("DTQ_TEST_MARKER", str(tmp_path / "a-child-started"))
+    queue.enqueue("test_only", {"action": "crash"}, id="crash")  # takes its child down
+    for job_id in ("sent-1", "sent-2", "waiting"):  # the first two were sent to that child
+        queue.enqueue("test_only", {"action": "echo"}, id=job_id)
+    with pytest.raises(JobProcessError, match="failed as it started"):
+        burst_in_process_mode(redis_url, namespace, prefetch=4)
+    assert final(queue, "crash") == (JobStatus.QUEUED, 1, 1)
+    for job_id in ("sent-1", "sent-2", "waiting"):  # none leased and forgotten: all back, none started
+        assert final(queue, job_id) == (JobStatus.QUEUED, 0, 0)

@@ -29,32 +29,32 @@ def control_of(data: dict[str, object], deadline_s: float | None = None) -> Cont
     )
 
 
-def after_a_pause(then: Callable[[], object] = lambda: None) -> Callable[[], None]:
-    """An ``ahead`` that waits long enough for a quick job to end, then calls ``then``."""
+def once_it_ended(runner: ProcessRunner, then: Callable[[], object] = lambda: None) -> Callable[[], None]:
+    """An ``ahead`` that waits until the child's outcome is in the pipe, then calls ``then``."""
 
     def ahead() -> None:
-        time.sleep(1.0)
+        assert runner._conn is not None and runner._conn.poll(30)
         then()
 
     return ahead
 
 
 def test_an_attempt_that_already_ended_when_it_must_stop_is_not_killed(runner: ProcessRunner) -> None:
-    # `ahead` runs once the child has the job: while it sleeps, the echo ends and its
-    # outcome waits in the pipe; then the time limit has passed, or a cancel came.
+    # `ahead` runs once the child has the job: it waits for the echo's outcome to be in
+    # the pipe; then the time limit has passed, or a cancel came.
     plugin = PluginRegistry(["test_only"]).get("test_only")
     warm_up = runner.run(control_of({"action": "echo"}), None, plugin)  # the child starts, loads the plugin
     assert warm_up is not None and warm_up.ending is Ending.OK
 
     late = control_of({"action": "echo"}, deadline_s=0.05)
-    attempt = runner.run(late, 0.05, plugin, after_a_pause())
+    attempt = runner.run(late, 0.05, plugin, once_it_ended(runner, lambda: time.sleep(0.1)))
     assert attempt is not None and attempt.error is not None
     assert (attempt.ending, attempt.error.type) == (Ending.TIMEOUT, "JobTimeout")  # its result discarded
     child = runner._process
     assert child is not None and child.is_alive()  # not killed: it could be running the next job
 
     cancelled = control_of({"action": "echo", "n": 2})
-    attempt = runner.run(cancelled, None, plugin, after_a_pause(cancelled.cancel.set))
+    attempt = runner.run(cancelled, None, plugin, once_it_ended(runner, cancelled.cancel.set))
     assert attempt is not None and (attempt.ending, attempt.result_json) == (
         Ending.OK,
         '{"action": "echo", "n": 2}',
