@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from dtqtest import dtq_command, fails_at_start, never_ready, wait_for, works_once
+from dtqtest import dtq_command, fails_at_start, never_ready, running, wait_for, works_once
 
 from dtq_core import CancelOutcome, JobFailed, JobProcessError, JobStatus, Queue, Worker, runner
 from dtq_core.engines.redis import Keys
@@ -280,6 +280,12 @@ def burst_in_process_mode(redis_url: str, namespace: str, **options: object) -> 
         worker.close()
 
 
+def reports_progress(queue: Queue, job_id: str) -> bool:
+    """The job reported progress: its child runs it, and has the jobs sent ahead already."""
+    job = queue.get(job_id)
+    return job is not None and (job.progress or 0) > 0
+
+
 def final(queue: Queue, job_id: str) -> tuple[JobStatus, int, int]:
     job = queue.get(job_id)
     assert job is not None
@@ -356,8 +362,7 @@ def test_a_job_sent_ahead_and_cancelled_while_the_one_before_ran_is_stopped(
     thread = threading.Thread(target=worker.get_jobs)
     thread.start()
     try:
-        # Its first progress report means its child runs it, and has the next job already.
-        wait_for(lambda: (job := queue.get("first")) is not None and (job.progress or 0) > 0)
+        wait_for(lambda: reports_progress(queue, "first"))
         assert queue.cancel("ahead") is CancelOutcome.REQUESTED  # it is leased: it must be stopped
         thread.join(25)
         assert not thread.is_alive()
@@ -376,8 +381,7 @@ def test_sigterm_with_prefetch_runs_the_job_in_hand_and_those_sent_ahead_and_han
     for job_id in ("ahead-1", "ahead-2", "later-1", "later-2"):
         queue.enqueue("test_only", {"action": "echo"}, id=job_id)
     worker = start_worker("--prefetch", "5", "--lease", "5")
-    # Its first progress report means its child runs it, and has the next two jobs already.
-    wait_for(lambda: (job := queue.get("in-hand")) is not None and (job.progress or 0) > 0)
+    wait_for(lambda: reports_progress(queue, "in-hand"))
     worker.send_signal(signal.SIGTERM)
     # The jobs no slot has begun go back at once, for other workers, while the job in hand runs on.
     wait_for(lambda: final(queue, "later-2")[0] is JobStatus.QUEUED)
@@ -404,16 +408,9 @@ def test_past_the_grace_period_only_the_job_that_ran_counts_an_attempt(
     worker = Worker(
         ["test_only"], redis_url, namespace=namespace, mode="process", poll_s=0.05, prefetch=4, grace_s=0.5
     )
-    thread = threading.Thread(target=worker.work)
-    thread.start()
-    try:
-        # Its first progress report means its child runs it, and has the next job already.
-        wait_for(lambda: (job := queue.get("in-hand")) is not None and (job.progress or 0) > 0)
-    finally:
-        worker.stop()
-        thread.join(20)
-        worker.close()
-    assert not thread.is_alive()
+    with running(worker):
+        wait_for(lambda: reports_progress(queue, "in-hand"))
+    worker.close()
     assert final(queue, "in-hand") == (JobStatus.QUEUED, 1, 0)  # stopped mid-run: an attempt, not lost
     for job_id in ("ahead-1", "ahead-2", "later"):  # sent ahead or waiting: never started
         assert final(queue, job_id) == (JobStatus.QUEUED, 0, 0)
