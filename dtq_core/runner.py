@@ -2,8 +2,9 @@
 
 Process mode (the default) isolates jobs from the worker: a job that crashes
 or leaks takes down only its child, and a job over its time limit or
-cancelled is stopped by killing the child. Thread mode is lighter, but a
-running job can only stop by itself (``caller.check_cancelled()``).
+cancelled that does not stop by itself (``caller.check_cancelled()``) within
+``_STOP_GRACE_S`` is stopped by killing the child. Thread mode is lighter, but
+a running job can only stop by itself.
 
 Worker and child talk over a pipe in JSON messages, never pickle:
 
@@ -56,6 +57,9 @@ Ahead = Callable[[], "Lease | None"]
 
 #: How often a waiting worker looks at a child's deadline and cancel flag (s).
 _POLL_S = 0.05
+#: How long a job that must stop (cancelled, past its time limit) has to end by itself,
+#: seeing ``caller.cancelled``, before its process is killed (s).
+_STOP_GRACE_S = 0.25
 #: Longest wait for a new child to say it is ready (s): the interpreter starts, and
 #: spawn imports the main module again (plugins load later, as jobs need them).
 _START_TIMEOUT_S = 20.0
@@ -209,16 +213,20 @@ class ProcessRunner:
             "poll": lambda _msg: {"cancel": control.should_stop},
             "append": self._on_append,
         }
+        kill_at: float | None = None
         while True:
             stop = _must_stop(control, limit_s)
-            # Once it must stop, read only what the child already sent: its outcome
-            # may be there, and then the child, maybe on the next job already, lives.
-            message = self._receive(conn, wait=stop is None)
+            if stop is not None and kill_at is None:
+                # The job sees caller.cancelled turn true: one that ends by itself (or had
+                # ended) keeps its process, which may hold the next jobs already.
+                kill_at = time.monotonic() + _STOP_GRACE_S
+            left = None if kill_at is None else kill_at - time.monotonic()
+            message = self._receive(conn, timeout_s=_POLL_S if left is None else min(_POLL_S, max(0.0, left)))
             if message is _DIED:
                 self.abort()
                 return None
             if message is None:
-                if stop is not None:
+                if left is not None and left <= 0:
                     self.abort()  # still running: stopped by killing its process
                     return stop
                 continue
@@ -262,12 +270,12 @@ class ProcessRunner:
         """Stop the child (once the slot's thread is done with it)."""
         self.abort()
 
-    def _receive(self, conn: Connection, *, wait: bool = True) -> Any:
-        """The child's next message; None if none came within a poll (at once, without ``wait``)."""
+    def _receive(self, conn: Connection, *, timeout_s: float = _POLL_S) -> Any:
+        """The child's next message; None if none came within ``timeout_s``."""
         process, readable = self._process, self._readable
         try:
             # One poll object per child: Connection.poll builds a selector on every call.
-            if readable is None or not readable.poll(_POLL_S * 1000 if wait else 0):
+            if readable is None or not readable.poll(timeout_s * 1000):
                 return None if process is not None and process.is_alive() else _DIED
             return json.loads(conn.recv_bytes())
         except (EOFError, OSError, ValueError):

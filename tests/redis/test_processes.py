@@ -351,6 +351,21 @@ def test_the_job_sent_ahead_to_a_child_that_was_killed_runs_in_the_next_child_as
     assert final(queue, "middle") == ending
 
 
+def test_a_job_past_its_time_limit_that_stops_by_itself_keeps_its_process_and_the_jobs_sent_ahead(
+    queue: Queue, redis_url: str, namespace: str
+) -> None:
+    # whoami looks at caller.cancelled every 50 ms: told it ran out of time, it ends by itself,
+    # within the grace before a kill.
+    queue.enqueue("test_only", {"action": "whoami", "seconds": 0}, id="before")
+    queue.enqueue("test_only", {"action": "whoami", "seconds": 30}, id="polite", timeout_s=0.5, max_retries=0)
+    queue.enqueue("test_only", {"action": "whoami", "seconds": 0}, id="after")
+    burst_in_process_mode(redis_url, namespace, prefetch=3)
+    polite = queue.get("polite")
+    assert polite is not None and polite.error is not None
+    assert (polite.status, polite.error.type) == (JobStatus.FAILED, "JobTimeout")
+    assert queue.result("before", timeout=5)["pid"] == queue.result("after", timeout=5)["pid"]  # not killed
+
+
 def test_a_job_sent_ahead_and_cancelled_while_the_one_before_ran_is_stopped(
     queue: Queue, redis_url: str, namespace: str
 ) -> None:
