@@ -220,19 +220,30 @@ class ProcessRunner:
                 # The job sees caller.cancelled turn true: one that ends by itself (or had
                 # ended) keeps its process, which may hold the next jobs already.
                 kill_at = time.monotonic() + _STOP_GRACE_S
-            left = None if kill_at is None else kill_at - time.monotonic()
-            message = self._receive(conn, timeout_s=_POLL_S if left is None else min(_POLL_S, max(0.0, left)))
+            if kill_at is not None and time.monotonic() >= kill_at:
+                return self._last_word(conn, stop)
+            wait_s = _POLL_S if kill_at is None else min(_POLL_S, kill_at - time.monotonic())
+            message = self._receive(conn, timeout_s=max(0.0, wait_s))
             if message is _DIED:
                 self.abort()
                 return None
             if message is None:
-                if left is not None and left <= 0:
-                    self.abort()  # still running: stopped by killing its process
-                    return stop
                 continue
             if message["op"] == "done":
                 return _settled(Attempt.from_dict(message["attempt"]), stop)
             _send(conn, handlers[message["op"]](message))
+
+    def _last_word(self, conn: Connection, stop: Attempt | None) -> Attempt | None:
+        """Past the grace: the outcome if the child sent it already, else kill the child.
+
+        Requests still waiting go unanswered, so a job that keeps asking cannot put
+        the kill off.
+        """
+        while isinstance(message := self._receive(conn, timeout_s=0), dict):
+            if message.get("op") == "done":
+                return _settled(Attempt.from_dict(message["attempt"]), stop)
+        self.abort()
+        return stop
 
     def holds(self, lease: Lease) -> bool:
         """Whether a live child has this job, sent ahead, to run next."""

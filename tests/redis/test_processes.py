@@ -366,6 +366,20 @@ def test_a_job_past_its_time_limit_that_stops_by_itself_keeps_its_process_and_th
     assert queue.result("before", timeout=5)["pid"] == queue.result("after", timeout=5)["pid"]  # not killed
 
 
+def test_a_job_past_its_time_limit_that_keeps_asking_but_never_stops_is_killed_after_the_grace(
+    queue: Queue, redis_url: str, namespace: str
+) -> None:
+    queue.enqueue(
+        "test_only", {"action": "stubborn", "seconds": 30}, id="stubborn", timeout_s=0.5, max_retries=0
+    )
+    started = time.monotonic()
+    burst_in_process_mode(redis_url, namespace)
+    assert time.monotonic() - started < 15  # its questions, always one waiting, do not put the kill off
+    stubborn = queue.get("stubborn")
+    assert stubborn is not None and stubborn.error is not None
+    assert (stubborn.status, stubborn.error.type) == (JobStatus.FAILED, "JobTimeout")
+
+
 def test_a_job_sent_ahead_and_cancelled_while_the_one_before_ran_is_stopped(
     queue: Queue, redis_url: str, namespace: str
 ) -> None:

@@ -80,6 +80,16 @@ def _whoami(job: Job, caller: Caller) -> Any:
     return {"worker": job.worker, "attempt": job.attempts, "pid": os.getpid()}
 
 
+def _stubborn(job: Job, caller: Caller) -> Any:
+    # Asks whether to stop as fast as it can, and never does: only a kill ends it early.
+    deadline = time.monotonic() + float(job.data["seconds"])
+    asked = 0
+    while time.monotonic() < deadline:
+        caller.cancelled  # noqa: B018 - asked for its effect: a request to the worker
+        asked += 1
+    return {"asked": asked}
+
+
 def _flaky(job: Job, _caller: Caller) -> Any:
     if job.attempts <= int(job.data["failures"]):
         raise RuntimeError(f"flaky: attempt {job.attempts} fails on purpose")
@@ -123,6 +133,7 @@ _ACTIONS: dict[str, Callable[[Job, Caller], Any]] = {
     "fail": _fail,
     "sleep": _sleep,
     "whoami": _whoami,
+    "stubborn": _stubborn,
     "flaky": _flaky,
     "crash": _crash,
     "retry": _retry,
@@ -136,5 +147,6 @@ _REQUIRED: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     "sleep": {"seconds": ((int, float), "a number of seconds")},
     "flaky": {"failures": ((int,), "an integer")},
     "whoami": {"seconds": ((int, float), "a number of seconds")},
+    "stubborn": {"seconds": ((int, float), "a number of seconds")},
     "progress": {"steps": ((int,), "an integer")},
 }
