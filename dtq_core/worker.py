@@ -382,10 +382,16 @@ class Worker:
     def _unbegin(self, started: Started) -> None:
         """Hand back a begun job that will not run after all (see :meth:`begin`)."""
         lease = started.control.lease
-        with self._in_hand_lock:
-            self._in_hand.pop(_delivery(lease), None)
-            self._stale.discard(_delivery(lease))
+        self._drop_in_hand(lease)
         self._give_back(lease)
+
+    def _drop_in_hand(self, lease: Lease) -> None:
+        """Forget a delivery held as running: no longer renewed or stoppable by this worker."""
+        delivery = _delivery(lease)
+        with self._in_hand_lock:
+            self._in_hand.pop(delivery, None)
+            self._stale.discard(delivery)
+            self._executing.discard(delivery)
 
     def _give_back(self, lease: Lease, *, started: bool = False) -> ReleaseOutcome | None:
         """Hand a job this worker will not run (or finish) back to the queue; None if that
@@ -559,10 +565,7 @@ class Worker:
         try:
             attempt = runner.run(control, started.limit_s, started.plugin, ahead)
         finally:
-            with self._in_hand_lock:
-                self._in_hand.pop(_delivery(lease), None)
-                self._stale.discard(_delivery(lease))
-                self._executing.discard(_delivery(lease))
+            self._drop_in_hand(lease)
         if attempt is None:
             return self._lost(lease)
         return self._ended(lease, decide(policy_for(started.plugin, lease.job), lease.job, attempt), began)

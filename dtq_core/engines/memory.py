@@ -317,24 +317,22 @@ class MemoryEngine(Engine):
 
     def release(self, lease: Lease, *, lost: bool, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
         """Give a held job back (as ``release.lua`` with a token)."""
+        return self._release_held(lease, lost, False, max_lost_leases, ttl_s)
+
+    def hand_back(self, lease: Lease, *, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
+        """Give back a job never started, its attempt not counted (as ``release.lua``)."""
+        return self._release_held(lease, False, True, max_lost_leases, ttl_s)
+
+    def _release_held(
+        self, lease: Lease, lost: bool, unstarted: bool, max_lost: int, ttl_s: float
+    ) -> ReleaseOutcome:
         with self._store.lock:
             record = self._space.records.get(lease.job.id)
             if record is None or record.state.get("token") != lease.token:
                 return ReleaseOutcome.NOT_HELD
-            return self._release(self._space, lease.job.plugin, lease.job.id, lost, max_lost_leases, ttl_s)
-
-    def hand_back(self, lease: Lease, *, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
-        """Give back a job never started, its attempt not counted (as ``release.lua``)."""
-        with self._store.lock:
-            record = self._space.records.get(lease.job.id)
-            if (
-                record is None
-                or record.state.get("token") != lease.token
-                or record.state["status"] != "running"
-            ):
-                return ReleaseOutcome.NOT_HELD  # a finished record keeps its token: check the status first
-            uncount_attempt(record.state)
-            return self._release(self._space, lease.job.plugin, lease.job.id, False, max_lost_leases, ttl_s)
+            return self._release(
+                self._space, lease.job.plugin, lease.job.id, lost, max_lost, ttl_s, unstarted
+            )
 
     def recover(self, plugin: str, *, max_lost_leases: int, ttl_s: float, limit: int = 100) -> int:
         """Requeue or bury the jobs whose lease expired."""
@@ -516,7 +514,14 @@ class MemoryEngine(Engine):
         return Lease(_job(job_id, record, space.errors.get(job_id, [])), token=state["token"])
 
     def _release(
-        self, space: _Space, plugin: str, job_id: str, lost: bool, max_lost: int, ttl_s: float
+        self,
+        space: _Space,
+        plugin: str,
+        job_id: str,
+        lost: bool,
+        max_lost: int,
+        ttl_s: float,
+        unstarted: bool = False,
     ) -> ReleaseOutcome:
         space.active.get(plugin, {}).pop(job_id, None)
         record = space.records.get(job_id)
@@ -524,6 +529,8 @@ class MemoryEngine(Engine):
             return ReleaseOutcome.NOT_HELD
         state = record.state
         state.pop("token", None)
+        if unstarted:
+            uncount_attempt(state)
         if lost:
             state["lost"] = int(state["lost"]) + 1
             self._add_error(space, job_id, json.dumps(LOST_LEASE.to_dict()))

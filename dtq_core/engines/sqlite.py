@@ -378,20 +378,20 @@ class SqliteEngine(Engine):
 
     def release(self, lease: Lease, *, lost: bool, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
         """Give a held job back."""
+        return self._release_held(lease, lost, False, max_lost_leases, ttl_s)
+
+    def hand_back(self, lease: Lease, *, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
+        """Give back a job never started, its attempt not counted (as ``release.lua``)."""
+        return self._release_held(lease, False, True, max_lost_leases, ttl_s)
+
+    def _release_held(
+        self, lease: Lease, lost: bool, unstarted: bool, max_lost: int, ttl_s: float
+    ) -> ReleaseOutcome:
         with self._tx() as db:
             row = self._row(db, lease.job.id)
             if row is None or row["token"] != lease.token:
                 return ReleaseOutcome.NOT_HELD
-            return self._release(db, row, lost, max_lost_leases, ttl_s)
-
-    def hand_back(self, lease: Lease, *, max_lost_leases: int, ttl_s: float) -> ReleaseOutcome:
-        """Give back a job never started, its attempt not counted (as ``release.lua``)."""
-        with self._tx() as db:
-            row = self._row(db, lease.job.id)
-            if row is None or row["token"] != lease.token or row["status"] != "running":
-                return ReleaseOutcome.NOT_HELD
-            uncount_attempt(row["state"])
-            return self._release(db, row, False, max_lost_leases, ttl_s)
+            return self._release(db, row, lost, max_lost, ttl_s, unstarted)
 
     def recover(self, plugin: str, *, max_lost_leases: int, ttl_s: float, limit: int = 100) -> int:
         """Requeue or bury the jobs whose lease expired."""
@@ -696,12 +696,20 @@ class SqliteEngine(Engine):
         )
 
     def _release(
-        self, db: sqlite3.Connection, row: dict[str, Any], lost: bool, max_lost: int, ttl_s: float
+        self,
+        db: sqlite3.Connection,
+        row: dict[str, Any],
+        lost: bool,
+        max_lost: int,
+        ttl_s: float,
+        unstarted: bool = False,
     ) -> ReleaseOutcome:
         if row["status"] != "running":
             return ReleaseOutcome.NOT_HELD
         state = row["state"]
         row.update(token=None, deadline_ms=None)
+        if unstarted:
+            uncount_attempt(state)
         if lost:
             state["lost"] = int(state.get("lost", 0)) + 1
             self._add_error(row, json.dumps(LOST_LEASE.to_dict()))
