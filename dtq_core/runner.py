@@ -137,14 +137,8 @@ class ThreadRunner:
 
         ``ahead`` is not called: a thread runs one job at a time, nothing to overlap.
         """
-        job = control.lease.job
         caller = LocalCaller(control, self.engine, self.queue)
-        attempt = call_plugin(plugin, job, caller)
-        if control.cancel.is_set() and attempt.ending is not Ending.OK:
-            return stopped_by_cancel()
-        if limit_s is not None and control.deadline is not None and time.monotonic() > control.deadline:
-            return timed_out(limit_s)
-        return attempt
+        return _settled(call_plugin(plugin, control.lease.job, caller), control, limit_s)
 
     def holds(self, lease: Lease) -> bool:
         """Never: nothing is sent ahead to a thread."""
@@ -221,7 +215,7 @@ class ProcessRunner:
                 # ended) keeps its process, which may hold the next jobs already.
                 kill_at = time.monotonic() + _STOP_GRACE_S
             if kill_at is not None and time.monotonic() >= kill_at:
-                return self._last_word(conn, stop)
+                return self._last_word(conn, control, limit_s, stop)
             wait_s = _POLL_S if kill_at is None else min(_POLL_S, kill_at - time.monotonic())
             message = self._receive(conn, timeout_s=max(0.0, wait_s))
             if message is _DIED:
@@ -230,10 +224,12 @@ class ProcessRunner:
             if message is None:
                 continue
             if message["op"] == "done":
-                return _settled(Attempt.from_dict(message["attempt"]), stop)
+                return _settled(Attempt.from_dict(message["attempt"]), control, limit_s)
             _send(conn, handlers[message["op"]](message))
 
-    def _last_word(self, conn: Connection, stop: Attempt | None) -> Attempt | None:
+    def _last_word(
+        self, conn: Connection, control: Control, limit_s: float | None, stop: Attempt | None
+    ) -> Attempt | None:
         """Past the grace: the outcome if the child sent it already, else kill the child.
 
         Requests still waiting go unanswered, so a job that keeps asking cannot put
@@ -241,7 +237,7 @@ class ProcessRunner:
         """
         while isinstance(message := self._receive(conn, timeout_s=0), dict):
             if message.get("op") == "done":
-                return _settled(Attempt.from_dict(message["attempt"]), stop)
+                return _settled(Attempt.from_dict(message["attempt"]), control, limit_s)
         self.abort()
         return stop
 
@@ -363,19 +359,22 @@ _DIED = object()
 
 def _must_stop(control: Control, limit_s: float | None) -> Attempt | None:
     """The ending of an attempt that must stop now (cancelled, or past its time limit), else None."""
-    if control.cancel.is_set():
-        return stopped_by_cancel()
+    return stopped_by_cancel() if control.cancel.is_set() else _over_limit(control, limit_s)
+
+
+def _over_limit(control: Control, limit_s: float | None) -> Attempt | None:
+    """The ending of an attempt past its time limit, else None."""
     if limit_s is not None and control.deadline is not None and time.monotonic() > control.deadline:
         return timed_out(limit_s)
     return None
 
 
-def _settled(attempt: Attempt, stop: Attempt | None) -> Attempt:
-    """How an attempt that ended as it was to be stopped counts, as in thread mode: a success
-    stands against a late cancellation; past the time limit, the result is discarded."""
-    if stop is None or (stop.ending is Ending.CANCELLED and attempt.ending is Ending.OK):
-        return attempt
-    return stop
+def _settled(attempt: Attempt, control: Control, limit_s: float | None) -> Attempt:
+    """How an attempt that ended counts, in either mode: a cancelled job's failure is its
+    cancellation (a success stands); past its time limit, its result is discarded."""
+    if control.cancel.is_set() and attempt.ending is not Ending.OK:
+        return stopped_by_cancel()
+    return _over_limit(control, limit_s) or attempt
 
 
 def _key(lease: Lease) -> tuple[str, str]:
