@@ -180,7 +180,7 @@ def _loads(text: object, what: str) -> Any:
     if not is_utf8(text):
         raise _Unreadable(f"the {what} is not valid UTF-8 text")
     try:
-        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        return _DECODER.decode(text)
     except RecursionError:
         raise _Unreadable(f"the {what} is JSON nested too deeply to read") from None
     except ValueError as exc:
@@ -196,6 +196,10 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{text[:20]} is too large for a JSON number")
     return value
+
+
+# Built once: json.loads given hooks builds a new decoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
 
 
 def _error(text: str) -> ErrorInfo:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import functools
 import inspect
 import json
 import multiprocessing
@@ -202,11 +201,6 @@ class ProcessRunner:
             raise
 
     def _supervise(self, conn: Connection, control: Control, limit_s: float | None) -> Attempt | None:
-        handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-            "progress": functools.partial(self._on_progress, control),
-            "poll": lambda _msg: {"cancel": control.should_stop},
-            "append": self._on_append,
-        }
         kill_at: float | None = None
         while True:
             stop = _must_stop(control, limit_s)
@@ -225,7 +219,7 @@ class ProcessRunner:
                 continue
             if message["op"] == "done":
                 return _settled(Attempt.from_dict(message["attempt"]), control, limit_s)
-            _send(conn, handlers[message["op"]](message))
+            _send(conn, self._answer(control, message))
 
     def _last_word(
         self, conn: Connection, control: Control, limit_s: float | None, stop: Attempt | None
@@ -341,6 +335,17 @@ class ProcessRunner:
         self._failed_starts += 1
         return JobProcessError(message, in_a_row=self._failed_starts)
 
+    def _answer(self, control: Control, message: dict[str, Any]) -> dict[str, Any]:
+        """The reply to a request of the running job: progress, poll or append."""
+        op = message["op"]
+        if op == "progress":
+            return self._on_progress(control, message)
+        if op == "poll":
+            return {"cancel": control.should_stop}
+        if op == "append":
+            return self._on_append(message)
+        raise ValueError(f"a job process sent an unknown request {op!r}")  # run() kills it
+
     def _on_progress(self, control: Control, message: dict[str, Any]) -> dict[str, Any]:
         _held, cancel = self.engine.progress(control.lease, message.get("fraction"), message.get("message"))
         if cancel:
@@ -450,7 +455,7 @@ def child_main(
             message = pending.popleft() if pending else json.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
-        job = Job.from_dict(message["job"])
+        job = Job.from_dict(message["job"], check=False)  # its worker checked it as it leased it
         try:
             plugin = registry.get(job.plugin)
         except PluginError as exc:

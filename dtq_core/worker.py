@@ -341,7 +341,7 @@ class Worker:
             log.warning("could not fetch jobs: %s", exc)  # the dispatcher retries with backoff
             acks.submit_all(ended)
             return []
-        acks.finish([self._recorded(e, held) for e, held in zip(ended, stored, strict=True)])
+        acks.finish(self._reported(ended, stored, finished=acks.keep_finished))
         return self._waiting_for_slot(batch.leases)
 
     def _waiting_for_slot(self, leases: list[Lease]) -> list[Lease]:
@@ -574,19 +574,23 @@ class Worker:
         ttl = self.result_ttl_s if outcome.status is JobStatus.SUCCEEDED else self.failure_ttl_s
         return Ended(Completion(lease, outcome, ttl), time.monotonic() - started)
 
-    def record(self, ended: Sequence[Ended]) -> list[Job]:
-        """Store outcomes in one batch (retried while Redis is away); log and report each."""
-        stored = self.engine.complete_many([e.completion for e in ended])
-        return [self._recorded(e, held) for e, held in zip(ended, stored, strict=True)]
+    def record(self, ended: Sequence[Ended], *, finished: bool = True) -> list[Job]:
+        """Store outcomes in one batch (retried while Redis is away); log and report each.
 
-    def _recorded(self, ended: Ended, stored: bool) -> Job:
-        lease, outcome = ended.completion.lease, ended.completion.outcome
-        job = lease.job
-        _log_outcome(job, outcome, stored, ended.duration_s)
-        if stored:
-            self._tell_ended(job, outcome.status, ended.duration_s)
-        result = None if outcome.result_json is None else json.loads(outcome.result_json)
-        return attrs.evolve(job, status=outcome.status, result=result, error=outcome.error)
+        Returns the jobs as they ended, unless ``finished`` is false (then none:
+        building them costs a worker a tenth of its time per no-op job).
+        """
+        stored = self.engine.complete_many([e.completion for e in ended])
+        return self._reported(ended, stored, finished=finished)
+
+    def _reported(self, ended: Sequence[Ended], stored: Sequence[bool], *, finished: bool) -> list[Job]:
+        """Log and report stored outcomes; the jobs as they ended, if ``finished``."""
+        for one, held in zip(ended, stored, strict=True):
+            job, outcome = one.completion.lease.job, one.completion.outcome
+            _log_outcome(job, outcome, held, one.duration_s)
+            if held:
+                self._tell_ended(job, outcome.status, one.duration_s)
+        return [_finished(one) for one in ended] if finished else []
 
     def _lost(self, lease: Lease) -> Job:
         job = lease.job
@@ -679,6 +683,13 @@ class Worker:
 def _backoff_s(failures: int) -> float:
     """The pause after ``failures`` failed tries in a row: doubling from 0.2 s, at most _MAX_BACKOFF_S."""
     return min(_MAX_BACKOFF_S, 0.1 * 2.0**failures)
+
+
+def _finished(ended: Ended) -> Job:
+    """The job as its attempt left it."""
+    job, outcome = ended.completion.lease.job, ended.completion.outcome
+    result = None if outcome.result_json is None else json.loads(outcome.result_json)
+    return attrs.evolve(job, status=outcome.status, result=result, error=outcome.error)
 
 
 def _log_outcome(job: Job, outcome: Outcome, stored: bool, duration_s: float) -> None:
@@ -974,8 +985,13 @@ class _Acknowledger:
         if not ended:
             return
         with self._changed:
+            first = not self._pending
             self._pending.extend(ended)
-            self._changed.notify_all()
+            # The thread waits for a first outcome, then for a batch (or the linger
+            # time): waking it for every outcome in between would cost a thread
+            # switch per job, for a look at a batch still too small.
+            if first or len(self._pending) >= _ACK_BATCH:
+                self._changed.notify_all()
 
     def finish(self, jobs: list[Job]) -> None:
         """Jobs whose outcome a slot recorded itself (kept for a burst)."""
@@ -1022,7 +1038,7 @@ class _Acknowledger:
         failures = 0
         while ended:
             try:
-                return settled + self.worker.record(ended)
+                return settled + self.worker.record(ended, finished=self.keep_finished)
             except DtqError as exc:
                 failures += 1
                 if self._closing and failures >= self._SHUTDOWN_TRIES:

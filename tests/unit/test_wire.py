@@ -11,7 +11,8 @@ import redis
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
-from dtq_core.engines.redis.wire import Packer
+from dtq_core.engines.redis.wire import Packer, unframe
+from dtq_core.errors import EngineError
 
 
 @pytest.mark.parametrize(
@@ -52,3 +53,26 @@ def test_subclasses_of_text_and_numbers_are_packed_as_their_values() -> None:
     # break the frame's length or the script's arithmetic.
     assert packer.command("GET", Name.A, Level.HIGH) == Packer().command("GET", "alpha", 5)
     assert packer.command("GET", Name.A) == b"*2\r\n$3\r\nGET\r\n$5\r\nalpha\r\n"
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_unframe_cuts_a_scripts_strings_back_out_whatever_their_bytes(as_bytes: bool) -> None:
+    # As fetch.lua sends them: byte lengths, -1 for none, the strings end to end.
+    strings: list[str | None] = ["abc", None, "", "é", "日本😀", "\udcff\udcfe", '{"a":"b c"}', None]
+    raw = [s.encode("utf-8", "surrogateescape") for s in strings if s is not None]
+    sizes = " ".join(str(-1 if s is None else len(s.encode("utf-8", "surrogateescape"))) for s in strings)
+    body_bytes = b"".join(raw)
+    body: str | bytes = body_bytes if as_bytes else body_bytes.decode("utf-8", "surrogateescape")
+    assert unframe(sizes, body, "utf-8", "surrogateescape") == strings
+    ascii_only = ["ab", "", "c"]
+    assert unframe("2 0 1", "abc", "utf-8", "strict") == ascii_only
+    assert unframe("", "", "utf-8", "strict") == []
+
+
+def test_unframe_refuses_sizes_that_do_not_add_up_rather_than_cut_wrongly() -> None:
+    # A client that decodes with errors="replace" loses bytes: the lengths no longer fit.
+    body = b"ok\xff\xfe!".decode("utf-8", "replace")
+    with pytest.raises(EngineError, match="did not add up"):
+        unframe("2 2 1", body, "utf-8", "replace")
+    with pytest.raises(EngineError, match="did not add up"):
+        unframe("1", "abc", "utf-8", "strict")

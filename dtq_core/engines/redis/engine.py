@@ -104,7 +104,7 @@ _CANCELLED = {
 }
 #: What release.lua answers for an id it set aside because its record is malformed.
 _SET_ASIDE = 4
-#: Entries per job in fetch.lua's reply: id, payload, state, token, plugin, reason.
+#: Strings per job in fetch.lua's reply: id, payload, state, token, plugin, reason.
 _FETCHED = 6
 #: Jobs per append.lua call of append_many (a call holds the server while it runs).
 _APPEND_CHUNK = 500
@@ -179,6 +179,8 @@ class RedisEngine(Engine):
             )
         self._scripts = {name: client.register_script(_lua(name)) for name in _SCRIPTS}
         self._wire = _wire(client)
+        encoder = client.get_encoder()
+        self._decoding: tuple[str, str] = (encoder.encoding, encoder.encoding_errors)
         self._queue_keys: dict[str, list[str]] = {}
 
     @classmethod
@@ -434,8 +436,11 @@ class RedisEngine(Engine):
         """The leases of fetch.lua's reply, and the burials of its malformed records."""
         leases: list[Lease] = []
         burials: list[_Burial] = []
-        for i in range(1, len(flat), _FETCHED):
-            job_id, payload, state, token, plugin, reason = flat[i : i + _FETCHED]
+        _next_due, sizes, body = flat
+        # None only stands for a set-aside id's payload and state (fetch.lua).
+        fetched: list[Any] = wire.unframe(sizes, body, *self._decoding)
+        for i in range(0, len(fetched), _FETCHED):
+            job_id, payload, state, token, plugin, reason = fetched[i : i + _FETCHED]
             if not reason:
                 try:
                     leases.append(Lease(leased_job(job_id, plugin, payload, state), token=token))

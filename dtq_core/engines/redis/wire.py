@@ -18,6 +18,8 @@ from typing import Any
 import redis
 from redis.connection import AbstractConnection, ConnectionPool
 
+from dtq_core.errors import EngineError
+
 #: Requests sent and not yet answered, at most, in one exchange.
 IN_FLIGHT = 2
 
@@ -94,6 +96,39 @@ def converse(
     while len(replies) < count:
         replies.append(_reply(conn))
     return replies
+
+
+def unframe(sizes: str, body: str | bytes, encoding: str, errors: str) -> list[str | None]:
+    """The strings a script put end to end in ``body``, their lengths in bytes in ``sizes``.
+
+    ``sizes`` is space-separated; -1 stands for none (None). A decoded ``body``
+    is cut as text when it is ASCII (one byte per character), otherwise encoded
+    back to bytes first, which gives the bytes read exactly for the decoding
+    dtq's clients use (UTF-8 with surrogateescape). Cut pieces are decoded as
+    the client decodes a reply.
+
+    Raises:
+        EngineError: the sizes do not add up to the body (a client whose
+            decoding loses bytes): nothing would be safe to cut.
+    """
+    text = isinstance(body, str) and body.isascii()
+    data = body if text or isinstance(body, bytes) else body.encode(encoding, errors)
+    pieces: list[str | None] = []
+    at = 0
+    for size in map(int, sizes.split()):
+        if size < 0:
+            pieces.append(None)
+            continue
+        piece = data[at : at + size]
+        pieces.append(piece if isinstance(piece, str) else piece.decode(encoding, errors))
+        at += size
+    if at != len(data):
+        raise EngineError(
+            f"a script's reply did not add up ({at} bytes listed, {len(data)} read): the Redis "
+            f"client's decoding ({encoding}, errors={errors!r}) does not give back the bytes "
+            "read; let dtq make the client (errors='surrogateescape')"
+        )
+    return pieces
 
 
 def _reply(conn: AbstractConnection) -> Any:

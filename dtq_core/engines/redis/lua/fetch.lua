@@ -33,17 +33,20 @@ wrong set is put back where its status says; an id with neither payload nor
 state (a stray entry, no job) is dropped. Scores too large to be a time
 (above 2^53 ms, such as +inf) count as due.
 
-Returns {next_due_in_ms, then six entries per id: id, payload, state JSON,
-token, plugin, reason}: the wait until the next delayed job of these plugins
-is due (-1 if none); a job taken has reason ''; an id set aside has payload
-and state nil, token '' and the reason.
+Returns {next_due_in_ms, sizes, body}: the wait until the next delayed job of
+these plugins is due (-1 if none), then six strings per id (id, payload, state
+JSON, token, plugin, reason) put end to end in `body`, their lengths in bytes
+in `sizes`, space-separated (-1 for none). A job taken has reason ''; an id set
+aside has no payload and no state, token '' and the reason. Two strings
+instead of six replies per job: a client reads a reply element by element, at
+about the cost of the job's whole lease.
 ]]
 --#include events
 local count = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local deadline = now + tonumber(ARGV[2])
-local out = {-1}
+local next_due = -1
 local taken = 0
 local aside = 0
 -- No time dtq stores comes near 2^53 ms; a larger score is garbage.
@@ -63,16 +66,18 @@ local function score(state)
   return string.format('%.0f', -(num(state.priority) or 0) * 2^40 + (num(state.seq) or 0))
 end
 
+local sizes, body = {}, {}
 local function report(...)
-  for _, value in ipairs({...}) do out[#out + 1] = value end
+  for i = 1, select('#', ...) do
+    local value = select(i, ...)
+    sizes[#sizes + 1] = value and #value or -1
+    body[#body + 1] = value or ''
+  end
 end
 
 local function set_aside(id, active, plugin, reason)
   redis.call('ZADD', active, 0, id)
-  out[#out + 1] = id
-  out[#out + 1] = false
-  out[#out + 1] = false
-  report('', plugin, reason)
+  report(id, false, false, '', plugin, reason)
   aside = aside + 1
 end
 
@@ -163,7 +168,7 @@ local function promote(ready, active, scheduled, plugin)
   local due_at = num(nxt[2])
   if due_at then
     local wait = math.max(0, due_at - now)
-    if out[1] < 0 or wait < out[1] then out[1] = wait end
+    if next_due < 0 or wait < next_due then next_due = wait end
   end
 end
 
@@ -223,4 +228,4 @@ end
 if #leased_states > 0 then redis.call('HSET', KEYS[2], unpack(leased_states)) end
 for active, deadlines in pairs(leases_of) do redis.call('ZADD', active, unpack(deadlines)) end
 trim_events(KEYS[3], tonumber(ARGV[4]))
-return out
+return {next_due, table.concat(sizes, ' '), table.concat(body)}
