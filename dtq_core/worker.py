@@ -578,7 +578,7 @@ class Worker:
         """Store outcomes in one batch (retried while Redis is away); log and report each.
 
         Returns the jobs as they ended, unless ``finished`` is false (then none:
-        building them costs a worker a tenth of its time per no-op job).
+        building them costs CPU on every job, and only a burst keeps them).
         """
         stored = self.engine.complete_many([e.completion for e in ended])
         return self._reported(ended, stored, finished=finished)
