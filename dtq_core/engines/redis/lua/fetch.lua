@@ -67,17 +67,17 @@ local function score(state)
 end
 
 local sizes, body = {}, {}
-local function report(...)
-  for i = 1, select('#', ...) do
-    local value = select(i, ...)
-    sizes[#sizes + 1] = value and #value or -1
-    body[#body + 1] = value or ''
-  end
+local function report(id, payload, state, token, plugin, reason)
+  local n = #body
+  body[n + 1], body[n + 2], body[n + 3] = id, payload or '', state or ''
+  body[n + 4], body[n + 5], body[n + 6] = token, plugin, reason
+  sizes[n + 1], sizes[n + 2], sizes[n + 3] = #id, payload and #payload or -1, state and #state or -1
+  sizes[n + 4], sizes[n + 5], sizes[n + 6] = #token, #plugin, #reason
 end
 
 local function set_aside(id, active, plugin, reason)
   redis.call('ZADD', active, 0, id)
-  report(id, false, false, '', plugin, reason)
+  report(id, nil, nil, '', plugin, reason)
   aside = aside + 1
 end
 
