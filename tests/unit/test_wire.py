@@ -11,6 +11,7 @@ import redis
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
+from dtq_core.engines.redis import RedisEngine
 from dtq_core.engines.redis.wire import Packer, unframe
 from dtq_core.errors import EngineError
 
@@ -76,3 +77,12 @@ def test_unframe_refuses_sizes_that_do_not_add_up_rather_than_cut_wrongly() -> N
         unframe("2 2 1", body, "utf-8", "replace")
     with pytest.raises(EngineError, match="did not add up"):
         unframe("1", "abc", "utf-8", "strict")
+
+
+def test_an_engine_refuses_a_client_whose_decoding_loses_bytes() -> None:
+    # No server is asked: the client's settings alone decide.
+    lossy = redis.Redis(port=1, socket_timeout=10, decode_responses=True, encoding_errors="replace")
+    with pytest.raises(EngineError, match=r"encoding_errors='replace'.*surrogateescape"):
+        RedisEngine(lossy)
+    for errors in ("surrogateescape", "strict"):
+        RedisEngine(redis.Redis(port=1, socket_timeout=10, decode_responses=True, encoding_errors=errors))

@@ -104,6 +104,8 @@ _CANCELLED = {
 }
 #: What release.lua answers for an id it set aside because its record is malformed.
 _SET_ASIDE = 4
+#: Decodings that give back every byte they read (strict fails instead of losing any).
+_EXACT_DECODING = ("surrogateescape", "strict")
 #: Strings per job in fetch.lua's reply: id, payload, state, token, plugin, reason.
 _FETCHED = 6
 #: Jobs per append.lua call of append_many (a call holds the server while it runs).
@@ -125,7 +127,10 @@ class RedisEngine(Engine):
     """Jobs stored in one Redis database (or one Cluster slot per namespace).
 
     Args:
-        client: a redis-py client created with ``decode_responses=True``.
+        client: a redis-py client created with ``decode_responses=True`` and
+            ``encoding_errors`` ``"surrogateescape"`` (as dtq makes them) or
+            ``"strict"``: a decoding that loses bytes is refused, since a
+            fetch's reply is cut by byte counts (:func:`.wire.unframe`).
         url: the URL it was made from, shown (password masked) in errors.
         prefix: first part of every key.
         namespace: the hash tag that scopes job ids and queues.
@@ -180,6 +185,13 @@ class RedisEngine(Engine):
         self._scripts = {name: client.register_script(_lua(name)) for name in _SCRIPTS}
         self._wire = _wire(client)
         encoder = client.get_encoder()
+        if encoder.encoding_errors not in _EXACT_DECODING:
+            raise EngineError(
+                f"the Redis client decodes replies with encoding_errors={encoder.encoding_errors!r}, "
+                "which loses bytes that are not valid text, so dtq could not read a fetch's reply "
+                "back exactly; make the client with encoding_errors='surrogateescape' (as "
+                "RedisEngine.from_url does) or 'strict'"
+            )
         self._decoding: tuple[str, str] = (encoder.encoding, encoder.encoding_errors)
         self._queue_keys: dict[str, list[str]] = {}
 

@@ -108,8 +108,10 @@ def unframe(sizes: str, body: str | bytes, encoding: str, errors: str) -> list[s
     the client decodes a reply.
 
     Raises:
-        EngineError: the sizes do not add up to the body (a client whose
-            decoding loses bytes): nothing would be safe to cut.
+        EngineError: the sizes do not add up to the body, which only a
+            client whose decoding loses bytes can cause (RedisEngine refuses
+            those; a loss need not change the length, so this check is a last
+            guard, not a proof).
     """
     text = isinstance(body, str) and body.isascii()
     data = body if text or isinstance(body, bytes) else body.encode(encoding, errors)
