@@ -42,6 +42,8 @@ MAX_TIME_MS = 253_402_300_799_999
 MAX_SEQ = 2**52
 _PAYLOAD_KEYS = frozenset({"plugin", "data"})
 _STATUSES = frozenset(status.value for status in JobStatus)
+#: A status by its value: a look-up, where JobStatus(value) runs Enum's whole call.
+_STATUS_OF = {status.value: status for status in JobStatus}
 _TIMES = ("created", "started", "finished", "due")
 #: Everything decoding text or building a Job from it can raise on garbage.
 _DECODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError)
@@ -109,7 +111,7 @@ def _job(
         id=job_id,
         plugin=plugin,
         data=data,
-        status=JobStatus(fields.get("status", "queued")),
+        status=_STATUS_OF[fields.get("status", "queued")],
         result=None if result_json is None else _loads(result_json, "result"),
         error=None if error_json is None else _error(error_json),
         errors=tuple(_error(e) for e in errors),

@@ -278,7 +278,7 @@ class ProcessRunner:
             # One poll object per child: Connection.poll builds a selector on every call.
             if readable is None or not readable.poll(timeout_s * 1000):
                 return None if process is not None and process.is_alive() else _DIED
-            return json.loads(conn.recv_bytes())
+            return _read(conn)
         except (EOFError, OSError, ValueError):
             return _DIED
 
@@ -405,6 +405,11 @@ def _send(conn: Connection, message: Mapping[str, Any]) -> None:
     conn.send_bytes(json.dumps(message).encode("utf-8"))
 
 
+def _read(conn: Connection) -> Any:
+    # Decoded first: json.loads given bytes looks for their encoding every time.
+    return json.loads(conn.recv_bytes().decode("utf-8"))
+
+
 # --- the child process ---------------------------------------------------------
 
 
@@ -435,7 +440,7 @@ class ChildCaller(Caller):
     def _ask(self, message: Mapping[str, Any]) -> dict[str, Any]:
         _send(self._conn, message)
         while True:
-            reply: dict[str, Any] = json.loads(self._conn.recv_bytes())
+            reply: dict[str, Any] = _read(self._conn)
             if reply.get("op") != "run":
                 return reply
             self._pending.append(reply)  # the next job, sent ahead: it runs after this one
@@ -452,7 +457,7 @@ def child_main(
     _send(conn, {"op": "ready"})
     while True:
         try:
-            message = pending.popleft() if pending else json.loads(conn.recv_bytes())
+            message = pending.popleft() if pending else _read(conn)
         except (EOFError, OSError):
             return
         job = Job.from_dict(message["job"], check=False)  # its worker checked it as it leased it
