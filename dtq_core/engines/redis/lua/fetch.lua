@@ -38,8 +38,8 @@ these plugins is due (-1 if none), then six strings per id (id, payload, state
 JSON, token, plugin, reason) put end to end in `body`, their lengths in bytes
 in `sizes`, space-separated (-1 for none). A job taken has reason ''; an id set
 aside has no payload and no state, token '' and the reason. Two strings
-instead of six replies per job: a client reads a reply element by element, at
-about the cost of the job's whole lease.
+instead of six replies per job: redis-py reads a reply element by element, in
+Python, which cost a worker more than cutting two strings apart does.
 ]]
 --#include events
 local count = tonumber(ARGV[1])
