@@ -182,12 +182,16 @@ class Job:
         ``check`` is false: for a job that dtq checked already (a job process
         given its job by its worker), in half the time.
         """
-        job = parse_job({"id": raw["id"], "job": raw["job"]}) if check else None
+        if check:
+            appended = parse_job({"id": raw["id"], "job": raw["job"]})
+            job_id, plugin, data = appended.id, appended.plugin, appended.data
+        else:
+            job_id, plugin, data = raw["id"], raw["job"]["plugin"], raw["job"]["data"]
         error = raw.get("error")
         return cls(
-            id=raw["id"] if job is None else job.id,
-            plugin=raw["job"]["plugin"] if job is None else job.plugin,
-            data=raw["job"]["data"] if job is None else job.data,
+            id=job_id,
+            plugin=plugin,
+            data=data,
             status=JobStatus(raw.get("status", "queued")),
             result=raw.get("result"),
             error=None if error is None else ErrorInfo.from_dict(error),
