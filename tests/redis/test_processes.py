@@ -366,6 +366,23 @@ def test_a_job_past_its_time_limit_that_stops_by_itself_keeps_its_process_and_th
     assert queue.result("before", timeout=5)["pid"] == queue.result("after", timeout=5)["pid"]  # not killed
 
 
+def test_a_job_past_its_time_limit_is_stopped_on_time_while_the_next_is_too_big_for_the_pipe(
+    queue: Queue, redis_url: str, namespace: str
+) -> None:
+    # The next job is sent while this one runs; more than the pipe's buffer holds, it
+    # must not leave the worker stuck writing it, unable to stop the job before.
+    blob = "x" * 400_000
+    queue.enqueue("test_only", {"action": "sleep", "seconds": 30}, id="slow", timeout_s=0.5, max_retries=0)
+    queue.enqueue("test_only", {"action": "echo", "blob": blob}, id="big")
+    started = time.monotonic()
+    burst_in_process_mode(redis_url, namespace, prefetch=2)
+    assert time.monotonic() - started < 15
+    slow = queue.get("slow")
+    assert slow is not None and slow.error is not None
+    assert (slow.status, slow.error.type) == (JobStatus.FAILED, "JobTimeout")
+    assert queue.result("big", timeout=5) == {"action": "echo", "blob": blob}
+
+
 def test_a_job_past_its_time_limit_that_keeps_asking_but_never_stops_is_killed_after_the_grace(
     queue: Queue, redis_url: str, namespace: str
 ) -> None:
@@ -407,16 +424,17 @@ def test_sigterm_with_prefetch_runs_the_job_in_hand_and_those_sent_ahead_and_han
     queue: Queue, start_worker: StartWorker
 ) -> None:
     queue.enqueue("test_only", {"action": "progress", "steps": 30, "interval": 0.1}, id="in-hand")
-    for job_id in ("ahead-1", "ahead-2", "later-1", "later-2"):
+    ahead = [f"ahead-{n}" for n in range(runner._AHEAD)]  # as many as a job process is sent
+    for job_id in [*ahead, "later-1", "later-2"]:
         queue.enqueue("test_only", {"action": "echo"}, id=job_id)
-    worker = start_worker("--prefetch", "5", "--lease", "5")
+    worker = start_worker("--prefetch", str(len(ahead) + 3), "--lease", "5")
     wait_for(lambda: reports_progress(queue, "in-hand"))
     worker.send_signal(signal.SIGTERM)
     # The jobs no slot has begun go back at once, for other workers, while the job in hand runs on.
     wait_for(lambda: final(queue, "later-2")[0] is JobStatus.QUEUED)
     assert is_running(queue, "in-hand")
     assert worker.wait(20) == 0
-    for job_id in ("in-hand", "ahead-1", "ahead-2"):  # the last two already in the job process
+    for job_id in ["in-hand", *ahead]:  # those ahead already in the job process
         assert final(queue, job_id) == (JobStatus.SUCCEEDED, 1, 0)
     for job_id in ("later-1", "later-2"):
         job = queue.get(job_id)  # handed back unstarted: not an attempt, its retries intact
