@@ -8,7 +8,6 @@ keeps working unchanged.
 from __future__ import annotations
 
 import abc
-import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -56,13 +55,31 @@ class Caller(abc.ABC):
             raise Cancelled(f"job {self.job.id!r} was cancelled or ran out of time")
 
 
+class Flag:
+    """A switch any thread may turn on and read: a ``threading.Event`` for what is never
+    waited on. An Event builds a Condition and its lock, a few µs for every job run."""
+
+    __slots__ = ("_on",)
+
+    def __init__(self) -> None:
+        self._on = False
+
+    def set(self) -> None:
+        """Turn it on (for good): one attribute write, atomic under the GIL."""
+        self._on = True
+
+    def is_set(self) -> bool:
+        """Whether it was turned on."""
+        return self._on
+
+
 @attrs.define
 class Control:
     """What the worker and a running job share: its lease, deadline and cancel flag."""
 
     lease: Lease
     deadline: float | None = None  # time.monotonic() value
-    cancel: threading.Event = attrs.field(factory=threading.Event)
+    cancel: Flag = attrs.field(factory=Flag)
 
     @property
     def should_stop(self) -> bool:

@@ -10,7 +10,8 @@ Worker and child talk over a socket pair in JSON messages, never pickle (see
 :mod:`dtq_core.channel`):
 
 * child to worker, once, when it has started: ``{"op": "ready"}``;
-* worker to child: ``{"op": "run", "job": <Job.to_dict()>}``, and replies;
+* worker to child: ``{"op": "run", "job": <Job.to_dict() without its None fields>}``,
+  and replies;
 * child to worker: ``{"op": "progress", ...}``, ``{"op": "poll"}``,
   ``{"op": "append", "job": ...}`` (each answered), then ``{"op": "done",
   "attempt": <Attempt.to_dict()>}``.
@@ -401,7 +402,13 @@ def _settled(attempt: Attempt, control: Control, limit_s: float | None) -> Attem
 
 def _send_jobs(conn: Channel, leases: list[Lease]) -> None:
     if leases:
-        conn.send([{"op": "run", "job": lease.job.to_dict()} for lease in leases])
+        # A field left out is None (Job.from_dict's default for every field that may be
+        # None): a leased job's message is about half as long, quicker to write and read.
+        conn.send([{"op": "run", "job": _present(lease.job.to_dict())} for lease in leases])
+
+
+def _present(fields: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _key(lease: Lease) -> tuple[str, str]:
