@@ -9,8 +9,10 @@ back once their lease runs out (any live worker requeues them).
 One dispatcher thread fetches jobs while a slot is idle; ``concurrency`` slot
 threads each run one job at a time, in a child process (``mode="process"``, the
 default) or in the slot thread itself (``mode="thread"``). A busy slot leases
-its next ``prefetch`` jobs itself when it runs out, so a stream of short jobs
-costs one fetch per ``prefetch`` jobs; and an acknowledger thread records
+its next ``prefetch`` jobs itself, so a stream of short jobs costs one fetch
+per ``prefetch`` jobs: while it runs a full share, in the background (its
+jobs never wait for the round trip); otherwise when it runs out, in the round
+trip that records its last outcome. An acknowledger thread records
 outcomes in batches (whatever ended while its previous round trip was out), so
 no slot waits for Redis to store a result. Until an outcome is stored the job
 stays leased: a worker killed in between loses nothing, the job runs again.
@@ -28,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
@@ -82,10 +85,12 @@ class Worker:
         namespace: must match the producers' (``default`` by default).
         prefix: must match the producers'.
         concurrency: jobs run at once.
-        prefetch: jobs a slot leases at once when it runs out. Above 1, a
-            stream of short jobs needs far fewer round trips; the leased jobs
-            wait their turn in the slot (renewed, and handed back at shutdown),
-            so keep it at 1 for long jobs, which other workers could start.
+        prefetch: jobs a slot leases at once. Above 1, a stream of short jobs
+            needs far fewer round trips, and a slot running a full share leases
+            its next one meanwhile (it holds up to twice ``prefetch``); the
+            leased jobs wait their turn in the slot (renewed, and handed back
+            at shutdown), so keep it at 1 for long jobs, which other workers
+            could start.
         mode: ``"process"`` (each slot runs jobs in a child process: isolation,
             hard time limits, cancellation stops the job) or ``"thread"``.
         lease_s: how long a job stays leased without renewal; a dead worker's
@@ -320,6 +325,16 @@ class Worker:
         self._waiting_for_slot(batch.leases)
         return batch
 
+    def _fetch_ahead(self) -> list[Lease]:
+        """A slot's next share, leased while it runs a full one; none when stopping or unreachable
+        (the slot then leases as it runs out, in :meth:`_refill`, which reports the error)."""
+        if self._stopping.is_set():
+            return []
+        try:
+            return self._take(self.prefetch).leases
+        except DtqError:
+            return []
+
     def _refill(self, ended: list[Ended], acks: _Acknowledger) -> list[Lease]:
         """A slot's next jobs, leased by the slot itself in the round trip that records
         ``ended`` (the outcome that emptied its share); none when stopping or unreachable.
@@ -365,19 +380,25 @@ class Worker:
         """Hand back the share ``leases`` from the one a slot could not start on (its job
         process did not start), then pause that slot, longer each time in a row: the
         worker cannot help it, other workers may. A burst stops and raises ``exc``."""
-        with self._in_hand_lock:
-            # The first had started; the others still wait, unless their leases were lost.
-            unrun = leases[:1] + [lease for lease in leases[1:] if self._waiting.pop(_delivery(lease), None)]
-        for lease in unrun:
-            self._give_back(lease)
+        self._give_back(leases[0])  # it had started
+        handed = 1 + self._hand_back_unstarted(leases[1:])
         if self._stopping.is_set():
             return  # stopping: its child was killed on purpose, or soon would be
-        log.error("%s; handed %d job(s) back to the queue", exc, len(unrun))
+        log.error("%s; handed %d job(s) back to the queue", exc, handed)
         if self._burst:
             self._failure = exc
             self._stopping.set()
             return
         self._stopping.wait(_backoff_s(exc.in_a_row))
+
+    def _hand_back_unstarted(self, leases: Sequence[Lease]) -> int:
+        """Give back those of ``leases`` still waiting for a slot (not begun, their lease not
+        lost); how many."""
+        with self._in_hand_lock:
+            waiting = [lease for lease in leases if self._waiting.pop(_delivery(lease), None)]
+        for lease in waiting:
+            self._give_back(lease)
+        return len(waiting)
 
     def _unbegin(self, started: Started) -> None:
         """Hand back a begun job that will not run after all (see :meth:`begin`)."""
@@ -702,9 +723,11 @@ def _log_outcome(job: Job, outcome: Outcome, stored: bool, duration_s: float) ->
             job.attempts,
         )
         return
+    level = logging.INFO if outcome.status is JobStatus.SUCCEEDED else logging.WARNING
+    if not log.isEnabledFor(level):
+        return  # --quiet: no line, so none of its parts is built (a few µs a job)
     error = "" if outcome.error is None else f": {outcome.error.type}: {outcome.error.message}"
     retry = f", retry in {outcome.retry_in_s:.1f} s" if outcome.status is JobStatus.SCHEDULED else ""
-    level = logging.INFO if outcome.status is JobStatus.SUCCEEDED else logging.WARNING
     status = "failed" if outcome.status is JobStatus.SCHEDULED else outcome.status.value
     log.log(
         level,
@@ -782,6 +805,8 @@ class _Pool:
         self._busy = 0
         self._idle = threading.Condition()
         self._runners = [make_runner() for _ in range(size)]
+        # Fetches a busy slot's next share while it runs one: see _fetch_ahead.
+        self._ahead = ThreadPoolExecutor(max_workers=size, thread_name_prefix="dtq-fetch")
         self._threads = [
             threading.Thread(target=self._slot, args=(runner,), name=f"dtq-slot-{i}", daemon=True)
             for i, runner in enumerate(self._runners)
@@ -839,20 +864,44 @@ class _Pool:
         for runner, thread in zip(self._runners, self._threads, strict=True):
             if not thread.is_alive():
                 runner.close()
+        self._ahead.shutdown(wait=True)
+        self.worker._hand_back_waiting()  # fetched ahead for a slot that was killed
         self.acks.close()
 
     def _slot(self, runner: Runner) -> None:
         while (leases := self._work.get()) is not None:
             while leases:
+                following = self._fetch_ahead(leases)
                 try:
                     last = self._run_share(runner, leases)
                 except JobProcessError:
+                    if following is not None:
+                        self.worker._hand_back_unstarted(following.result())
                     break  # its jobs went back; no refill
-                leases = self.worker._refill(last, self.acks)
+                leases = self._next_share(following, last)
             with self._idle:
                 self._busy -= 1
                 self._idle.notify_all()
             self._free.release()
+
+    def _fetch_ahead(self, leases: list[Lease]) -> Future[list[Lease]] | None:
+        """Lease the slot's next share in the background while it runs ``leases``, if that is
+        a full share (the queue may hold more): it is there when the share ends, instead of
+        a round trip later. With ``prefetch`` 1 a slot holds only the job it runs."""
+        prefetch = self.worker.prefetch
+        if prefetch == 1 or len(leases) < prefetch or self.worker._stopping.is_set():
+            return None
+        return self._ahead.submit(self.worker._fetch_ahead)
+
+    def _next_share(self, following: Future[list[Lease]] | None, last: list[Ended]) -> list[Lease]:
+        """The slot's next share: the one fetched ahead, else one leased in the round trip that
+        records ``last`` (which a share fetched ahead leaves to the acknowledger)."""
+        if following is not None and (leases := following.result()):
+            if not self.worker._stopping.is_set():
+                self.acks.submit_all(last)
+                return leases
+            self.worker._hand_back_unstarted(leases)  # fetched as the worker began to stop
+        return self.worker._refill(last, self.acks)
 
     def _run_share(self, runner: Runner, leases: list[Lease]) -> list[Ended]:
         """Run a share of leases in turn; return the outcome of the last, which the slot records itself.
@@ -946,8 +995,9 @@ class _SendAhead:
 
 
 #: An acknowledger records at once this many outcomes; fewer wait up to _ACK_LINGER_S for more.
-#: Only outcomes from inside a prefetched share wait (a share's last is recorded with the slot's
-#: next fetch), so the wait delays when a result shows, never the next job; it lets a process-mode
+#: Only outcomes of a busy slot wait (the last of a share not full, after which the queue may be
+#: idle, is recorded with the slot's next fetch), so the wait delays when a result shows, never the
+#: next job, and never a lone job's; it lets a process-mode
 #: slot's outcomes, one every few hundred µs, share a round trip: with 10 ms and 32, about 3.0
 #: Redis commands per job instead of 4.6 with 2 ms and 16 (measured, prefetch 64).
 _ACK_BATCH = 32

@@ -446,6 +446,34 @@ def test_sigterm_with_prefetch_runs_the_job_in_hand_and_those_sent_ahead_and_han
         )
 
 
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_a_share_leased_ahead_while_a_full_one_runs_goes_back_unstarted_at_sigterm(
+    queue: Queue, start_worker: StartWorker, redis_url: str, keys: Keys, mode: str
+) -> None:
+    queue.enqueue("test_only", {"action": "progress", "steps": 30, "interval": 0.1}, id="in-hand")
+    others = [f"e{n}" for n in range(9)]
+    for job_id in others:
+        queue.enqueue("test_only", {"action": "echo"}, id=job_id)
+    worker = start_worker("--mode", mode, "--prefetch", "3", "--lease", "5")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        # The first share (in-hand, e0, e1) is full, so the slot leases its next (e2-e4) while
+        # it runs: six jobs leased, while the queue holds the other five.
+        wait_for(lambda: client.zcard(keys.active("test_only")) == 6 and reports_progress(queue, "in-hand"))
+        assert client.zcard(keys.ready("test_only")) == 4
+    finally:
+        client.close()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    assert final(queue, "in-hand") == (JobStatus.SUCCEEDED, 1, 0)
+    # In process mode e0 and e1 were sent to the job process already, so they ran; the share
+    # leased ahead went back unstarted, as did anything not sent to a child.
+    ran = ["e0", "e1"] if mode == "process" else []
+    for job_id in others:
+        expected = (JobStatus.SUCCEEDED, 1, 0) if job_id in ran else (JobStatus.QUEUED, 0, 0)
+        assert final(queue, job_id) == expected, job_id
+
+
 def test_past_the_grace_period_only_the_job_that_ran_counts_an_attempt(
     queue: Queue, redis_url: str, namespace: str
 ) -> None:
