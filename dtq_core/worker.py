@@ -311,17 +311,19 @@ class Worker:
             return not pool.wait_until_idle(self.poll_s)
         return True
 
-    def _take(self, count: int, *, wait_s: float | None = None) -> Batch:
+    def _take(self, count: int, *, wait_s: float | None = None, rotate: bool = True) -> Batch:
         """Lease up to ``count`` jobs, after blocking up to ``wait_s`` for one to come if given;
-        they wait in this worker until a slot runs them."""
-        lease_s, worker_id = self.lease_s, self.worker_id
+        they wait in this worker until a slot runs them. ``rotate`` (the dispatcher's thread
+        only, which also adds plugins) moves the first plugin to the end."""
+        lease_s, worker_id, plugins = self.lease_s, self.worker_id, self.plugins
         if wait_s is None:
-            batch = self.engine.fetch(self.plugins, count=count, lease_s=lease_s, worker_id=worker_id)
+            batch = self.engine.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
         else:
             batch = self.engine.wait_and_fetch(
-                self.plugins, wait_s, count=count, lease_s=lease_s, worker_id=worker_id
+                plugins, wait_s, count=count, lease_s=lease_s, worker_id=worker_id
             )
-        self.plugins = self.plugins[1:] + self.plugins[:1]  # no plugin starves the others
+        if rotate:
+            self.plugins = plugins[1:] + plugins[:1]  # no plugin starves the others
         self._waiting_for_slot(batch.leases)
         return batch
 
@@ -331,8 +333,11 @@ class Worker:
         if self._stopping.is_set():
             return []
         try:
-            return self._take(self.prefetch).leases
+            return self._take(self.prefetch, rotate=False).leases
         except DtqError:
+            return []
+        except Exception:
+            log.exception("could not lease a slot's next share ahead; it will lease as it runs out")
             return []
 
     def _refill(self, ended: list[Ended], acks: _Acknowledger) -> list[Lease]:
@@ -388,7 +393,10 @@ class Worker:
         if self._burst:
             self._failure = exc
             self._stopping.set()
-            return
+
+    def _pause_slot(self, exc: JobProcessError) -> None:
+        """After :meth:`_cannot_start`: pause the slot, longer each time in a row (the worker
+        cannot help it, other workers may); not when stopping."""
         self._stopping.wait(_backoff_s(exc.in_a_row))
 
     def _hand_back_unstarted(self, leases: Sequence[Lease]) -> int:
@@ -789,9 +797,11 @@ class Started:
 class _Pool:
     """``size`` slot threads, each with its own runner, fed a share of leases at a time.
 
-    A slot that ran its share leases its next jobs itself (:meth:`Worker._refill`)
-    and goes back to idle, freeing its place for the dispatcher, only when none
-    is left. Outcomes go to the acknowledger, which records them in batches.
+    A slot leases its next jobs itself: while it runs a full share, in the
+    background (:meth:`Worker._fetch_ahead`); otherwise as the share ends
+    (:meth:`Worker._refill`). It goes back to idle, freeing its place for the
+    dispatcher, only when none is left. Outcomes go to the acknowledger, which
+    records them in batches.
     """
 
     def __init__(
@@ -870,19 +880,39 @@ class _Pool:
 
     def _slot(self, runner: Runner) -> None:
         while (leases := self._work.get()) is not None:
+            try:
+                self._run_shares(runner, leases)
+            except Exception:
+                # A bug, not a job's failure: the slot lives on. Jobs it held and had not
+                # begun went back; one it ran and could not record runs again once its
+                # lease expires.
+                log.exception("a worker slot failed")
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+                self._free.release()
+
+    def _run_shares(self, runner: Runner, leases: list[Lease]) -> None:
+        """Run shares, each leased by the slot as the one before runs or ends, until none is left."""
+        following: Future[list[Lease]] | None = None
+        try:
             while leases:
                 following = self._fetch_ahead(leases)
                 try:
                     last = self._run_share(runner, leases)
-                except JobProcessError:
-                    if following is not None:
-                        self.worker._hand_back_unstarted(following.result())
-                    break  # its jobs went back; no refill
+                except JobProcessError as exc:
+                    # Its jobs went back; so does the share leased ahead, before the pause.
+                    self.worker._hand_back_unstarted(following.result() if following else [])
+                    self.worker._pause_slot(exc)
+                    return
                 leases = self._next_share(following, last)
-            with self._idle:
-                self._busy -= 1
-                self._idle.notify_all()
-            self._free.release()
+                following = None
+        except BaseException:
+            self.worker._hand_back_unstarted(leases)  # those not begun
+            if following is not None:
+                self.worker._hand_back_unstarted(following.result())
+            raise
 
     def _fetch_ahead(self, leases: list[Lease]) -> Future[list[Lease]] | None:
         """Lease the slot's next share in the background while it runs ``leases``, if that is

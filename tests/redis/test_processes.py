@@ -255,18 +255,21 @@ def test_a_script_that_runs_a_process_worker_unguarded_is_told_how_to_fix_it(
     assert queue.result("j1", timeout=5) == {"action": "echo"}
 
 
+@pytest.mark.parametrize(("jobs", "prefetch"), [(3, 8), (9, 3)], ids=["one-share", "share-leased-ahead"])
 def test_a_burst_whose_job_process_cannot_start_stops_with_the_error_and_keeps_the_jobs(
-    queue: Queue, redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+    queue: Queue, redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch, jobs: int, prefetch: int
 ) -> None:
     monkeypatch.setattr(runner, "child_main", fails_at_start)
-    queue.enqueue_many("test_only", [{"action": "echo", "n": n} for n in range(3)])
-    worker = Worker(["test_only"], redis_url, namespace=namespace, mode="process", prefetch=8, poll_s=0.05)
+    queue.enqueue_many("test_only", [{"action": "echo", "n": n} for n in range(jobs)])
+    worker = Worker(
+        ["test_only"], redis_url, namespace=namespace, mode="process", prefetch=prefetch, poll_s=0.05
+    )
     with pytest.raises(JobProcessError, match="failed as it started") as caught:
         worker.get_jobs()  # before, a burst fetched the handed-back jobs again, for ever
     worker.close()
     assert caught.value.in_a_row == 1
     [stats] = [q for q in queue.stats().queues if q.plugin == "test_only"]
-    assert (stats.waiting, stats.running) == (3, 0)
+    assert (stats.waiting, stats.running) == (jobs, 0)
 
 
 # --- the next jobs, sent to the job process while one runs (prefetch above 1) -------------
@@ -458,7 +461,7 @@ def test_a_share_leased_ahead_while_a_full_one_runs_goes_back_unstarted_at_sigte
     client = redis.Redis.from_url(redis_url)
     try:
         # The first share (in-hand, e0, e1) is full, so the slot leases its next (e2-e4) while
-        # it runs: six jobs leased, while the queue holds the other five.
+        # it runs: six jobs leased, while the queue holds the other four.
         wait_for(lambda: client.zcard(keys.active("test_only")) == 6 and reports_progress(queue, "in-hand"))
         assert client.zcard(keys.ready("test_only")) == 4
     finally:
