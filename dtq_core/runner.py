@@ -64,13 +64,12 @@ _STOP_GRACE_S = 0.25
 #: Longest wait for a new child to say it is ready (s): the interpreter starts, and
 #: spawn imports the main module again (plugins load later, as jobs need them).
 _START_TIMEOUT_S = 20.0
-#: Jobs a child is sent beyond the one it runs. One hides the worker's round trip between
-#: jobs; more also the worker's own stalls (its other threads, the GIL).
+#: Jobs a child is sent beyond the one it runs, topped up as each one starts. One hides the
+#: worker's round trip between jobs; more also the worker's own stalls (its other threads,
+#: the GIL), so that the child seldom runs dry and sleeps. Measured with benchmarks/pipe.py
+#: (no-op jobs): 8 ran about 10% faster than 2 and 16; topping up only once fewer than 2
+#: were left, 8 at a time in one write, ran about 40% slower (the child ran dry in between).
 _AHEAD = 8
-#: Jobs are sent ahead once fewer than this many are left in the child, then up to _AHEAD
-#: in one write: a child that ran dry is woken once for several jobs, not once for each
-#: (no-op jobs through a runner alone: about 20% less CPU a job than two sent one by one).
-_REFILL_BELOW = 2
 
 
 def call_plugin(plugin: Plugin, job: Job, caller: Caller) -> Attempt:
@@ -175,10 +174,9 @@ class ProcessRunner:
     ) -> Attempt | None:
         """Run the job in the child (which loads ``plugin`` itself); None when the child died.
 
-        Once the child has the job, and fewer than ``_REFILL_BELOW`` are left
-        in it, ``ahead`` begins the next ones (up to ``_AHEAD`` in the child),
-        which are sent at once, in one write: the child starts the first when
-        this one ends.
+        Once the child has the job, ``ahead`` begins the next ones (up to
+        ``_AHEAD`` in the child), which are sent at once, in one write: the
+        child starts the first when this one ends.
         """
         lease = control.lease
         if self._killed:
@@ -192,8 +190,7 @@ class ProcessRunner:
                 self._sent.popleft()  # sent ahead while the previous job ran
             else:
                 _send_jobs(conn, [lease])
-            if len(self._sent) < _REFILL_BELOW:
-                _send_jobs(conn, self._begin_ahead(ahead))
+            _send_jobs(conn, self._begin_ahead(ahead))
             return self._supervise(conn, control, limit_s)
         except (OSError, ValueError):
             self.abort()  # the pipe broke: the child is gone
