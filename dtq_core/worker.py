@@ -383,8 +383,8 @@ class Worker:
 
     def _cannot_start(self, leases: list[Lease], exc: JobProcessError) -> None:
         """Hand back the share ``leases`` from the one a slot could not start on (its job
-        process did not start), then pause that slot, longer each time in a row: the
-        worker cannot help it, other workers may. A burst stops and raises ``exc``."""
+        process did not start); the slot pauses next (:meth:`_pause_slot`). A burst stops
+        and raises ``exc``."""
         self._give_back(leases[0])  # it had started
         handed = 1 + self._hand_back_unstarted(leases[1:])
         if self._stopping.is_set():
