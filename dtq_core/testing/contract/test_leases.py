@@ -142,6 +142,12 @@ def test_heartbeat_keeps_a_job_longer_than_three_leases_with_its_worker(
     busy = dtq_make_worker(lease_s=0.3)
     thread = threading.Thread(target=busy.get_jobs)
     thread.start()
+    # The rival starts once the busy worker holds the job: on a loaded machine its thread
+    # could otherwise be slower to take it than the rival.
+    deadline = time.monotonic() + 10
+    while (job := dtq_queue.get("long")) is None or job.status is not JobStatus.RUNNING:
+        assert time.monotonic() < deadline, "the busy worker never took the job"
+        time.sleep(0.01)
     rival = dtq_make_worker(lease_s=0.3)
     taken = []
     deadline = time.monotonic() + 1.1
@@ -153,6 +159,7 @@ def test_heartbeat_keeps_a_job_longer_than_three_leases_with_its_worker(
     final = dtq_queue.get("long")
     assert final is not None
     assert (final.status, final.attempts, final.lost_leases) == (JobStatus.SUCCEEDED, 1, 0)
+    assert final.worker == busy.worker_id
 
 
 def test_get_jobs_recovers_expired_leases_first(
