@@ -41,8 +41,8 @@ MAX_TIME_MS = 253_402_300_799_999
 #: Arrival numbers stay below 2^52, so queue scores stay exact doubles.
 MAX_SEQ = 2**52
 _PAYLOAD_KEYS = frozenset({"plugin", "data"})
-_STATUSES = frozenset(status.value for status in JobStatus)
-#: A status by its value: a look-up, where JobStatus(value) runs Enum's whole call.
+#: A status by its value, and the values a state may hold: a look-up, where JobStatus(value)
+#: runs Enum's whole call.
 _STATUS_OF = {status.value: status for status in JobStatus}
 _TIMES = ("created", "started", "finished", "due")
 #: Everything decoding text or building a Job from it can raise on garbage.
@@ -167,8 +167,10 @@ def read_state(state: Mapping[str, Any] | str | None) -> Mapping[str, Any]:
     if not isinstance(fields, Mapping):
         raise _Unreadable(f"the state is a JSON {_kind(fields)}, not an object")
     status = fields.get("status", "queued")
-    if not isinstance(status, str) or status not in _STATUSES:
-        raise _Unreadable(f"the state's status is {_show(status)}, not one of {', '.join(sorted(_STATUSES))}")
+    if not isinstance(status, str) or status not in _STATUS_OF:
+        raise _Unreadable(
+            f"the state's status is {_show(status)}, not one of {', '.join(sorted(_STATUS_OF))}"
+        )
     _whole(fields, "seq", 0, MAX_SEQ)
     for name in _TIMES:
         if fields.get(name) != "":
