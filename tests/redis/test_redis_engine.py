@@ -116,6 +116,35 @@ def test_unreachable_redis_is_reported_with_its_url(namespace: str) -> None:
     assert "DTQ_URL" in message
 
 
+def _kill_named(client: redis.Redis, name: str) -> int:
+    """Close the server's end of every connection named ``name``; how many there were."""
+    ids = [c["id"] for c in client.client_list(_type="normal") if c["name"] == name]
+    return sum(int(client.execute_command("CLIENT", "KILL", "ID", i)) for i in ids)
+
+
+def test_calls_after_their_kept_connections_were_dropped_reconnect_and_lose_nothing(
+    redis_url: str, namespace: str, keys: Keys, redis_server: RedisServer
+) -> None:
+    # A single call (an append, a completion) is first tried on a kept connection
+    # outside the retry machinery; a dropped one must still fall back to it.
+    url = f"{redis_url}?client_name=dtq-dropped-{namespace}"
+    name = f"dtq-dropped-{namespace}"
+    with (
+        Queue(["test_only"], url, namespace=namespace) as queue,
+        running(Worker(["test_only"], url, namespace=namespace, mode="thread", poll_s=0.1)),
+    ):
+        for n in range(3):
+            job = queue.enqueue("test_only", {"action": "echo", "n": n})
+            assert queue.result(job.id, timeout=20) == {"action": "echo", "n": n}
+            # Producer's and worker's connections alike, between one job and the next.
+            assert _kill_named(redis_server.client, name) >= 2
+        ids = [queue.enqueue("test_only", {"action": "echo", "n": n}, id=f"after-{n}").id for n in range(3)]
+        assert [queue.result(i, timeout=20)["n"] for i in ids] == [0, 1, 2]
+    # Each job once: six records of success, no live job left.
+    assert redis_server.client.hlen(keys.succeeded) == 6
+    assert redis_server.client.hlen(keys.jobs) == 0
+
+
 def test_an_idle_worker_blocks_instead_of_polling(
     queue: Queue, make_worker: MakeWorker, redis_server: RedisServer
 ) -> None:

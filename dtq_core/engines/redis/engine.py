@@ -74,6 +74,8 @@ _SCRIPTS = (
 )
 #: A script's name, KEYS and ARGV.
 _ScriptCall = tuple[str, list[str], list[str | int]]
+#: A command and its arguments, as sent.
+_Command = tuple[str | int | float, ...]
 
 
 @attrs.frozen
@@ -363,10 +365,8 @@ class RedisEngine(Engine):
                 # EVAL, not EVALSHA: a server that lost its scripts (restart, SCRIPT
                 # FLUSH) would refuse the script and still run the BLPOP, which would
                 # then block in vain. The text costs the server a hash of 2 kB.
-                pipe = self.client.pipeline(transaction=False)
-                pipe.eval(_lua("wait"), len(keys), *keys, *args)
-                pipe.blpop([reply], timeout=block_s)
-                read, popped = pipe.execute()
+                commands = [("EVAL", _lua("wait"), len(keys), *keys, *args), ("BLPOP", reply, block_s)]
+                read, popped = _raised(self._commands(2, commands.__getitem__, resume=True))
         payload, state, done, errors, succeeded, expiry = read
         job = _found(job_id, payload, state, _pairs(done), errors, succeeded, expiry)
         news = None if popped is None or popped[1] == "" else str(popped[1])
@@ -522,11 +522,12 @@ class RedisEngine(Engine):
                 plugins, timeout_s, count=count, lease_s=lease_s, worker_id=worker_id
             )
         name, keys, args = self._fetching(plugins, count, lease_s, worker_id)
+        commands: list[_Command] = [
+            ("BLPOP", *[self.keys.signal(p) for p in plugins], self._block_for(timeout_s)),
+            ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args),
+        ]
         with self._talking():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.blpop([self.keys.signal(p) for p in plugins], timeout=self._block_for(timeout_s))
-            pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
-            woken, flat = pipe.execute(raise_on_error=False)
+            woken, flat = self._commands(2, commands.__getitem__, resume=True)
         if isinstance(flat, Exception) and not isinstance(flat, redis.exceptions.NoScriptError):
             raise flat
         # The fetch's leases first: an error of the BLPOP alone (a signal key
@@ -914,25 +915,44 @@ class RedisEngine(Engine):
                 replies[-1] = again.pop()  # the replicas' count now covers the calls run again
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        return _raised(replies)
 
     def _send(self, calls: Sequence[_ScriptCall], *, wait: bool) -> list[Any]:
         """Each call's reply (an error reply in its place), and WAIT's last with ``wait``."""
-        if self._wire is None:
-            return self._send_pipeline(calls, wait=wait)
-        command = self._wire.packer.command
 
-        @functools.cache
-        def request(i: int) -> bytes:
+        def command(i: int) -> _Command:
             if i == len(calls):
-                return command("WAIT", self.wait_replicas, int(self.wait_timeout_s * 1000))
+                return ("WAIT", self.wait_replicas, int(self.wait_timeout_s * 1000))
             name, keys, args = calls[i]
-            return command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+            return ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
 
-        return self._exchange(len(calls) + wait, request, resume=not wait)
+        return self._commands(len(calls) + wait, command, resume=not wait)
+
+    def _commands(self, count: int, command: Callable[[int], _Command], *, resume: bool) -> list[Any]:
+        """The replies to ``count`` commands in one round trip, an error reply in its place.
+
+        ``command(i)`` is the i-th, asked for as it is sent (see :func:`.wire.converse`);
+        ``resume`` is :meth:`_exchange`'s. A client that keeps a single connection
+        sends them down a redis-py pipeline instead.
+        """
+        if self._wire is None:
+            pipe = self.client.pipeline(transaction=False)
+            for i in range(count):
+                pipe.execute_command(*command(i))
+            return list(pipe.execute(raise_on_error=False))
+        pack = self._wire.packer.command
+        if count == 1:
+            return [self._exchange_one(pack(*command(0)))]
+        # Cached: a retry that starts again from the first request packs none twice.
+        return self._exchange(count, functools.cache(lambda i: pack(*command(i))), resume=resume)
+
+    def _exchange_one(self, request: bytes) -> Any:
+        """One request's reply: first tried on a kept connection alone (:meth:`.wire.Connections.once`)."""
+        assert self._wire is not None  # see _send
+        reply = self._wire.once(request)
+        if reply is wire.UNSENT:
+            [reply] = self._exchange(1, lambda _i: request, resume=True)
+        return reply
 
     def _exchange(self, count: int, request: Callable[[int], bytes], *, resume: bool) -> list[Any]:
         """Each request's reply down one pooled connection (see :func:`.wire.converse`).
@@ -958,15 +978,6 @@ class RedisEngine(Engine):
                 return wire.converse(conn, count, request, replies)
 
             return conn.retry.call_with_retry(attempt, failed)
-
-    def _send_pipeline(self, calls: Sequence[_ScriptCall], *, wait: bool) -> list[Any]:
-        """:meth:`_send` through a redis-py pipeline, for a client that keeps a single connection."""
-        pipe = self.client.pipeline(transaction=False)
-        for name, keys, args in calls:
-            pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
-        if wait:
-            pipe.wait(self.wait_replicas, int(self.wait_timeout_s * 1000))
-        return list(pipe.execute(raise_on_error=False))
 
     @contextlib.contextmanager
     def _talking(self) -> Iterator[None]:
@@ -997,6 +1008,14 @@ class RedisEngine(Engine):
         """Delete one final job's record (see :func:`.browse.delete_final`)."""
         with self._talking():
             return browse.delete_final(self.client, self.keys, job_id)
+
+
+def _raised(replies: list[Any]) -> list[Any]:
+    """``replies``, unless one is an error reply: then the first of those is raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def _socket_timeout_s(client: Client) -> float | None:

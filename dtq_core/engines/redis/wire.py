@@ -23,6 +23,9 @@ from dtq_core.errors import EngineError
 #: Requests sent and not yet answered, at most, in one exchange.
 IN_FLIGHT = 2
 
+#: What :meth:`Connections.once` gives when it did not get a reply.
+UNSENT: Any = object()
+
 
 class Packer:
     """Packs commands as a client with ``encoding`` and ``errors`` would (redis-py's Encoder)."""
@@ -156,15 +159,47 @@ class Connections:
         self._free: collections.deque[AbstractConnection] = collections.deque()
         self._pid = os.getpid()
 
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[AbstractConnection]:
-        """A connection for one exchange; disconnected (it reconnects when next used) if that failed."""
+    def once(self, request: bytes) -> Any:
+        """The reply to one request on a kept, connected connection; :data:`UNSENT` if that cannot be had.
+
+        The common case of a single script call (one append, one completion),
+        without the retry machinery: every layer a call goes through costs a few
+        microseconds, and a round trip on loopback is only about 60. Anything
+        unusual (no kept connection, one that was dropped, a failure on the way)
+        gives :data:`UNSENT` after disconnecting, and the caller then runs the
+        request through :meth:`connection` and the client's retries, as it
+        would have at first: a retry resends an unanswered request either way.
+        """
+        conn = self._kept()
+        if conn is None:
+            return UNSENT
+        try:
+            if getattr(conn, "_sock", None) is None:  # dropped: reconnecting is the retry path's job
+                return UNSENT
+            conn.send_packed_command([request], check_health=True)  # type: ignore[no-untyped-call]
+            return _reply(conn)
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            return UNSENT
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            self._free.append(conn)
+
+    def _kept(self) -> AbstractConnection | None:
+        """A kept connection, or None if there is none free."""
         if self._pid != os.getpid():  # a forked child must not share its parent's sockets
             self._free, self._pid = collections.deque(), os.getpid()
         try:
-            conn = self._free.pop()
+            return self._free.pop()
         except IndexError:
-            conn = self.pool.get_connection()
+            return None
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[AbstractConnection]:
+        """A connection for one exchange; disconnected (it reconnects when next used) if that failed."""
+        conn = self._kept() or self.pool.get_connection()
         try:
             yield conn
         except BaseException:
