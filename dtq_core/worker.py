@@ -51,6 +51,9 @@ log = logging.getLogger("dtq.worker")
 
 #: Longest pause between attempts to reach an engine that is down (seconds).
 _MAX_BACKOFF_S = 5.0
+#: How long a slot's fetch that found nothing stands for the dispatcher's own look before it
+#: blocks (seconds): a job that comes later wakes the blocked wait (see _looked_just_now).
+_LOOKED_FRESH_S = 0.01
 MODES = ("process", "thread")
 
 
@@ -198,6 +201,8 @@ class Worker:
         self._failure: JobProcessError | None = None  # what ends a burst early
         self._stopping = threading.Event()
         self._next_recovery = 0.0
+        # When a slot's fetch last found nothing, and its wait for the next delayed job then.
+        self._found_empty: tuple[float, float | None] | None = None
 
     # --- public ------------------------------------------------------------------
 
@@ -291,7 +296,7 @@ class Worker:
         if not free:
             return True
         try:
-            batch = self._take(free * self.prefetch)
+            batch = (None if burst else self._looked_just_now()) or self._take(free * self.prefetch)
             if not batch.leases and not burst:
                 # Idle: block until woken (an append) or a delayed job is due, and
                 # lease what woke it in the same round trip, the slots still in hand.
@@ -310,6 +315,25 @@ class Worker:
         if burst:
             return not pool.wait_until_idle(self.poll_s)
         return True
+
+    def _looked_just_now(self) -> Batch | None:
+        """What a slot's fetch found a moment ago if that was nothing (once); else None.
+
+        A slot whose share was not full records its last outcome and fetches in
+        one round trip; when that fetch finds nothing, the slot comes back to the
+        dispatcher, which would look again (a second fetch, also finding nothing)
+        before it blocks. Within :data:`_LOOKED_FRESH_S` it goes straight to the
+        blocking wait instead: a job appended or released since left a wake-up
+        hint that ends the wait at once, and one delayed job's due time bounds it.
+        """
+        found, self._found_empty = self._found_empty, None
+        if found is None:
+            return None
+        elapsed = time.monotonic() - found[0]
+        if elapsed > _LOOKED_FRESH_S:
+            return None
+        due = found[1]
+        return Batch([], None if due is None else max(0.0, due - elapsed))
 
     def _take(self, count: int, *, wait_s: float | None = None, rotate: bool = True) -> Batch:
         """Lease up to ``count`` jobs, after blocking up to ``wait_s`` for one to come if given;
@@ -362,6 +386,8 @@ class Worker:
             acks.submit_all(ended)
             return []
         acks.finish(self._reported(ended, stored, finished=acks.keep_finished))
+        if not batch.leases:
+            self._found_empty = (time.monotonic(), batch.next_due_s)
         return self._waiting_for_slot(batch.leases)
 
     def _waiting_for_slot(self, leases: list[Lease]) -> list[Lease]:

@@ -161,6 +161,32 @@ def test_an_idle_worker_blocks_instead_of_polling(
     assert during <= 12, during
 
 
+def test_a_worker_between_lone_jobs_goes_back_to_its_blocking_wait_without_looking_again(
+    queue: Queue, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a lone job the slot records its outcome and fetches in one round trip, finding
+    # nothing; the dispatcher then blocks at once (BLPOP and fetch), rather than first
+    # fetching again on its own (a second script call that also finds nothing).
+    worker = thread_worker(make_worker, poll_s=5.0)
+    plain_fetches = 0
+    fetch = worker.engine.fetch
+
+    def counted(*args: object, **kwargs: object) -> object:
+        nonlocal plain_fetches
+        plain_fetches += 1
+        return fetch(*args, **kwargs)  # type: ignore[arg-type]
+
+    jobs = 30
+    with running(worker):
+        for n in range(3):  # started, and idle in its blocking wait
+            queue.result(queue.enqueue("test_only", {"action": "echo", "n": n}).id, timeout=20)
+        monkeypatch.setattr(worker.engine, "fetch", counted)
+        for n in range(jobs):
+            assert queue.result(queue.enqueue("test_only", {"action": "echo", "n": n}).id, timeout=20)
+    # One per job before; a few may remain where a thread switch took longer than the look is fresh.
+    assert plain_fetches <= jobs // 10, plain_fetches
+
+
 def test_waits_are_told_of_each_end_without_falling_back_to_reading_again(
     redis_url: str, namespace: str, make_worker: MakeWorker
 ) -> None:
