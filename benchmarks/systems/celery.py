@@ -56,6 +56,7 @@ class CeleryPeer(System):
         # producer's Pub/Sub connection (Redis memory) and the latency measure's first get() reads them all.
         for handle in handles:
             app.backend.result_consumer.cancel_for(handle.id)
+        _fresh_result_connection()
         return handles
 
     def worker_argv(self, variant: Variant) -> list[str]:
@@ -75,6 +76,26 @@ class CeleryPeer(System):
 
     def close(self) -> None:
         app.close()
+
+
+def _fresh_result_connection() -> None:
+    """Start the producer's result waits on a new Pub/Sub connection, as a producer that had not
+    just sent tens of thousands of tasks would.
+
+    Every send subscribes to its task's result channel and every cancel
+    unsubscribes, and each of those leaves a confirmation on the connection.
+    ``AsyncResult.get`` reads one message per poll, so after the enqueue, bulk
+    and backlog measures the latency measure's first ``get()`` read through
+    some 40,000 of them: 3.6 s on a quiet machine, past its 10 s timeout on a
+    busy one (Celery 5.7.0). Closing the connection drops them; the next send
+    opens a new one (``ResultConsumer.start``). Private attributes: Celery has
+    no public way to do this.
+    """
+    consumer = app.backend.result_consumer
+    consumer.stop()
+    consumer._pubsub = None
+    consumer.subscribed_to.clear()
+    consumer._pending_unsubscribe.clear()
 
 
 SYSTEM = CeleryPeer
