@@ -408,13 +408,17 @@ class Engine(abc.ABC):
         count: int,
         lease_s: float,
         worker_id: str,
+        wait_s: float = 0.0,
     ) -> tuple[list[bool], Batch]:
         """:meth:`complete_many`, then :meth:`fetch`: a worker's "done with these, what next".
 
-        The completions are recorded before the fetch runs. Engines override
-        this to do both in one round trip.
+        The completions are recorded before the fetch runs. With ``wait_s`` (a
+        worker that found the queue drained), :meth:`wait_for_jobs` waits up to
+        that long between them. Engines override this to do it all in one round trip.
         """
         stored = self.complete_many(completions) if completions else []
+        if wait_s > 0:
+            self.wait_for_jobs(plugins, wait_s)
         return stored, self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
 
     def complete_many(self, completions: Sequence[Completion]) -> list[bool]:

@@ -54,6 +54,9 @@ _MAX_BACKOFF_S = 5.0
 #: How long a slot's fetch that found nothing stands for the dispatcher's own look before it
 #: blocks (seconds): a job that comes later wakes the blocked wait (see _looked_just_now).
 _LOOKED_FRESH_S = 0.01
+#: How long a slot whose share was not full (the queue ran dry) waits for a next job, in the
+#: round trip that records its last outcome, before it goes back to the dispatcher (seconds).
+_REFILL_WAIT_S = 0.01
 MODES = ("process", "thread")
 
 
@@ -364,10 +367,15 @@ class Worker:
             log.exception("could not lease a slot's next share ahead; it will lease as it runs out")
             return []
 
-    def _refill(self, ended: list[Ended], acks: _Acknowledger) -> list[Lease]:
+    def _refill(self, ended: list[Ended], acks: _Acknowledger, *, drained: bool) -> list[Lease]:
         """A slot's next jobs, leased by the slot itself in the round trip that records
         ``ended`` (the outcome that emptied its share); none when stopping or unreachable.
 
+        When the share was ``drained`` (not full: the queue had no more), the
+        engine waits up to :data:`_REFILL_WAIT_S` for a job before it fetches:
+        the outcome's news reaches a waiting producer without waiting for a fetch
+        that would find nothing, and a job appended meanwhile comes straight to
+        this slot. Not in a burst, which ends when the queue is empty.
         Outcomes that could not be recorded go to ``acks``, which retries them.
         """
         if self._stopping.is_set():
@@ -380,6 +388,7 @@ class Worker:
                 count=self.prefetch,
                 lease_s=self.lease_s,
                 worker_id=self.worker_id,
+                wait_s=_REFILL_WAIT_S if drained and not self._burst else 0.0,
             )
         except DtqError as exc:
             log.warning("could not fetch jobs: %s", exc)  # the dispatcher retries with backoff
@@ -932,7 +941,7 @@ class _Pool:
                     self.worker._hand_back_unstarted(following.result() if following else [])
                     self.worker._pause_slot(exc)
                     return
-                leases = self._next_share(following, last)
+                leases = self._next_share(following, last, drained=len(leases) < self.worker.prefetch)
                 following = None
         except BaseException:
             self.worker._hand_back_unstarted(leases)  # those not begun
@@ -949,15 +958,18 @@ class _Pool:
             return None
         return self._ahead.submit(self.worker._fetch_ahead)
 
-    def _next_share(self, following: Future[list[Lease]] | None, last: list[Ended]) -> list[Lease]:
+    def _next_share(
+        self, following: Future[list[Lease]] | None, last: list[Ended], *, drained: bool
+    ) -> list[Lease]:
         """The slot's next share: the one fetched ahead, else one leased in the round trip that
-        records ``last`` (which a share fetched ahead leaves to the acknowledger)."""
+        records ``last`` (which a share fetched ahead leaves to the acknowledger); ``drained``
+        when the share that ended was not full (see :meth:`Worker._refill`)."""
         if following is not None and (leases := following.result()):
             if not self.worker._stopping.is_set():
                 self.acks.submit_all(last)
                 return leases
             self.worker._hand_back_unstarted(leases)  # fetched as the worker began to stop
-        return self.worker._refill(last, self.acks)
+        return self.worker._refill(last, self.acks, drained=drained)
 
     def _run_share(self, runner: Runner, leases: list[Lease]) -> list[Ended]:
         """Run a share of leases in turn; return the outcome of the last, which the slot records itself.

@@ -12,7 +12,17 @@ import pytest
 import redis
 from dtqtest import RedisServer, free_port, running
 
-from dtq_core import EngineError, EngineUnavailable, JobFailed, JobStatus, Queue, ResultTimeout, Worker
+from dtq_core import (
+    Completion,
+    EngineError,
+    EngineUnavailable,
+    JobFailed,
+    JobStatus,
+    Outcome,
+    Queue,
+    ResultTimeout,
+    Worker,
+)
 from dtq_core.engines.redis import Keys, RedisEngine
 
 MakeWorker = Callable[..., Worker]
@@ -185,6 +195,39 @@ def test_a_worker_between_lone_jobs_goes_back_to_its_blocking_wait_without_looki
             assert queue.result(queue.enqueue("test_only", {"action": "echo", "n": n}).id, timeout=20)
     # One per job before; a few may remain where a thread switch took longer than the look is fresh.
     assert plain_fetches <= jobs // 10, plain_fetches
+
+
+def test_a_producer_hears_of_an_end_while_the_worker_still_waits_for_its_next_job(
+    queue: Queue, redis_url: str, namespace: str
+) -> None:
+    # The BLPOP between the completion and the fetch lets the server send the producer its
+    # news at once; a fetch right behind the completion would run first.
+    job = queue.enqueue("test_only", {"action": "echo"})
+    ended: dict[str, float] = {}
+
+    def wait_for_result() -> None:
+        assert queue.result(job.id, timeout=20) == {"action": "echo"}
+        ended["producer"] = time.monotonic()
+
+    producer = threading.Thread(target=wait_for_result)
+    producer.start()
+    with Queue(["test_only"], redis_url, namespace=namespace) as other:
+        worker_engine = other.engine
+        # As an idle worker leases it: woken by the append's hint, which that uses up.
+        [lease] = worker_engine.wait_and_fetch(["test_only"], 1.0, count=1, lease_s=30, worker_id="w").leases
+        time.sleep(0.3)  # the producer is blocked on its reply list
+        stored, batch = worker_engine.complete_and_fetch(
+            [Completion(lease, Outcome(JobStatus.SUCCEEDED, result_json='{"action": "echo"}'), 60)],
+            ["test_only"],
+            count=1,
+            lease_s=30,
+            worker_id="w",
+            wait_s=1.5,
+        )
+        ended["worker"] = time.monotonic()
+    producer.join(20)
+    assert stored == [True] and batch.leases == []
+    assert ended["worker"] - ended["producer"] > 1.0, ended  # told well before the wait ended
 
 
 def test_waits_are_told_of_each_end_without_falling_back_to_reading_again(

@@ -407,14 +407,26 @@ class RedisEngine(Engine):
         count: int,
         lease_s: float,
         worker_id: str,
+        wait_s: float = 0.0,
     ) -> tuple[list[bool], Batch]:
-        """``complete.lua`` for the completions, then ``fetch.lua``, in one pipelined round trip."""
+        """``complete.lua`` for the completions, then ``fetch.lua``, in one pipelined round trip.
+
+        With ``wait_s``, a ``BLPOP`` on the plugins' signal lists goes between
+        them: the outcomes are recorded, and their waiting
+        producers told, at once, and the server then runs the fetch when a job
+        comes or ``wait_s`` has passed. A fetch right after a job's end would
+        otherwise make the server run it before it sends those producers their news.
+        """
         groups = _completion_groups(completions)
         calls = [self._completion_call(completions, group) for group in groups]
+        block: _Command | None = None
+        if wait_s > 0:
+            block = ("BLPOP", *[self.keys.signal(p) for p in plugins], self._block_for(wait_s))
         with self._talking():
             *replies, flat = self._run_scripts(
                 [*calls, self._fetching(plugins, count, lease_s, worker_id)],
                 wait_what="the outcomes were stored" if calls else None,
+                block=block,
             )
         batch = self._fetched(flat)
         if batch is None:  # only malformed records, now buried: look again
@@ -878,17 +890,26 @@ class RedisEngine(Engine):
         [reply] = self._run_scripts([(name, keys, args)], wait_what=what)
         return reply
 
-    def _run_scripts(self, calls: Sequence[_ScriptCall], *, wait_what: str | None = None) -> list[Any]:
+    def _run_scripts(
+        self, calls: Sequence[_ScriptCall], *, wait_what: str | None = None, block: _Command | None = None
+    ) -> list[Any]:
         """Run script calls in one round trip; one by one on a cluster, whose pipelines refuse scripts.
 
         With ``wait_what`` and ``wait_replicas``, the round trip ends with ``WAIT``
         (which counts the writes of its own connection, hence one pipeline), and
         too few replicas raise :class:`EngineUnavailable` naming ``wait_what``.
+        ``block``, a blocking pop, goes before the last call.
         """
         if isinstance(self.client, RedisCluster):
-            return [self._scripts[name](keys, args) for name, keys, args in calls]
+            replies = []
+            for i, (name, keys, args) in enumerate(calls):
+                if block is not None and i == len(calls) - 1:
+                    with contextlib.suppress(redis.ResponseError):  # see _send
+                        self.client.execute_command(*block)  # type: ignore[no-untyped-call]
+                replies.append(self._scripts[name](keys, args))
+            return replies
         waiting = wait_what is not None and self.wait_replicas > 0
-        replies = self._pipelined(calls, wait=waiting)
+        replies = self._pipelined(calls, wait=waiting, block=block)
         if waiting and int(replies[-1]) < self.wait_replicas:
             raise EngineUnavailable(
                 f"{wait_what} but reached only {replies[-1]} of {self.wait_replicas} replicas within "
@@ -897,7 +918,9 @@ class RedisEngine(Engine):
             )
         return replies[:-1] if waiting else replies
 
-    def _pipelined(self, calls: Sequence[_ScriptCall], *, wait: bool) -> list[Any]:
+    def _pipelined(
+        self, calls: Sequence[_ScriptCall], *, wait: bool, block: _Command | None = None
+    ) -> list[Any]:
         """EVALSHA each call down one pipeline (and WAIT, with ``wait``); raise the first error.
 
         redis-py's own script objects would make every pipeline check its
@@ -905,7 +928,7 @@ class RedisEngine(Engine):
         server without the scripts refused (after a restart or SCRIPT FLUSH),
         and only those, run again once the scripts are loaded: the others ran.
         """
-        replies = self._send(calls, wait=wait)
+        replies = self._send(calls, wait=wait, block=block)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
         if missing:
             for script in self._scripts.values():
@@ -917,16 +940,28 @@ class RedisEngine(Engine):
                 replies[i] = reply
         return _raised(replies)
 
-    def _send(self, calls: Sequence[_ScriptCall], *, wait: bool) -> list[Any]:
-        """Each call's reply (an error reply in its place), and WAIT's last with ``wait``."""
+    def _send(self, calls: Sequence[_ScriptCall], *, wait: bool, block: _Command | None = None) -> list[Any]:
+        """Each call's reply (an error reply in its place), and WAIT's last with ``wait``.
+
+        ``block`` (a blocking pop) is sent before the last call; its reply is left
+        out, an error one included: it only decides when that call runs.
+        """
+        last = len(calls) - 1
 
         def command(i: int) -> _Command:
+            if block is not None and i >= last:
+                if i == last:
+                    return block
+                i -= 1
             if i == len(calls):
                 return ("WAIT", self.wait_replicas, int(self.wait_timeout_s * 1000))
             name, keys, args = calls[i]
             return ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
 
-        return self._commands(len(calls) + wait, command, resume=not wait)
+        replies = self._commands(len(calls) + wait + (block is not None), command, resume=not wait)
+        if block is not None:
+            del replies[last]
+        return replies
 
     def _commands(self, count: int, command: Callable[[int], _Command], *, resume: bool) -> list[Any]:
         """The replies to ``count`` commands in one round trip, an error reply in its place.

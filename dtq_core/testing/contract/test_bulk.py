@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
@@ -111,6 +113,41 @@ def test_a_prefetching_worker_runs_each_job_once_and_records_every_outcome(
     failed = dtq_queue.get(failing.id)
     assert failed is not None and failed.status in (JobStatus.FAILED, JobStatus.DEAD)
     assert dtq_queue.stats().queues[0].running == 0
+
+
+def test_complete_and_fetch_with_a_wait_records_first_then_leases_a_job_appended_meanwhile(
+    dtq_engine: Engine,
+) -> None:
+    # A worker whose queue ran dry waits for the next job in the call that records its
+    # last outcome; the outcome must be recorded before the wait, not after it.
+    dtq_engine.append_many([_entry("one")])
+    # Leased as an idle worker leases it (woken by the append, whose wake-up that uses up).
+    [lease] = dtq_engine.wait_and_fetch(["test_only"], 1.0, count=5, lease_s=30, worker_id="w").leases
+    seen: dict[str, Job | None] = {}
+
+    def append_later() -> None:
+        time.sleep(0.3)
+        seen["one"] = dtq_engine.get("one")
+        dtq_engine.append_many([_entry("later")])
+
+    appender = threading.Thread(target=append_later)
+    appender.start()
+    started = time.monotonic()
+    stored, batch = dtq_engine.complete_and_fetch(
+        [Completion(lease, Outcome(JobStatus.SUCCEEDED, result_json='"ok"'), 60)],
+        ["test_only"],
+        count=5,
+        lease_s=30,
+        worker_id="w",
+        wait_s=4.0,
+    )
+    elapsed = time.monotonic() - started
+    appender.join()
+    assert stored == [True]
+    one = seen["one"]
+    assert one is not None and one.status is JobStatus.SUCCEEDED  # recorded while the call still waited
+    assert [lease.job.id for lease in batch.leases] == ["later"]
+    assert elapsed < 3.0, elapsed  # woken by the append, not by the end of the wait
 
 
 def test_complete_and_fetch_records_outcomes_then_leases_the_next_jobs(dtq_engine: Engine) -> None:
