@@ -20,6 +20,7 @@ stays leased: a worker killed in between loses nothing, the job runs again.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -56,6 +57,7 @@ _MAX_BACKOFF_S = 5.0
 _LOOKED_FRESH_S = 0.01
 #: How long a slot whose share was not full (the queue ran dry) waits for a next job, in the
 #: round trip that records its last outcome, before it goes back to the dispatcher (seconds).
+#: Redis ends such a wait at its next cron tick: up to 100 ms at its default hz of 10.
 _REFILL_WAIT_S = 0.01
 MODES = ("process", "thread")
 
@@ -172,6 +174,8 @@ class Worker:
         self.registry = PluginRegistry(s.plugins, config=s.plugin)
         self.plugins = self._loadable_plugins()
         self.engine = resolve_engine(engine, s.url, prefix=s.prefix, namespace=s.namespace, **s.engine)
+        # An engine from before complete_and_fetch took wait_s overrides it without one.
+        self._refill_can_wait = "wait_s" in inspect.signature(self.engine.complete_and_fetch).parameters
         self.concurrency = s.concurrency
         self.prefetch = s.prefetch
         self.mode = s.mode
@@ -327,7 +331,9 @@ class Worker:
         dispatcher, which would look again (a second fetch, also finding nothing)
         before it blocks. Within :data:`_LOOKED_FRESH_S` it goes straight to the
         blocking wait instead: a job appended or released since left a wake-up
-        hint that ends the wait at once, and one delayed job's due time bounds it.
+        hint that ends the wait at once, and the next delayed job the fetch saw
+        bounds it (a retry scheduled since is found when the wait ends, within
+        ``poll_s``, as it would be after the dispatcher's own look).
         """
         found, self._found_empty = self._found_empty, None
         if found is None:
@@ -371,16 +377,19 @@ class Worker:
         """A slot's next jobs, leased by the slot itself in the round trip that records
         ``ended`` (the outcome that emptied its share); none when stopping or unreachable.
 
-        When the share was ``drained`` (not full: the queue had no more), the
-        engine waits up to :data:`_REFILL_WAIT_S` for a job before it fetches:
-        the outcome's news reaches a waiting producer without waiting for a fetch
-        that would find nothing, and a job appended meanwhile comes straight to
-        this slot. Not in a burst, which ends when the queue is empty.
+        When the share was ``drained`` (not full: the queue had no more, which
+        with ``prefetch`` 1 cannot be told), the engine waits (about
+        :data:`_REFILL_WAIT_S`) for a job between the two: the outcome's news
+        reaches a waiting producer without waiting for a fetch that would find
+        nothing, and a job appended meanwhile comes straight to this slot. Not in
+        a burst, which ends when the queue is empty.
         Outcomes that could not be recorded go to ``acks``, which retries them.
         """
         if self._stopping.is_set():
             acks.submit_all(ended)
             return []
+        waits = drained and not self._burst and self._refill_can_wait
+        options: dict[str, float] = {"wait_s": _REFILL_WAIT_S} if waits else {}
         try:
             stored, batch = self.engine.complete_and_fetch(
                 [e.completion for e in ended],
@@ -388,15 +397,20 @@ class Worker:
                 count=self.prefetch,
                 lease_s=self.lease_s,
                 worker_id=self.worker_id,
-                wait_s=_REFILL_WAIT_S if drained and not self._burst else 0.0,
+                **options,
             )
         except DtqError as exc:
             log.warning("could not fetch jobs: %s", exc)  # the dispatcher retries with backoff
             acks.submit_all(ended)
             return []
-        acks.finish(self._reported(ended, stored, finished=acks.keep_finished))
+        except Exception:
+            # An engine's bug: its outcomes still go to the acknowledger, which records them.
+            log.exception("could not record outcomes and fetch jobs; the outcomes are retried")
+            acks.submit_all(ended)
+            return []
         if not batch.leases:
             self._found_empty = (time.monotonic(), batch.next_due_s)
+        acks.finish(self._reported(ended, stored, finished=acks.keep_finished))
         return self._waiting_for_slot(batch.leases)
 
     def _waiting_for_slot(self, leases: list[Lease]) -> list[Lease]:

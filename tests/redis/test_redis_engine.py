@@ -171,6 +171,22 @@ def test_an_idle_worker_blocks_instead_of_polling(
     assert during <= 12, during
 
 
+def test_a_call_on_a_dropped_connection_is_tried_no_more_often_than_the_retries_allow(
+    redis_url: str, namespace: str, redis_server: RedisServer
+) -> None:
+    # The first try of a lone call, made outside the retry machinery, counts as a try:
+    # with no retries, a dropped connection is an error (then the next call reconnects).
+    name = f"dtq-no-retry-{namespace}"
+    url = f"{redis_url}?client_name={name}"
+    with Queue(["test_only"], url, namespace=namespace, engine_options={"retries": 0}) as queue:
+        queue.enqueue("test_only", {"action": "echo"}, id="first")
+        assert _kill_named(redis_server.client, name) >= 1
+        with pytest.raises(EngineUnavailable):
+            queue.enqueue("test_only", {"action": "echo"}, id="second")
+        assert queue.enqueue("test_only", {"action": "echo"}, id="third").id == "third"
+        assert queue.get("second") is None  # never reached the server
+
+
 def test_a_worker_between_lone_jobs_goes_back_to_its_blocking_wait_without_looking_again(
     queue: Queue, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -412,10 +412,13 @@ class RedisEngine(Engine):
         """``complete.lua`` for the completions, then ``fetch.lua``, in one pipelined round trip.
 
         With ``wait_s``, a ``BLPOP`` on the plugins' signal lists goes between
-        them: the outcomes are recorded, and their waiting
-        producers told, at once, and the server then runs the fetch when a job
-        comes or ``wait_s`` has passed. A fetch right after a job's end would
-        otherwise make the server run it before it sends those producers their news.
+        them: the outcomes are recorded, and their waiting producers told, at
+        once, and the server runs the fetch when a wake-up hint is there (a job
+        appended or released since the last pop of one) or the wait ends. Redis
+        ends a wait at its next cron tick, so up to 1/hz s (100 ms at the default
+        hz of 10) for any ``wait_s`` below that. A fetch right after a job's end
+        would otherwise make the server run it before it sends those producers
+        their news.
         """
         groups = _completion_groups(completions)
         calls = [self._completion_call(completions, group) for group in groups]
@@ -538,15 +541,15 @@ class RedisEngine(Engine):
             ("BLPOP", *[self.keys.signal(p) for p in plugins], self._block_for(timeout_s)),
             ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args),
         ]
-        with self._talking():
+        with self._talking():  # also maps the error replies raised below
             woken, flat = self._commands(2, commands.__getitem__, resume=True)
-        if isinstance(flat, Exception) and not isinstance(flat, redis.exceptions.NoScriptError):
-            raise flat
-        # The fetch's leases first: an error of the BLPOP alone (a signal key
-        # overwritten with another type) must not strand jobs leased already.
-        batch = None if isinstance(flat, Exception) else self._fetched(flat)
-        if isinstance(woken, Exception) and not (batch and batch.leases):
-            raise woken
+            if isinstance(flat, Exception) and not isinstance(flat, redis.exceptions.NoScriptError):
+                raise flat
+            # The fetch's leases first: an error of the BLPOP alone (a signal key
+            # overwritten with another type) must not strand jobs leased already.
+            batch = None if isinstance(flat, Exception) else self._fetched(flat)
+            if isinstance(woken, Exception) and not (batch and batch.leases):
+                raise woken
         # A server without the script (restart, SCRIPT FLUSH), or a call that
         # found only malformed records (now buried): fetch again, the usual way.
         if batch is None:
@@ -985,20 +988,32 @@ class RedisEngine(Engine):
         """One request's reply: first tried on a kept connection alone (:meth:`.wire.Connections.once`)."""
         assert self._wire is not None  # see _send
         reply = self._wire.once(request)
-        if reply is wire.UNSENT:
-            [reply] = self._exchange(1, lambda _i: request, resume=True)
+        if reply is wire.UNSENT or isinstance(reply, wire.Failed):
+            failed = reply.error if isinstance(reply, wire.Failed) else None
+            [reply] = self._exchange(1, lambda _i: request, resume=True, failed_first=failed)
         return reply
 
-    def _exchange(self, count: int, request: Callable[[int], bytes], *, resume: bool) -> list[Any]:
+    def _exchange(
+        self,
+        count: int,
+        request: Callable[[int], bytes],
+        *,
+        resume: bool,
+        failed_first: redis.ConnectionError | redis.TimeoutError | None = None,
+    ) -> list[Any]:
         """Each request's reply down one pooled connection (see :func:`.wire.converse`).
 
         A dropped connection is retried as the client retries a command. With
         ``resume``, the retry sends only the requests not answered yet (a
         pipeline would send them all again); without it, all of them, on the new
-        connection (which a WAIT at the end must count).
+        connection (which a WAIT at the end must count). ``failed_first`` is a
+        first attempt made already (:meth:`.wire.Connections.once`) and how it
+        failed: it counts against the retries, and the next attempt waits the
+        backoff first, as if this exchange had made it.
         """
         assert self._wire is not None  # see _send
         replies: list[Any] = []
+        pending = [failed_first] if failed_first is not None else []
         with self._wire.connection() as conn:
 
             def failed(_error: Exception) -> None:
@@ -1007,6 +1022,8 @@ class RedisEngine(Engine):
                     replies.clear()
 
             def attempt() -> list[Any]:
+                if pending:
+                    raise pending.pop()
                 # As the pool connects a connection it hands out: a Sentinel-managed one
                 # asks the sentinels where the master is now (a reconnect on send would not).
                 conn.connect()  # type: ignore[no-untyped-call]

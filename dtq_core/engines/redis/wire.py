@@ -23,8 +23,16 @@ from dtq_core.errors import EngineError
 #: Requests sent and not yet answered, at most, in one exchange.
 IN_FLIGHT = 2
 
-#: What :meth:`Connections.once` gives when it did not get a reply.
+#: What :meth:`Connections.once` gives when it sent nothing.
 UNSENT: Any = object()
+
+
+class Failed:
+    """What :meth:`Connections.once` gives when the connection failed on the way: the error,
+    which the retry that follows counts as its first failure."""
+
+    def __init__(self, error: redis.ConnectionError | redis.TimeoutError) -> None:
+        self.error = error
 
 
 class Packer:
@@ -160,15 +168,16 @@ class Connections:
         self._pid = os.getpid()
 
     def once(self, request: bytes) -> Any:
-        """The reply to one request on a kept, connected connection; :data:`UNSENT` if that cannot be had.
+        """The reply to one request on a kept, connected connection, or why there is none.
 
         The common case of a single script call (one append, one completion),
         without the retry machinery: every layer a call goes through costs a few
-        microseconds, and a round trip on loopback is only about 60. Anything
-        unusual (no kept connection, one that was dropped, a failure on the way)
-        gives :data:`UNSENT` after disconnecting, and the caller then runs the
-        request through :meth:`connection` and the client's retries, as it
-        would have at first: a retry resends an unanswered request either way.
+        microseconds, and a round trip on loopback is only about 60. With no
+        kept connection, or one that was dropped, nothing is sent: :data:`UNSENT`.
+        A connection that fails on the way is disconnected: :class:`Failed`.
+        Either way the caller then runs the request through :meth:`connection`
+        and the client's retries, the failure counted as their first attempt's,
+        so a request is sent no more often than a redis-py command would be.
         """
         conn = self._kept()
         if conn is None:
@@ -178,9 +187,9 @@ class Connections:
                 return UNSENT
             conn.send_packed_command([request], check_health=True)  # type: ignore[no-untyped-call]
             return _reply(conn)
-        except (redis.ConnectionError, redis.TimeoutError):
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             conn.disconnect()  # type: ignore[no-untyped-call]
-            return UNSENT
+            return Failed(exc)
         except BaseException:
             conn.disconnect()  # type: ignore[no-untyped-call]
             raise
