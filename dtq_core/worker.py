@@ -323,13 +323,20 @@ class Worker:
             return not pool.wait_until_idle(self.poll_s)
         return True
 
-    def _looked_just_now(self) -> Batch | None:
-        """What a slot's fetch found a moment ago if that was nothing (once); else None.
+    def _note_if_empty(self, batch: Batch) -> None:
+        """Remember when a fetch found nothing (see :meth:`_looked_just_now`)."""
+        if not batch.leases:
+            self._found_empty = (time.monotonic(), batch.next_due_s)
 
-        A slot whose share was not full records its last outcome and fetches in
-        one round trip; when that fetch finds nothing, the slot comes back to the
+    def _looked_just_now(self) -> Batch | None:
+        """What a fetch found a moment ago if that was nothing (once); else None.
+
+        A slot whose share ended records its last outcome and fetches in one
+        round trip; when that fetch finds nothing, the slot comes back to the
         dispatcher, which would look again (a second fetch, also finding nothing)
-        before it blocks. Within :data:`_LOOKED_FRESH_S` it goes straight to the
+        before it blocks. So would the dispatcher after a blocking wait that a
+        leftover wake-up hint ended with nothing to fetch. Within
+        :data:`_LOOKED_FRESH_S` of any fetch that found nothing it goes straight to the
         blocking wait instead: a job appended or released since left a wake-up
         hint that ends the wait at once, and the next delayed job the fetch saw
         bounds it (a retry scheduled since is found when the wait ends, within
@@ -357,6 +364,7 @@ class Worker:
             )
         if rotate:
             self.plugins = plugins[1:] + plugins[:1]  # no plugin starves the others
+        self._note_if_empty(batch)
         self._waiting_for_slot(batch.leases)
         return batch
 
@@ -408,8 +416,7 @@ class Worker:
             log.exception("could not record outcomes and fetch jobs; the outcomes are retried")
             acks.submit_all(ended)
             return []
-        if not batch.leases:
-            self._found_empty = (time.monotonic(), batch.next_due_s)
+        self._note_if_empty(batch)
         acks.finish(self._reported(ended, stored, finished=acks.keep_finished))
         return self._waiting_for_slot(batch.leases)
 
