@@ -176,7 +176,7 @@ class Connections:
         kept connection, or one that was dropped, nothing is sent: :data:`UNSENT`.
         A connection that fails on the way is disconnected: :class:`Failed`.
         Either way the caller then runs the request through :meth:`connection`
-        and the client's retries, the failure counted as their first attempt's,
+        and the client's retries; a failure here counts as their first attempt,
         so a request is sent no more often than a redis-py command would be.
         """
         conn = self._kept()
