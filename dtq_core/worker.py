@@ -52,7 +52,7 @@ log = logging.getLogger("dtq.worker")
 
 #: Longest pause between attempts to reach an engine that is down (seconds).
 _MAX_BACKOFF_S = 5.0
-#: How long a slot's fetch that found nothing stands for the dispatcher's own look before it
+#: How long a fetch that found nothing stands for the dispatcher's own look before it
 #: blocks (seconds): a job that comes later wakes the blocked wait (see _looked_just_now).
 _LOOKED_FRESH_S = 0.01
 #: How long a slot whose share was not full (the queue ran dry) waits for a next job, in the
@@ -208,7 +208,7 @@ class Worker:
         self._failure: JobProcessError | None = None  # what ends a burst early
         self._stopping = threading.Event()
         self._next_recovery = 0.0
-        # When a slot's fetch last found nothing, and its wait for the next delayed job then.
+        # When a fetch last found nothing, and its wait for the next delayed job then.
         self._found_empty: tuple[float, float | None] | None = None
 
     # --- public ------------------------------------------------------------------

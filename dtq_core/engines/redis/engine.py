@@ -988,9 +988,8 @@ class RedisEngine(Engine):
         """One request's reply: first tried on a kept connection alone (:meth:`.wire.Connections.once`)."""
         assert self._wire is not None  # see _send
         reply = self._wire.once(request)
-        if reply is wire.UNSENT or isinstance(reply, wire.Failed):
-            failed = reply.error if isinstance(reply, wire.Failed) else None
-            [reply] = self._exchange(1, lambda _i: request, resume=True, failed_first=failed)
+        if isinstance(reply, wire.NoReply):
+            [reply] = self._exchange(1, lambda _i: request, resume=True, failed_first=reply.error)
         return reply
 
     def _exchange(

@@ -23,15 +23,13 @@ from dtq_core.errors import EngineError
 #: Requests sent and not yet answered, at most, in one exchange.
 IN_FLIGHT = 2
 
-#: What :meth:`Connections.once` gives when it sent nothing.
-UNSENT: Any = object()
 
+class NoReply:
+    """What :meth:`Connections.once` gives when it got no reply: ``error`` if the connection
+    failed on the way (the retry that follows counts it as its first failure), None if
+    nothing was sent."""
 
-class Failed:
-    """What :meth:`Connections.once` gives when the connection failed on the way: the error,
-    which the retry that follows counts as its first failure."""
-
-    def __init__(self, error: redis.ConnectionError | redis.TimeoutError) -> None:
+    def __init__(self, error: redis.ConnectionError | redis.TimeoutError | None = None) -> None:
         self.error = error
 
 
@@ -173,23 +171,23 @@ class Connections:
         The common case of a single script call (one append, one completion),
         without the retry machinery: every layer a call goes through costs a few
         microseconds, and a round trip on loopback is only about 60. With no
-        kept connection, or one that was dropped, nothing is sent: :data:`UNSENT`.
-        A connection that fails on the way is disconnected: :class:`Failed`.
-        Either way the caller then runs the request through :meth:`connection`
-        and the client's retries; a failure here counts as their first attempt,
-        so a request is sent no more often than a redis-py command would be.
+        kept connection, or one that was dropped, nothing is sent; a connection
+        that fails on the way is disconnected. Either way (:class:`NoReply`) the
+        caller then runs the request through :meth:`connection` and the client's
+        retries; a failure here counts as their first attempt, so a request is
+        sent no more often than a redis-py command would be.
         """
         conn = self._kept()
         if conn is None:
-            return UNSENT
+            return NoReply()
         try:
             if getattr(conn, "_sock", None) is None:  # dropped: reconnecting is the retry path's job
-                return UNSENT
+                return NoReply()
             conn.send_packed_command([request], check_health=True)  # type: ignore[no-untyped-call]
             return _reply(conn)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             conn.disconnect()  # type: ignore[no-untyped-call]
-            return Failed(exc)
+            return NoReply(exc)
         except BaseException:
             conn.disconnect()  # type: ignore[no-untyped-call]
             raise
