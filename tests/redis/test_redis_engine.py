@@ -171,6 +171,69 @@ def test_an_idle_worker_blocks_instead_of_polling(
     assert during <= 12, during
 
 
+def test_a_fetch_leaves_one_wake_up_hint_per_job_still_queued_and_none_stale(
+    redis_url: str, namespace: str, keys: Keys, redis_server: RedisServer
+) -> None:
+    # Hints are pushed per job queued (up to the cap) and popped by blocked workers; a
+    # plain fetch takes jobs without popping theirs. Left behind, each would wake an idle
+    # worker to fetch nothing. Two plugins in one fetch: each keeps its own hints.
+    client = redis_server.client
+    with Queue(["test_only", "other"], redis_url, namespace=namespace, engine_options={"signal_cap": 5}) as q:
+        q.enqueue_many("test_only", [{"action": "echo", "n": n} for n in range(8)])
+        q.enqueue_many("other", [{"n": n} for n in range(3)])
+        signal, other_signal = keys.signal("test_only"), keys.signal("other")
+        assert (client.llen(signal), client.llen(other_signal)) == (5, 3)  # capped at 5
+
+        def fetch(count: int) -> list[str]:
+            leases = q.engine.fetch(["other", "test_only"], count=count, lease_s=30, worker_id="w").leases
+            return [lease.job.plugin for lease in leases]
+
+        assert fetch(4) == ["other"] * 3 + ["test_only"]  # 7 test_only jobs left: 5 hints stay
+        assert (client.llen(signal), client.llen(other_signal)) == (5, 0)
+        assert fetch(3) == ["test_only"] * 3  # 4 left
+        assert client.llen(signal) == 4
+        assert fetch(10) == ["test_only"] * 4
+        assert not client.exists(signal, other_signal)
+        # A job queued now has its hint again, and the next blocking wait takes it at once.
+        q.enqueue("test_only", {"action": "echo", "n": 8})
+        assert client.llen(signal) == 1
+        started = time.monotonic()
+        assert (
+            len(q.engine.wait_and_fetch(["test_only"], 5.0, count=5, lease_s=30, worker_id="w").leases) == 1
+        )
+        assert time.monotonic() - started < 2.0
+        assert not client.exists(signal)
+
+
+def test_a_worker_that_drained_a_backlog_leaves_no_stale_hints_for_its_idle_waits(
+    queue: Queue, make_worker: MakeWorker, keys: Keys, redis_server: RedisServer
+) -> None:
+    # Jobs queued before a worker starts are taken by plain fetches; their hints used to
+    # stay, and each later idle wait popped one and fetched nothing.
+    queue.enqueue_many("test_only", [{"action": "echo", "n": n} for n in range(50)])
+    assert redis_server.client.llen(keys.signal("test_only")) == 50
+    worker = thread_worker(make_worker, poll_s=5.0, prefetch=4)
+    fetches = 0  # blocking waits (each with its fetch)
+    wait_and_fetch = worker.engine.wait_and_fetch
+
+    def counted(*args: object, **kwargs: object) -> object:
+        nonlocal fetches
+        fetches += 1
+        return wait_and_fetch(*args, **kwargs)  # type: ignore[arg-type]
+
+    worker.engine.wait_and_fetch = counted  # type: ignore[method-assign]
+    with running(worker):
+        deadline = time.monotonic() + 30
+        while redis_server.client.hlen(keys.jobs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert redis_server.client.hlen(keys.jobs) == 0
+        time.sleep(0.5)  # idle: back in its blocking wait
+        assert redis_server.client.llen(keys.signal("test_only")) == 0
+    # Once the queue is empty, one blocking wait (a second if a thread switch was slow),
+    # not one per job's leftover hint.
+    assert fetches <= 2, fetches
+
+
 def test_a_call_on_a_dropped_connection_is_tried_no_more_often_than_the_retries_allow(
     redis_url: str, namespace: str, redis_server: RedisServer
 ) -> None:

@@ -440,7 +440,7 @@ class RedisEngine(Engine):
         k = self.keys
         keys = [k.jobs, k.state, k.events]
         for plugin in plugins:
-            keys += [k.ready(plugin), k.active(plugin), k.scheduled(plugin)]
+            keys += [k.ready(plugin), k.active(plugin), k.scheduled(plugin), k.signal(plugin)]
         args: list[str | int] = [count, int(lease_s * 1000), worker_id, self.events_max, *plugins]
         return ("fetch", keys, args)
 

@@ -18,7 +18,8 @@ key                               type    holds
 ``P:ready:<plugin>``              zset    queued ids, score = -priority * 2^40 + seq
 ``P:active:<plugin>``             zset    leased ids, score = lease deadline (ms)
 ``P:scheduled:<plugin>``          zset    delayed ids and retries, score = due time (ms)
-``P:signal:<plugin>``             list    wake-up hints for blocked workers (capped)
+``P:signal:<plugin>``             list    wake-up hints for blocked workers (capped;
+                                          a fetch drops those beyond the jobs queued)
 ``P:succeeded``                   hash    id -> final record JSON {payload, state,
                                           result} of a succeeded job (one field per
                                           job: a few commands per batch of jobs)

@@ -13,14 +13,21 @@ KEYS[2] state   hash  id -> state JSON: {status, attempts, lost, priority, seq,
                       progress, message, max_retries, retry_backoff_s, timeout_s,
                       returned (deliveries handed back unstarted, see release.lua)}
 KEYS[3] events  stream  the namespace's lifecycle events
-KEYS[4..]       triples of (ready zset, active zset, scheduled zset) of each
-                plugin, in the order to take from; active: id -> lease deadline
-                (ms, server clock); scheduled: id -> due time (ms)
+KEYS[4..]       fours of (ready zset, active zset, scheduled zset, signal list) of
+                each plugin, in the order to take from; active: id -> lease
+                deadline (ms, server clock); scheduled: id -> due time (ms);
+                signal: wake-up hints (see below)
 ARGV[1] count: most jobs to take
 ARGV[2] lease_ms
 ARGV[3] worker id: goes into the fencing token
 ARGV[4] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
-ARGV[5..] the plugins' names, one per triple of KEYS, in the same order
+ARGV[5..] the plugins' names, one per four KEYS, in the same order
+
+A hint is pushed for each job queued (up to a cap) and popped by a blocked
+worker's BLPOP; jobs taken by a fetch that no BLPOP preceded (a busy worker's)
+leave theirs behind. Such stale hints would wake idle workers to fetch nothing,
+a round trip each, until they ran out. So each plugin whose queue this call
+popped keeps at most one hint per job still queued.
 
 A record dtq could not have written is never run, never dropped and never
 stops the step. An id with a payload but no state (or the reverse), a state
@@ -205,14 +212,30 @@ local function lease(id, ready, active, scheduled, plugin)
   taken = taken + 1
 end
 
-for k = 4, #KEYS, 3 do
-  promote(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[5 + (k - 4) / 3])
+-- Keep at most one hint per job left in `ready` (see the top).
+local function drop_stale_hints(ready, signal, emptied)
+  local left = emptied and 0 or redis.call('ZCARD', ready)
+  local hints = redis.call('LLEN', signal)
+  if hints <= left then return end
+  if left == 0 then
+    redis.call('DEL', signal)
+  else
+    redis.call('LTRIM', signal, 0, left - 1)
+  end
 end
-for k = 4, #KEYS, 3 do
+
+for k = 4, #KEYS, 4 do
+  promote(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[5 + (k - 4) / 4])
+end
+for k = 4, #KEYS, 4 do
+  local popped_any, emptied = false, false
   -- Pop again after an id that was not taken, so that garbage in a queue
   -- cannot make it look empty while real jobs wait behind it.
   while taken < count and aside < ASIDE_MAX do
-    local popped = redis.call('ZPOPMIN', KEYS[k], count - taken)
+    local wanted = count - taken
+    local popped = redis.call('ZPOPMIN', KEYS[k], wanted)
+    popped_any = true
+    emptied = #popped < 2 * wanted
     if #popped == 0 then break end
     local ids = {}
     for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
@@ -221,9 +244,10 @@ for k = 4, #KEYS, 3 do
     local states = redis.call('HMGET', KEYS[2], unpack(ids))
     for j, id in ipairs(ids) do cached[id] = {payloads[j], states[j]} end
     for _, id in ipairs(ids) do
-      lease(id, KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[5 + (k - 4) / 3])
+      lease(id, KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[5 + (k - 4) / 4])
     end
   end
+  if popped_any then drop_stale_hints(KEYS[k], KEYS[k + 3], emptied) end
 end
 if #leased_states > 0 then redis.call('HSET', KEYS[2], unpack(leased_states)) end
 for active, deadlines in pairs(leases_of) do redis.call('ZADD', active, unpack(deadlines)) end
