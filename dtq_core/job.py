@@ -19,8 +19,9 @@ import json
 import math
 import os
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
+from json import encoder as json_encoding
 from typing import Any
 
 import attrs
@@ -39,9 +40,44 @@ LATEST_ETA = datetime(9999, 1, 1, tzinfo=timezone.utc)
 _TOP_LEVEL_KEYS = frozenset({"id", "job", "options"})
 _JOB_KEYS = frozenset({"plugin", "data"})
 _OPTION_KEYS = frozenset({"priority", "max_retries", "retry_backoff_s", "timeout_s", "delay_s", "eta"})
-#: :func:`dumps`'s encoder, made once: json.dumps with options builds one per call.
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _DECODER = json.JSONDecoder()
+
+
+def json_encoder(**options: Any) -> Callable[[Any], str]:
+    """``json.JSONEncoder(**options).encode``, the same text, made once rather than per call.
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call (and
+    ``json.dumps`` with any option a new ``JSONEncoder`` too), which costs more
+    than encoding a job's small data: 1.5 µs and 3 µs against 0.4-0.5 µs
+    here. This one is built once. It skips the check for a value that
+    contains itself: encoding one recurses until :class:`RecursionError`,
+    which callers report as they report data nested too deeply.
+    """
+    python = json.JSONEncoder(**options)
+    make: Any = getattr(json_encoding, "c_make_encoder", None)  # untyped: the C accelerator's
+    if make is None or python.indent is not None:  # no C accelerator (PyPy), or indenting
+        return python.encode
+    ascii_only = python.ensure_ascii
+    strings = json_encoding.encode_basestring_ascii if ascii_only else json_encoding.encode_basestring
+    try:
+        encode = make(
+            None,  # no markers: no circular-reference check (see above)
+            python.default,
+            strings,
+            None,
+            python.key_separator,
+            python.item_separator,
+            python.sort_keys,
+            python.skipkeys,
+            python.allow_nan,
+        )
+    except TypeError:  # a Python whose accelerator takes other arguments (3.11-3.13 take these)
+        return python.encode
+    return lambda value: "".join(encode(value, 0))
+
+
+#: :func:`dumps`: canonical JSON (sorted keys, no spaces, no NaN).
+_encode_canonical = json_encoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class JobStatus(str, enum.Enum):
@@ -502,8 +538,13 @@ def is_utf8(text: str) -> bool:
 
 
 def dumps(value: Any) -> str:
-    """Encode ``value`` as compact, canonical JSON (sorted keys, no NaN)."""
-    return _ENCODER.encode(value)
+    """Encode ``value`` as compact, canonical JSON (sorted keys, no NaN).
+
+    Raises:
+        TypeError, ValueError: ``value`` holds what JSON cannot carry.
+        RecursionError: it is nested too deeply, or contains itself.
+    """
+    return _encode_canonical(value)
 
 
 def encode_payload(job: Job) -> str:

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import ctypes
 import inspect
-import json
 import multiprocessing
 import os
 import signal
@@ -42,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from dtq_core.caller import Caller, Control, LocalCaller
 from dtq_core.channel import Channel
 from dtq_core.errors import DtqError, JobProcessError, PluginError
-from dtq_core.job import ErrorInfo, Job
+from dtq_core.job import ErrorInfo, Job, json_encoder
 from dtq_core.plugin import Plugin, PluginRegistry
 from dtq_core.retry import Attempt, Ending
 
@@ -72,6 +71,10 @@ _START_TIMEOUT_S = 20.0
 _AHEAD = 8
 
 
+#: A result as ``json.dumps(value, allow_nan=False)`` writes it (see :func:`json_encoder`).
+_encode_result = json_encoder(allow_nan=False)
+
+
 def call_plugin(plugin: Plugin, job: Job, caller: Caller) -> Attempt:
     """Run ``plugin.process`` (plain or ``async``) and classify how it ended."""
     process: Callable[..., Any] = plugin.process
@@ -82,8 +85,8 @@ def call_plugin(plugin: Plugin, job: Job, caller: Caller) -> Attempt:
     except Exception as exc:
         return Attempt.from_exception(exc)
     try:
-        return Attempt(Ending.OK, result_json=json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
+        return Attempt(Ending.OK, result_json=_encode_result(value))
+    except (TypeError, ValueError, RecursionError) as exc:
         message = (
             f"plugin {job.plugin!r} returned a value JSON cannot carry ({exc}); return dicts, "
             "lists, strings, numbers, booleans or None"

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dtq_core import ErrorInfo, InvalidJob, Job, JobStatus
-from dtq_core.job import MAX_ID_LENGTH, encode_payload, parse_job, parse_job_payload, schedule_of
+from dtq_core import ErrorInfo, InvalidJob, Job, JobStatus, Plugin
+from dtq_core.caller import Control, LocalCaller
+from dtq_core.engine import Lease
+from dtq_core.job import (
+    MAX_ID_LENGTH,
+    dumps,
+    encode_payload,
+    json_encoder,
+    parse_job,
+    parse_job_payload,
+    schedule_of,
+)
+from dtq_core.retry import Attempt, Ending
+from dtq_core.runner import call_plugin
 
 SEED = {
     "id": "test_job_one",
@@ -124,3 +139,105 @@ def test_the_payload_made_while_parsing_equals_the_canonical_encoding(data: dict
             {"plugin": "p.q-1", "data": job.data}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
         )
     )
+
+
+# --- JSON encoding made once -----------------------------------------------------
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+class _Colour(str, enum.Enum):
+    RED = "red"
+
+
+class _Level(enum.IntEnum):
+    HIGH = 7
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"sort_keys": True, "separators": (",", ":"), "ensure_ascii": False, "allow_nan": False},
+        {"allow_nan": False},
+    ],
+    ids=["canonical", "result"],
+)
+@settings(max_examples=300, deadline=None)
+@given(value=_JSON)
+def test_an_encoder_made_once_writes_what_json_writes(options: dict[str, Any], value: object) -> None:
+    assert json_encoder(**options)(value) == json.JSONEncoder(**options).encode(value)
+
+
+def test_an_encoder_made_once_writes_enum_members_and_tuples_as_json_does() -> None:
+    value = {"colour": _Colour.RED, "level": _Level.HIGH, "pair": (1, "é"), "flag": True}
+    assert dumps(value) == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (math.nan, ValueError),
+        ({"x": math.inf}, ValueError),
+        ({"x": {1, 2}}, TypeError),
+        ({"x": b"bytes"}, TypeError),
+        ({1: "non-string key", "a": 1}, TypeError),  # sort_keys cannot order 1 and "a"
+    ],
+)
+def test_an_encoder_made_once_refuses_what_json_cannot_carry(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        dumps(value)
+
+
+def test_a_value_that_contains_itself_ends_in_a_recursion_error_not_a_hang() -> None:
+    looped: list[object] = [1]
+    looped.append(looped)
+    with pytest.raises(RecursionError):
+        dumps({"x": looped})
+    assert dumps({"x": [1]}) == '{"x":[1]}'  # nothing is left behind that spoils the next call
+
+
+class _Returns(Plugin):
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def process(self, job: Job) -> object:
+        return self.value
+
+
+def _run(plugin: Plugin) -> Attempt:
+    job = Job.from_dict({"id": "j", "job": {"plugin": "returns", "data": {}}})
+    caller = LocalCaller(Control(Lease(job, "token"), deadline=None), None, None)  # type: ignore[arg-type]
+    return call_plugin(plugin, job, caller)
+
+
+def _looped() -> list[object]:
+    looped: list[object] = []
+    looped.append(looped)
+    return looped
+
+
+@pytest.mark.parametrize(
+    "value", [math.nan, {1, 2}, object(), _looped()], ids=["nan", "set", "object", "loop"]
+)
+def test_a_result_json_cannot_carry_fails_the_job_for_good_and_says_why(value: object) -> None:
+    attempt = _run(_Returns(value))
+    assert attempt.ending is Ending.PERMANENT and attempt.error is not None
+    assert attempt.error.type == "ResultNotJSON"
+    assert "returned a value JSON cannot carry" in attempt.error.message
+
+
+def test_a_result_is_written_as_json_dumps_writes_it() -> None:
+    value = {"b": [1, 2.5, None], "a": "é"}
+    attempt = _run(_Returns(value))
+    assert attempt.result_json == json.dumps(value)
