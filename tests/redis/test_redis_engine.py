@@ -205,6 +205,39 @@ def test_a_fetch_leaves_one_wake_up_hint_per_job_still_queued_and_none_stale(
         assert not client.exists(signal)
 
 
+def test_a_job_left_queued_by_a_fetch_keeps_a_hint_to_wake_a_blocked_worker(
+    redis_url: str, namespace: str, keys: Keys, redis_server: RedisServer
+) -> None:
+    # A worker woken by one plugin's hint may take another plugin's job; a delayed job
+    # promoted by a fetch that takes something else gets no hint from its append. Either
+    # way a job is left queued, and a worker blocked on its plugin must still wake.
+    client = redis_server.client
+    signal = keys.signal("test_only")
+    with Queue(["test_only", "other"], redis_url, namespace=namespace) as q:
+
+        def fetch_one_other_first() -> list[str]:
+            leases = q.engine.fetch(["other", "test_only"], count=1, lease_s=30, worker_id="w1").leases
+            return [lease.job.id for lease in leases]
+
+        def blocked_worker_takes(job_id: str) -> None:
+            started = time.monotonic()
+            batch = q.engine.wait_and_fetch(["test_only"], 5.0, count=5, lease_s=30, worker_id="w2")
+            assert [lease.job.id for lease in batch.leases] == [job_id]
+            assert time.monotonic() - started < 2.0  # woken, not timed out
+
+        q.enqueue("test_only", {"action": "echo"}, id="a1")
+        q.enqueue("other", {"n": 1}, id="b1")
+        assert client.lpop(signal) == "1"  # as the BLPOP of the worker that then takes b1
+        assert fetch_one_other_first() == ["b1"]
+        blocked_worker_takes("a1")
+
+        q.enqueue("test_only", {"action": "echo"}, id="a2", delay_s=0.2)
+        q.enqueue("other", {"n": 2}, id="b2")
+        time.sleep(0.3)
+        assert fetch_one_other_first() == ["b2"]  # promotes a2, takes b2
+        blocked_worker_takes("a2")
+
+
 def test_a_worker_that_drained_a_backlog_leaves_no_stale_hints_for_its_idle_waits(
     queue: Queue, make_worker: MakeWorker, keys: Keys, redis_server: RedisServer
 ) -> None:

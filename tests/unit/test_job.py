@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -199,12 +200,32 @@ def test_an_encoder_made_once_refuses_what_json_cannot_carry(value: object, erro
         dumps(value)
 
 
-def test_a_value_that_contains_itself_ends_in_a_recursion_error_not_a_hang() -> None:
+def test_a_value_that_contains_itself_is_refused_as_json_refuses_it() -> None:
     looped: list[object] = [1]
     looped.append(looped)
-    with pytest.raises(RecursionError):
+    with pytest.raises(ValueError, match="Circular reference"):
         dumps({"x": looped})
-    assert dumps({"x": [1]}) == '{"x":[1]}'  # nothing is left behind that spoils the next call
+    assert dumps({"x": [1]}) == '{"x":[1]}'
+
+
+def test_an_error_half_way_leaves_nothing_that_spoils_the_next_value() -> None:
+    # The encoder marks the containers it is inside of; an error must not leave them
+    # marked, or the same dict, mended, would be refused as containing itself.
+    inner: list[object] = [1, {2, 3}]
+    value = {"a": inner}
+    with pytest.raises(TypeError):
+        dumps(value)
+    inner[1] = 2
+    assert dumps(value) == '{"a":[1,2]}'
+
+
+def test_each_thread_encodes_with_an_encoder_of_its_own() -> None:
+    # Several threads at once, each value deep enough that their encodings overlap.
+    values = [{"n": n, "deep": [[[[n] * 50] * 4] * 4]} for n in range(8)]
+    expected = [json.dumps(v, sort_keys=True, separators=(",", ":")) for v in values]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(20):
+            assert list(pool.map(dumps, values)) == expected
 
 
 class _Returns(Plugin):

@@ -24,10 +24,13 @@ ARGV[4] events cap: the stream keeps about this many events (MAXLEN ~); 0 record
 ARGV[5..] the plugins' names, one per four KEYS, in the same order
 
 A hint is pushed for each job queued (up to a cap) and popped by a blocked
-worker's BLPOP; jobs taken by a fetch that no BLPOP preceded (a busy worker's)
-leave theirs behind. Such stale hints would wake idle workers to fetch nothing,
-a round trip each, until they ran out. So each plugin whose queue this call
-popped keeps at most one hint per job still queued.
+worker's BLPOP. Hints and jobs drift apart: jobs taken by a fetch that no BLPOP
+preceded (a busy worker's) leave theirs behind, which would wake idle workers
+to fetch nothing, a round trip each; and a worker woken by one plugin's hint
+may take another plugin's job, leaving a job with no hint, which a blocked
+worker would find only when its wait times out (as it would a promoted delayed
+job, which gets none). So after taking, each plugin of the call is left with at
+most one hint per job still queued, and at least one while any is.
 
 A record dtq could not have written is never run, never dropped and never
 stops the step. An id with a payload but no state (or the reverse), a state
@@ -212,15 +215,19 @@ local function lease(id, ready, active, scheduled, plugin)
   taken = taken + 1
 end
 
--- Keep at most one hint per job left in `ready` (see the top).
-local function drop_stale_hints(ready, signal, emptied)
+-- Hints in step with the plugin's queue (see the top): at most one per job
+-- left in `ready`, and one at least while any is. `emptied`: a pop found it empty.
+local function tend_hints(ready, signal, emptied)
   local left = emptied and 0 or redis.call('ZCARD', ready)
   local hints = redis.call('LLEN', signal)
-  if hints <= left then return end
-  if left == 0 then
-    redis.call('DEL', signal)
-  else
-    redis.call('LTRIM', signal, 0, left - 1)
+  if hints > left then
+    if left == 0 then
+      redis.call('DEL', signal)
+    else
+      redis.call('LTRIM', signal, 0, left - 1)
+    end
+  elseif hints == 0 and left > 0 then
+    redis.call('LPUSH', signal, '1')
   end
 end
 
@@ -228,13 +235,12 @@ for k = 4, #KEYS, 4 do
   promote(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[5 + (k - 4) / 4])
 end
 for k = 4, #KEYS, 4 do
-  local popped_any, emptied = false, false
+  local emptied = false
   -- Pop again after an id that was not taken, so that garbage in a queue
   -- cannot make it look empty while real jobs wait behind it.
   while taken < count and aside < ASIDE_MAX do
     local wanted = count - taken
     local popped = redis.call('ZPOPMIN', KEYS[k], wanted)
-    popped_any = true
     emptied = #popped < 2 * wanted
     if #popped == 0 then break end
     local ids = {}
@@ -247,7 +253,7 @@ for k = 4, #KEYS, 4 do
       lease(id, KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[5 + (k - 4) / 4])
     end
   end
-  if popped_any then drop_stale_hints(KEYS[k], KEYS[k + 3], emptied) end
+  tend_hints(KEYS[k], KEYS[k + 3], emptied)
 end
 if #leased_states > 0 then redis.call('HSET', KEYS[2], unpack(leased_states)) end
 for active, deadlines in pairs(leases_of) do redis.call('ZADD', active, unpack(deadlines)) end
