@@ -396,6 +396,16 @@ class Engine(abc.ABC):
         self.wait_for_jobs(plugins, timeout_s)
         return self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
 
+    def wake(self, worker_id: str) -> None:
+        """End the wait of a :meth:`wait_and_fetch` called with ``worker_id``, if one is under way.
+
+        A worker asked to stop calls it from a thread of its own, so that an
+        idle worker stops at once rather than when its wait times out. The
+        default does nothing: the wait then ends at its timeout (``poll_s`` at
+        most). Called from another thread than the waiting one.
+        """
+        return None
+
     @abc.abstractmethod
     def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
         """Record an attempt's outcome if ``lease`` still holds; False (nothing written) otherwise."""

@@ -207,6 +207,7 @@ class Worker:
         self._burst = False  # set by each run
         self._failure: JobProcessError | None = None  # what ends a burst early
         self._stopping = threading.Event()
+        self._stop_asked = threading.Event()  # for the waker: stop() was called (see _Waker)
         self._next_recovery = 0.0
         # When a fetch last found nothing, and its wait for the next delayed job then.
         self._found_empty: tuple[float, float | None] | None = None
@@ -248,6 +249,7 @@ class Worker:
     def stop(self) -> None:
         """Ask the worker to stop taking jobs and finish those in hand (thread-safe)."""
         self._stopping.set()
+        self._stop_asked.set()  # the waker ends an idle wait (see _Waker)
 
     def in_hand(self) -> list[Lease]:
         """The leases of the jobs this worker holds now: running, then waiting their turn."""
@@ -266,7 +268,7 @@ class Worker:
         grace = self.grace_s
         self._burst, self._failure = burst, None
         try:
-            with _Heartbeat(self):
+            with _Heartbeat(self), _Waker(self):
                 self._dispatch(pool, burst)
         except BaseException:
             grace = 0.0  # a second signal, or a crash: hand jobs back now
@@ -277,6 +279,7 @@ class Worker:
             pool.shutdown(grace, before_kill=self._hand_back)
             self._unregister()
             self._stopping.clear()  # a stopped worker can be run again
+            self._stop_asked.clear()
         if self._failure is not None:
             raise self._failure
         return pool.finished
@@ -742,7 +745,7 @@ class Worker:
             if self._stopping.is_set():
                 raise SystemExit(128 + signum)
             log.info("received %s: finishing the jobs in hand, then stopping", signal.Signals(signum).name)
-            self._stopping.set()
+            self.stop()
 
         for sig in previous:
             signal.signal(sig, handle)
@@ -1191,6 +1194,42 @@ class _Acknowledger:
                 log.warning("could not record %d outcome(s): %s; retrying in %.1f s", len(ended), exc, pause)
                 time.sleep(pause)
         return settled
+
+
+class _Waker:
+    """Ends the dispatcher's idle wait once the worker is asked to stop (:meth:`Engine.wake`).
+
+    Without it an idle worker would stop only when its wait timed out (up to
+    ``poll_s``). A thread of its own, because the request may come from a
+    signal handler, which must not talk to the engine: it could wait forever on
+    a lock held by the code it interrupted.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="dtq-waker", daemon=True)
+
+    def __enter__(self) -> _Waker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done = True  # the dispatcher has returned: nothing to wake
+        self.worker._stop_asked.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        worker = self.worker
+        worker._stop_asked.wait()
+        if self._done:
+            return
+        try:
+            worker.engine.wake(worker.worker_id)
+        except DtqError as exc:  # the wait then ends at its timeout, as it would have
+            log.debug("could not end the idle wait early: %s", exc)
+        except Exception:
+            log.exception("could not end the idle wait early (an engine's bug)")
 
 
 class _Heartbeat:

@@ -254,6 +254,11 @@ class MemoryEngine(Engine):
             if not any(space.ready.get(plugin) for plugin in plugins):
                 self._store.lock.wait(timeout_s)
 
+    def wake(self, worker_id: str) -> None:
+        """Wake every wait on the store (the others look, find nothing new and wait again)."""
+        with self._store.lock:
+            self._store.lock.notify_all()
+
     def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
         """Record an outcome under the lease's token (as ``complete.lua``)."""
         job = lease.job

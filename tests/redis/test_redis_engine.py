@@ -267,6 +267,33 @@ def test_a_worker_that_drained_a_backlog_leaves_no_stale_hints_for_its_idle_wait
     assert fetches <= 2, fetches
 
 
+def test_an_idle_worker_asked_to_stop_stops_at_once_not_when_its_wait_ends(
+    make_worker: MakeWorker, keys: Keys, redis_server: RedisServer
+) -> None:
+    # Its BLPOP also waits on the worker's own wake-up list, which stop() pushes to (from a
+    # thread of its own); before, the worker stopped only when the 5 s wait timed out.
+    worker = thread_worker(make_worker, poll_s=30.0)
+    thread = threading.Thread(target=worker.work)
+    thread.start()
+    try:
+        time.sleep(1.0)  # started, and blocked in its idle wait
+        started = time.monotonic()
+        worker.stop()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert time.monotonic() - started < 2.0
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not redis_server.client.exists(keys.wake(worker.worker_id))  # the wait took the push
+
+
+def test_a_wake_up_left_for_no_one_expires(queue: Queue, keys: Keys, redis_server: RedisServer) -> None:
+    queue.engine.wake("nobody")
+    assert redis_server.client.llen(keys.wake("nobody")) == 1
+    assert 0 < redis_server.client.pttl(keys.wake("nobody")) <= 60_000
+
+
 def test_a_call_on_a_dropped_connection_is_tried_no_more_often_than_the_retries_allow(
     redis_url: str, namespace: str, redis_server: RedisServer
 ) -> None:

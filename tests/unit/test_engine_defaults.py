@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from dtq_core import Engine, JobStatus, NotSupported
@@ -14,3 +17,32 @@ def test_browse_and_delete_defaults_say_the_engine_does_not_support_them() -> No
         Engine.browse(engine, JobStatus.QUEUED, "test_only")
     with pytest.raises(NotSupported, match="MemoryEngine engine cannot delete one job"):
         Engine.delete(engine, "job-1")
+
+
+def test_the_default_wake_does_nothing_so_a_wait_ends_at_its_timeout() -> None:
+    engine = MemoryEngine()
+    thread = threading.Thread(target=engine.wait_for_jobs, args=(["test_only"], 0.6))
+    started = time.monotonic()
+    thread.start()
+    time.sleep(0.1)
+    Engine.wake(engine, "w")  # the base class's: no error, and nothing woken
+    thread.join(10)
+    assert time.monotonic() - started >= 0.5
+
+
+def test_the_memory_engine_ends_an_idle_wait_when_woken() -> None:
+    engine = MemoryEngine()
+    ended: list[float] = []
+
+    def wait() -> None:
+        batch = engine.wait_and_fetch(["test_only"], 10.0, count=1, lease_s=30, worker_id="w")
+        assert batch.leases == []
+        ended.append(time.monotonic())
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.3)  # waiting
+    woken = time.monotonic()
+    engine.wake("w")
+    thread.join(10)
+    assert ended and ended[0] - woken < 2.0

@@ -108,6 +108,8 @@ _CANCELLED = {
 _SET_ASIDE = 4
 #: Decodings that give back every byte they read (strict fails instead of losing any).
 _EXACT_DECODING = ("surrogateescape", "strict")
+#: How long a worker's wake-up push waits for its wait (ms): then it is no one's.
+_WAKE_KEPT_MS = 60_000
 #: Strings per job in fetch.lua's reply: id, payload, state, token, plugin, reason.
 _FETCHED = 6
 #: Jobs per append.lua call of append_many (a call holds the server while it runs).
@@ -537,8 +539,9 @@ class RedisEngine(Engine):
                 plugins, timeout_s, count=count, lease_s=lease_s, worker_id=worker_id
             )
         name, keys, args = self._fetching(plugins, count, lease_s, worker_id)
+        waits_on = [*[self.keys.signal(p) for p in plugins], self.keys.wake(worker_id)]
         commands: list[_Command] = [
-            ("BLPOP", *[self.keys.signal(p) for p in plugins], self._block_for(timeout_s)),
+            ("BLPOP", *waits_on, self._block_for(timeout_s)),
             ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args),
         ]
         with self._talking():  # also maps the error replies raised below
@@ -555,6 +558,22 @@ class RedisEngine(Engine):
         if batch is None:
             batch = self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
         return batch
+
+    def wake(self, worker_id: str) -> None:
+        """Push to the worker's own wake-up list, which its idle ``BLPOP`` also waits on.
+
+        The push expires after a minute: a worker that was not waiting leaves it
+        for no one (or for its next wait, which then fetches once more). A
+        cluster's waits are the base class's, without the list: nothing to do.
+        """
+        if isinstance(self.client, RedisCluster):
+            return
+        key = self.keys.wake(worker_id)
+        with self._talking():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.lpush(key, "1")
+            pipe.pexpire(key, _WAKE_KEPT_MS)
+            pipe.execute()
 
     def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
         """Record the outcome under the lease's fencing token (see ``complete.lua``)."""

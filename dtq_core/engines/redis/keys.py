@@ -20,6 +20,8 @@ key                               type    holds
 ``P:scheduled:<plugin>``          zset    delayed ids and retries, score = due time (ms)
 ``P:signal:<plugin>``             list    wake-up hints for blocked workers (capped;
                                           a fetch drops those beyond the jobs queued)
+``P:wake:<worker id>``            list    a stopping worker's own wake-up (its idle wait
+                                          blocks on it too; expires after a minute)
 ``P:succeeded``                   hash    id -> final record JSON {payload, state,
                                           result} of a succeeded job (one field per
                                           job: a few commands per batch of jobs)
@@ -143,6 +145,10 @@ class Keys:
     def workers(self) -> str:
         """Sorted set of live worker ids by registration expiry."""
         return f"{self.base}:workers"
+
+    def wake(self, worker_id: str) -> str:
+        """A worker's own wake-up list: its idle wait also blocks on it, so that a stop ends the wait."""
+        return f"{self.base}:wake:{worker_id}"
 
     def worker(self, worker_id: str) -> str:
         """Hash describing one worker."""
