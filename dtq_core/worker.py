@@ -20,6 +20,7 @@ stays leased: a worker killed in between loses nothing, the job runs again.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -59,6 +60,8 @@ _LOOKED_FRESH_S = 0.01
 #: round trip that records its last outcome, before it goes back to the dispatcher (seconds).
 #: Redis ends such a wait at its next cron tick: up to 100 ms at its default hz of 10.
 _REFILL_WAIT_S = 0.01
+#: How long a stopping worker waits for its waker thread (s); see :class:`_Waker`.
+_WAKER_JOIN_S = 1.0
 MODES = ("process", "thread")
 
 
@@ -207,7 +210,7 @@ class Worker:
         self._burst = False  # set by each run
         self._failure: JobProcessError | None = None  # what ends a burst early
         self._stopping = threading.Event()
-        self._stop_asked = threading.Event()  # for the waker: stop() was called (see _Waker)
+        self._waker: _Waker | None = None  # while running: ends an idle wait on stop()
         self._next_recovery = 0.0
         # When a fetch last found nothing, and its wait for the next delayed job then.
         self._found_empty: tuple[float, float | None] | None = None
@@ -249,7 +252,9 @@ class Worker:
     def stop(self) -> None:
         """Ask the worker to stop taking jobs and finish those in hand (thread-safe)."""
         self._stopping.set()
-        self._stop_asked.set()  # the waker ends an idle wait (see _Waker)
+        waker = self._waker
+        if waker is not None:
+            waker.poke()  # it ends an idle wait (see _Waker)
 
     def in_hand(self) -> list[Lease]:
         """The leases of the jobs this worker holds now: running, then waiting their turn."""
@@ -268,7 +273,7 @@ class Worker:
         grace = self.grace_s
         self._burst, self._failure = burst, None
         try:
-            with _Heartbeat(self), _Waker(self):
+            with _Heartbeat(self), _Waker(self) as self._waker:
                 self._dispatch(pool, burst)
         except BaseException:
             grace = 0.0  # a second signal, or a crash: hand jobs back now
@@ -278,8 +283,8 @@ class Worker:
             self._hand_back_waiting()
             pool.shutdown(grace, before_kill=self._hand_back)
             self._unregister()
+            self._waker = None
             self._stopping.clear()  # a stopped worker can be run again
-            self._stop_asked.clear()
         if self._failure is not None:
             raise self._failure
         return pool.finished
@@ -1200,14 +1205,18 @@ class _Waker:
     """Ends the dispatcher's idle wait once the worker is asked to stop (:meth:`Engine.wake`).
 
     Without it an idle worker would stop only when its wait timed out (up to
-    ``poll_s``). A thread of its own, because the request may come from a
-    signal handler, which must not talk to the engine: it could wait forever on
-    a lock held by the code it interrupted.
+    ``poll_s``). A thread of its own, told by a byte down a socket pair,
+    because the request may come from a signal handler, which must neither
+    talk to the engine nor take a lock: either could wait forever on a lock
+    held by the code it interrupted. A send takes none, and a send on a
+    closed socket raises rather than writing to a descriptor since reused.
     """
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self._done = False
+        self._told, self._tell = socket.socketpair()
+        self._tell.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="dtq-waker", daemon=True)
 
     def __enter__(self) -> _Waker:
@@ -1216,14 +1225,24 @@ class _Waker:
 
     def __exit__(self, *exc_info: object) -> None:
         self._done = True  # the dispatcher has returned: nothing to wake
-        self.worker._stop_asked.set()
-        self._thread.join()
+        self.poke()
+        # Not long: a wake-up stuck on an unreachable engine must not hold up the stop.
+        self._thread.join(_WAKER_JOIN_S)
+        self._tell.close()
+        if not self._thread.is_alive():
+            self._told.close()
+
+    def poke(self) -> None:
+        """Have the thread wake the dispatcher (or, once done, end); safe in a signal handler."""
+        with contextlib.suppress(OSError):  # closed, or full of pokes already
+            self._tell.send(b"!")
 
     def _run(self) -> None:
-        worker = self.worker
-        worker._stop_asked.wait()
+        with contextlib.suppress(OSError):
+            self._told.recv(1)
         if self._done:
             return
+        worker = self.worker
         try:
             worker.engine.wake(worker.worker_id)
         except DtqError as exc:  # the wait then ends at its timeout, as it would have

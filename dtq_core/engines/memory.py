@@ -141,6 +141,7 @@ class MemoryEngine(Engine):
         self.errors_kept = errors_kept
         self.index_cap = index_cap
         self.events_max = events_max
+        self._woken: set[str] = set()  # workers woken (wake) whose wait has not ended since
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryEngine:
@@ -250,13 +251,29 @@ class MemoryEngine(Engine):
     def wait_for_jobs(self, plugins: Sequence[str], timeout_s: float) -> None:
         """Wait on the store's condition (any append or requeue wakes it)."""
         with self._store.lock:
-            space = self._space
-            if not any(space.ready.get(plugin) for plugin in plugins):
-                self._store.lock.wait(timeout_s)
+            self._wait_locked(plugins, timeout_s)
+
+    def wait_and_fetch(
+        self, plugins: Sequence[str], timeout_s: float, *, count: int, lease_s: float, worker_id: str
+    ) -> Batch:
+        """Wait as :meth:`wait_for_jobs` does, unless ``worker_id`` was woken since; then fetch."""
+        with self._store.lock:
+            if worker_id not in self._woken:
+                self._wait_locked(plugins, timeout_s)
+            self._woken.discard(worker_id)
+        return self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
+
+    def _wait_locked(self, plugins: Sequence[str], timeout_s: float) -> None:
+        if not any(self._space.ready.get(plugin) for plugin in plugins):
+            self._store.lock.wait(timeout_s)
 
     def wake(self, worker_id: str) -> None:
-        """Wake every wait on the store (the others look, find nothing new and wait again)."""
+        """End the worker's wait, or its next one if it is not waiting yet (no wake-up is lost).
+
+        Every wait on the store wakes; the others find nothing new and wait again.
+        """
         with self._store.lock:
+            self._woken.add(worker_id)
             self._store.lock.notify_all()
 
     def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:

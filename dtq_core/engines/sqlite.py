@@ -39,7 +39,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -175,6 +175,8 @@ class SqliteEngine(Engine):
         self.index_cap = index_cap
         self.events_max = events_max
         self._local = threading.local()
+        # Workers woken (wake) whose wait has not ended since; set operations are atomic.
+        self._woken: set[str] = set()
         try:
             self._connection().executescript(_SCHEMA)  # executescript manages its own transaction
         except sqlite3.Error as exc:
@@ -312,13 +314,28 @@ class SqliteEngine(Engine):
 
     def wait_for_jobs(self, plugins: Sequence[str], timeout_s: float) -> None:
         """Poll until a job of ``plugins`` is queued (or due), or time runs out."""
+        self._poll_for_jobs(plugins, timeout_s, lambda: False)
+
+    def wait_and_fetch(
+        self, plugins: Sequence[str], timeout_s: float, *, count: int, lease_s: float, worker_id: str
+    ) -> Batch:
+        """Poll as :meth:`wait_for_jobs` does, until ``worker_id`` is woken too; then fetch."""
+        self._poll_for_jobs(plugins, timeout_s, lambda: worker_id in self._woken)
+        self._woken.discard(worker_id)
+        return self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
+
+    def wake(self, worker_id: str) -> None:
+        """End the worker's wait at its next poll, or its next wait if it is not waiting yet."""
+        self._woken.add(worker_id)
+
+    def _poll_for_jobs(self, plugins: Sequence[str], timeout_s: float, woken: Callable[[], bool]) -> None:
         deadline = time.monotonic() + timeout_s
         marks = ",".join("?" * len(plugins))
         query = (
             f"SELECT 1 FROM dtq_jobs WHERE namespace = ? AND plugin IN ({marks}) AND "  # noqa: S608
             "(status = 'queued' OR (status = 'scheduled' AND due_ms <= ?)) LIMIT 1"
         )
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not woken():
             with self._tx(write=False) as db:
                 if db.execute(query, (self.namespace, *plugins, _now_ms())).fetchone():
                     return

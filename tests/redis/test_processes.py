@@ -188,12 +188,15 @@ def test_sigterm_finishes_the_job_in_hand_then_exits_cleanly(queue: Queue, start
     assert untouched is not None and untouched.status is JobStatus.QUEUED
 
 
-def test_sigterm_stops_an_idle_worker_at_once(start_worker: StartWorker, dtq_env: dict[str, str]) -> None:
+def test_sigterm_stops_an_idle_worker_at_once(
+    queue: Queue, start_worker: StartWorker, dtq_env: dict[str, str]
+) -> None:
     # Its idle wait would otherwise last until it timed out (5 s at most, the engine's
     # longest blocking call): the signal handler asks a thread of the worker's to end it.
     dtq_env["DTQ_POLL_S"] = "30"
     worker = start_worker("--mode", "thread")
-    time.sleep(2.0)  # started, and idle in its blocking wait
+    wait_for(lambda: bool(queue.workers()))  # registered: its signal handlers are in place
+    time.sleep(0.5)  # and it is idle in its blocking wait
     assert worker.poll() is None
     started = time.monotonic()
     worker.send_signal(signal.SIGTERM)

@@ -273,10 +273,19 @@ def test_an_idle_worker_asked_to_stop_stops_at_once_not_when_its_wait_ends(
     # Its BLPOP also waits on the worker's own wake-up list, which stop() pushes to (from a
     # thread of its own); before, the worker stopped only when the 5 s wait timed out.
     worker = thread_worker(make_worker, poll_s=30.0)
+    waiting = threading.Event()
+    wait_and_fetch = worker.engine.wait_and_fetch
+
+    def noted(*args: object, **kwargs: object) -> object:
+        waiting.set()
+        return wait_and_fetch(*args, **kwargs)  # type: ignore[arg-type]
+
+    worker.engine.wait_and_fetch = noted  # type: ignore[method-assign]
     thread = threading.Thread(target=worker.work)
     thread.start()
     try:
-        time.sleep(1.0)  # started, and blocked in its idle wait
+        assert waiting.wait(20)
+        time.sleep(0.3)  # its BLPOP has reached the server and blocks
         started = time.monotonic()
         worker.stop()
         thread.join(10)

@@ -19,17 +19,6 @@ def test_browse_and_delete_defaults_say_the_engine_does_not_support_them() -> No
         Engine.delete(engine, "job-1")
 
 
-def test_the_default_wake_does_nothing_so_a_wait_ends_at_its_timeout() -> None:
-    engine = MemoryEngine()
-    thread = threading.Thread(target=engine.wait_for_jobs, args=(["test_only"], 0.6))
-    started = time.monotonic()
-    thread.start()
-    time.sleep(0.1)
-    Engine.wake(engine, "w")  # the base class's: no error, and nothing woken
-    thread.join(10)
-    assert time.monotonic() - started >= 0.5
-
-
 def test_the_memory_engine_ends_an_idle_wait_when_woken() -> None:
     engine = MemoryEngine()
     ended: list[float] = []
@@ -46,3 +35,14 @@ def test_the_memory_engine_ends_an_idle_wait_when_woken() -> None:
     engine.wake("w")
     thread.join(10)
     assert ended and ended[0] - woken < 2.0
+
+
+def test_the_memory_engine_keeps_a_wake_up_that_comes_before_the_wait() -> None:
+    engine = MemoryEngine()
+    engine.wake("w")  # asked to stop before it reached its wait
+    started = time.monotonic()
+    assert engine.wait_and_fetch(["test_only"], 10.0, count=1, lease_s=30, worker_id="w").leases == []
+    assert time.monotonic() - started < 2.0
+    started = time.monotonic()  # taken by that wait: the next one waits its time
+    engine.wait_and_fetch(["test_only"], 0.3, count=1, lease_s=30, worker_id="w")
+    assert time.monotonic() - started >= 0.25
