@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 
+from dtq_core import Worker
 from dtq_core.testing import running, wait_for
 
 __all__ = [
@@ -254,3 +256,31 @@ def works_once(*args: Any) -> None:
         raise SystemExit(3)
     marker.touch()
     runner.child_main(*args)
+
+
+def stop_when_idle(worker: Worker) -> float:
+    """Run ``worker`` in a thread until it is in its idle wait, then stop it; how long the stop took.
+
+    Raises AssertionError if it never waited or did not stop within 10 s.
+    """
+    waiting = threading.Event()
+    wait_and_fetch = worker.engine.wait_and_fetch
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        waiting.set()
+        return wait_and_fetch(*args, **kwargs)
+
+    worker.engine.wait_and_fetch = noted  # type: ignore[method-assign]
+    thread = threading.Thread(target=worker.work)
+    thread.start()
+    try:
+        assert waiting.wait(20), "the worker never reached its idle wait"
+        time.sleep(0.3)  # in it (a wake-up that came first must not be lost either)
+        started = time.monotonic()
+        worker.stop()
+        thread.join(10)
+        assert not thread.is_alive(), "the worker did not stop within 10 s"
+        return time.monotonic() - started
+    finally:
+        worker.stop()
+        thread.join(10)

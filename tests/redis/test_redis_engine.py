@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 import redis
-from dtqtest import RedisServer, free_port, running
+from dtqtest import RedisServer, free_port, running, stop_when_idle
 
 from dtq_core import (
     Completion,
@@ -273,27 +273,7 @@ def test_an_idle_worker_asked_to_stop_stops_at_once_not_when_its_wait_ends(
     # Its BLPOP also waits on the worker's own wake-up list, which stop() pushes to (from a
     # thread of its own); before, the worker stopped only when the 5 s wait timed out.
     worker = thread_worker(make_worker, poll_s=30.0)
-    waiting = threading.Event()
-    wait_and_fetch = worker.engine.wait_and_fetch
-
-    def noted(*args: object, **kwargs: object) -> object:
-        waiting.set()
-        return wait_and_fetch(*args, **kwargs)  # type: ignore[arg-type]
-
-    worker.engine.wait_and_fetch = noted  # type: ignore[method-assign]
-    thread = threading.Thread(target=worker.work)
-    thread.start()
-    try:
-        assert waiting.wait(20)
-        time.sleep(0.3)  # its BLPOP has reached the server and blocks
-        started = time.monotonic()
-        worker.stop()
-        thread.join(10)
-        assert not thread.is_alive()
-        assert time.monotonic() - started < 2.0
-    finally:
-        worker.stop()
-        thread.join(10)
+    assert stop_when_idle(worker) < 2.0
     assert not redis_server.client.exists(keys.wake(worker.worker_id))  # the wait took the push
 
 
