@@ -78,10 +78,17 @@ class Appending:
 
 @attrs.frozen
 class Batch:
-    """What one :meth:`Engine.fetch` took, and how long until a delayed job is due."""
+    """What one :meth:`Engine.fetch` took, and how long until a delayed job is due.
+
+    ``more`` says whether jobs of the plugins asked for were still queued
+    after it (None: the engine does not say). A worker whose queue ran dry
+    waits briefly for the next job in the round trip that records its last
+    outcome (see :meth:`Engine.complete_and_fetch`'s ``wait_s``).
+    """
 
     leases: list[Lease]
     next_due_s: float | None = None
+    more: bool | None = None
 
 
 @attrs.frozen

@@ -214,6 +214,8 @@ class Worker:
         self._next_recovery = 0.0
         # When a fetch last found nothing, and its wait for the next delayed job then.
         self._found_empty: tuple[float, float | None] | None = None
+        # Whether the latest fetch (any slot's) left no job queued, by the engine's word.
+        self._left_empty = False
 
     # --- public ------------------------------------------------------------------
 
@@ -332,9 +334,11 @@ class Worker:
         return True
 
     def _note_if_empty(self, batch: Batch) -> None:
-        """Remember when a fetch found nothing (see :meth:`_looked_just_now`)."""
+        """Remember when a fetch found nothing (see :meth:`_looked_just_now`), and whether
+        it left the queue empty (see :meth:`_refill`)."""
         if not batch.leases:
             self._found_empty = (time.monotonic(), batch.next_due_s)
+        self._left_empty = batch.more is False
 
     def _looked_just_now(self) -> Batch | None:
         """What a fetch found a moment ago if that was nothing (once); else None.
@@ -393,8 +397,8 @@ class Worker:
         """A slot's next jobs, leased by the slot itself in the round trip that records
         ``ended`` (the outcome that emptied its share); none when stopping or unreachable.
 
-        When the share was ``drained`` (not full: the queue had no more, which
-        with ``prefetch`` 1 cannot be told), the engine waits (about
+        When the share was ``drained`` (not full, or the latest fetch left the
+        queue empty: with ``prefetch`` 1 a share is always full), the engine waits (about
         :data:`_REFILL_WAIT_S`) for a job between the two: the outcome's news
         reaches a waiting producer without waiting for a fetch that would find
         nothing, and a job appended meanwhile comes straight to this slot. Not in
@@ -970,7 +974,8 @@ class _Pool:
                     self.worker._hand_back_unstarted(following.result() if following else [])
                     self.worker._pause_slot(exc)
                     return
-                leases = self._next_share(following, last, drained=len(leases) < self.worker.prefetch)
+                drained = len(leases) < self.worker.prefetch or self.worker._left_empty
+                leases = self._next_share(following, last, drained=drained)
                 following = None
         except BaseException:
             self.worker._hand_back_unstarted(leases)  # those not begun

@@ -246,7 +246,8 @@ class MemoryEngine(Engine):
                     _, job_id = queue.pop(0)
                     leases.append(self._lease(space, plugin, job_id, now, lease_s, worker_id))
             waits = [due - now for due in next_due if due is not None]
-            return Batch(leases, min(waits) / 1000 if waits else None)
+            more = any(space.ready.get(plugin) for plugin in plugins)
+            return Batch(leases, min(waits) / 1000 if waits else None, more=more)
 
     def wait_for_jobs(self, plugins: Sequence[str], timeout_s: float) -> None:
         """Wait on the store's condition (any append or requeue wakes it)."""

@@ -194,6 +194,7 @@ def test_a_fetch_leaves_one_wake_up_hint_per_job_still_queued_and_none_stale(
         assert client.llen(signal) == 4
         assert fetch(10) == ["test_only"] * 4
         assert not client.exists(signal, other_signal)
+        assert q.engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").more is False
         # A job queued now has its hint again, and the next blocking wait takes it at once.
         q.enqueue("test_only", {"action": "echo", "n": 8})
         assert client.llen(signal) == 1
@@ -323,6 +324,33 @@ def test_a_worker_between_lone_jobs_goes_back_to_its_blocking_wait_without_looki
             assert queue.result(queue.enqueue("test_only", {"action": "echo", "n": n}).id, timeout=20)
     # One per job before; a few may remain where a thread switch took longer than the look is fresh.
     assert plain_fetches <= jobs // 10, plain_fetches
+
+
+def test_with_prefetch_one_a_slot_whose_queue_ran_dry_waits_for_the_next_job_itself(
+    queue: Queue, make_worker: MakeWorker
+) -> None:
+    # A share of one is always full, so only the fetch's word that it left the queue
+    # empty tells the slot to wait (briefly) for the next job in the round trip that
+    # records its outcome; the lone jobs then reach the slot without the dispatcher.
+    worker = thread_worker(make_worker, poll_s=5.0, prefetch=1)
+    waits = 0
+    wait_and_fetch = worker.engine.wait_and_fetch
+
+    def counted(*args: object, **kwargs: object) -> object:
+        nonlocal waits
+        waits += 1
+        return wait_and_fetch(*args, **kwargs)  # type: ignore[arg-type]
+
+    jobs = 20
+    with running(worker):
+        for n in range(3):  # started, and idle
+            queue.result(queue.enqueue("test_only", {"action": "echo", "n": n}).id, timeout=20)
+        worker.engine.wait_and_fetch = counted  # type: ignore[method-assign]
+        for n in range(jobs):
+            assert queue.result(queue.enqueue("test_only", {"action": "echo", "n": n}).id, timeout=20)
+    # One per job before (each came through the dispatcher's wait). The slot's wait is
+    # at least 10 ms; a producer slower than that to append the next job sends it there.
+    assert waits <= jobs // 2, waits
 
 
 def test_a_producer_hears_of_an_end_while_the_worker_still_waits_for_its_next_job(

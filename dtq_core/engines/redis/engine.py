@@ -459,13 +459,13 @@ class RedisEngine(Engine):
         if burials and not leases:
             return None
         next_due_ms = int(flat[0])
-        return Batch(leases, None if next_due_ms < 0 else next_due_ms / 1000)
+        return Batch(leases, None if next_due_ms < 0 else next_due_ms / 1000, more=int(flat[3]) > 0)
 
     def _sort_fetched(self, flat: Sequence[Any]) -> tuple[list[Lease], list[_Burial]]:
         """The leases of fetch.lua's reply, and the burials of its malformed records."""
         leases: list[Lease] = []
         burials: list[_Burial] = []
-        _next_due, sizes, body = flat
+        sizes, body = flat[1], flat[2]
         # None only stands for a set-aside id's payload and state (fetch.lua).
         fetched: list[Any] = wire.unframe(sizes, body, *self._decoding)
         for i in range(0, len(fetched), _FETCHED):

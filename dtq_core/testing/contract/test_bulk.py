@@ -170,3 +170,15 @@ def test_complete_and_fetch_records_outcomes_then_leases_the_next_jobs(dtq_engin
     assert dtq_engine.complete_many([Completion(first[0], done, 60)]) == [True]
     stored, batch = dtq_engine.complete_and_fetch([], ["test_only"], count=5, lease_s=30, worker_id="w")
     assert stored == [] and batch.leases == []
+
+
+def test_a_fetch_says_whether_it_left_jobs_queued_if_it_says_at_all(
+    dtq_queue: Queue, dtq_engine: Engine
+) -> None:
+    # Batch.more is optional (None: the engine does not say); when given it must be right,
+    # or a worker would wait for a next job while one is queued.
+    dtq_queue.enqueue_many("test_only", [{"action": "echo", "n": n} for n in range(2)])
+    first = dtq_engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w")
+    last = dtq_engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w")
+    assert len(first.leases) == len(last.leases) == 1
+    assert (first.more, last.more) in ((True, False), (None, None))

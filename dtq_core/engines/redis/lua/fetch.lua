@@ -43,13 +43,15 @@ wrong set is put back where its status says; an id with neither payload nor
 state (a stray entry, no job) is dropped. Scores too large to be a time
 (above 2^53 ms, such as +inf) count as due.
 
-Returns {next_due_in_ms, sizes, body}: the wait until the next delayed job of
-these plugins is due (-1 if none), then six strings per id (id, payload, state
-JSON, token, plugin, reason) put end to end in `body`, their lengths in bytes
-in `sizes`, space-separated (-1 for none). A job taken has reason ''; an id set
-aside has no payload and no state, token '' and the reason. Two strings
-instead of six replies per job: redis-py reads a reply element by element, in
-Python, which cost a worker more than cutting two strings apart does.
+Returns {next_due_in_ms, sizes, body, left}: the wait until the next delayed
+job of these plugins is due (-1 if none), then six strings per id (id, payload,
+state JSON, token, plugin, reason) put end to end in `body`, their lengths in
+bytes in `sizes`, space-separated (-1 for none), then how many jobs of these
+plugins are still queued (a worker whose queue ran dry may wait for the next
+one). A job taken has reason ''; an id set aside has no payload and no state,
+token '' and the reason. Two strings instead of six replies per job: redis-py
+reads a reply element by element, in Python, which cost a worker more than
+cutting two strings apart does.
 ]]
 --#include events
 local count = tonumber(ARGV[1])
@@ -216,7 +218,8 @@ local function lease(id, ready, active, scheduled, plugin)
 end
 
 -- Hints in step with the plugin's queue (see the top): at most one per job
--- left in `ready`, and one at least while any is. `emptied`: a pop found it empty.
+-- left in `ready`, and one at least while any is. `emptied`: a pop found it
+-- empty. Returns how many jobs are left.
 local function tend_hints(ready, signal, emptied)
   local left = emptied and 0 or redis.call('ZCARD', ready)
   local hints = redis.call('LLEN', signal)
@@ -229,11 +232,13 @@ local function tend_hints(ready, signal, emptied)
   elseif hints == 0 and left > 0 then
     redis.call('LPUSH', signal, '1')
   end
+  return left
 end
 
 for k = 4, #KEYS, 4 do
   promote(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[5 + (k - 4) / 4])
 end
+local left = 0
 for k = 4, #KEYS, 4 do
   local emptied = false
   -- Pop again after an id that was not taken, so that garbage in a queue
@@ -253,9 +258,9 @@ for k = 4, #KEYS, 4 do
       lease(id, KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[5 + (k - 4) / 4])
     end
   end
-  tend_hints(KEYS[k], KEYS[k + 3], emptied)
+  left = left + tend_hints(KEYS[k], KEYS[k + 3], emptied)
 end
 if #leased_states > 0 then redis.call('HSET', KEYS[2], unpack(leased_states)) end
 for active, deadlines in pairs(leases_of) do redis.call('ZADD', active, unpack(deadlines)) end
 trim_events(KEYS[3], tonumber(ARGV[4]))
-return {next_due, table.concat(sizes, ' '), table.concat(body)}
+return {next_due, table.concat(sizes, ' '), table.concat(body), left}
