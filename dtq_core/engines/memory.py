@@ -246,7 +246,7 @@ class MemoryEngine(Engine):
                     _, job_id = queue.pop(0)
                     leases.append(self._lease(space, plugin, job_id, now, lease_s, worker_id))
             waits = [due - now for due in next_due if due is not None]
-            more = any(space.ready.get(plugin) for plugin in plugins)
+            more = any(space.ready.get(plugin) for plugin in plugins) or any(w <= 0 for w in waits)
             return Batch(leases, min(waits) / 1000 if waits else None, more=more)
 
     def wait_for_jobs(self, plugins: Sequence[str], timeout_s: float) -> None:

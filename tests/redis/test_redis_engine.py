@@ -239,6 +239,17 @@ def test_a_job_left_queued_by_a_fetch_keeps_a_hint_to_wake_a_blocked_worker(
         blocked_worker_takes("a2")
 
 
+def test_a_fetch_counts_delayed_jobs_due_but_not_promoted_yet_as_left(queue: Queue) -> None:
+    # A call promotes at most 500 due jobs per plugin; the rest are due at once (next due
+    # 0), and a worker told its queue ran dry would wait for them needlessly.
+    queue.enqueue_many("test_only", [{"action": "echo", "n": n} for n in range(600)], delay_s=0.05)
+    time.sleep(0.2)
+    first = queue.engine.fetch(["test_only"], count=600, lease_s=30, worker_id="w")
+    assert (len(first.leases), first.next_due_s, first.more) == (500, 0, True)
+    rest = queue.engine.fetch(["test_only"], count=600, lease_s=30, worker_id="w")
+    assert (len(rest.leases), rest.next_due_s, rest.more) == (100, None, False)
+
+
 def test_a_worker_that_drained_a_backlog_leaves_no_stale_hints_for_its_idle_waits(
     queue: Queue, make_worker: MakeWorker, keys: Keys, redis_server: RedisServer
 ) -> None:
@@ -305,8 +316,10 @@ def test_a_worker_between_lone_jobs_goes_back_to_its_blocking_wait_without_looki
 ) -> None:
     # After a lone job the slot records its outcome and fetches in one round trip, finding
     # nothing; the dispatcher then blocks at once (BLPOP and fetch), rather than first
-    # fetching again on its own (a second script call that also finds nothing).
+    # fetching again on its own (a second script call that also finds nothing). Without the
+    # slot's own wait for its next job, so that every lone job takes that path.
     worker = thread_worker(make_worker, poll_s=5.0)
+    monkeypatch.setattr(worker, "_refill_can_wait", False)
     plain_fetches = 0
     fetch = worker.engine.fetch
 
@@ -327,7 +340,7 @@ def test_a_worker_between_lone_jobs_goes_back_to_its_blocking_wait_without_looki
 
 
 def test_with_prefetch_one_a_slot_whose_queue_ran_dry_waits_for_the_next_job_itself(
-    queue: Queue, make_worker: MakeWorker
+    queue: Queue, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A share of one is always full, so only the fetch's word that it left the queue
     # empty tells the slot to wait (briefly) for the next job in the round trip that
@@ -345,7 +358,7 @@ def test_with_prefetch_one_a_slot_whose_queue_ran_dry_waits_for_the_next_job_its
     with running(worker):
         for n in range(3):  # started, and idle
             queue.result(queue.enqueue("test_only", {"action": "echo", "n": n}).id, timeout=20)
-        worker.engine.wait_and_fetch = counted  # type: ignore[method-assign]
+        monkeypatch.setattr(worker.engine, "wait_and_fetch", counted)
         for n in range(jobs):
             assert queue.result(queue.enqueue("test_only", {"action": "echo", "n": n}).id, timeout=20)
     # One per job before (each came through the dispatcher's wait). The slot's wait is

@@ -426,7 +426,9 @@ class RedisEngine(Engine):
         calls = [self._completion_call(completions, group) for group in groups]
         block: _Command | None = None
         if wait_s > 0:
-            block = ("BLPOP", *[self.keys.signal(p) for p in plugins], self._block_for(wait_s))
+            # The worker's own wake-up list too: a stop (see wake) need not wait the wait out.
+            waits_on = [*[self.keys.signal(p) for p in plugins], self.keys.wake(worker_id)]
+            block = ("BLPOP", *waits_on, self._block_for(wait_s))
         with self._talking():
             *replies, flat = self._run_scripts(
                 [*calls, self._fetching(plugins, count, lease_s, worker_id)],
@@ -459,7 +461,9 @@ class RedisEngine(Engine):
         if burials and not leases:
             return None
         next_due_ms = int(flat[0])
-        return Batch(leases, None if next_due_ms < 0 else next_due_ms / 1000, more=int(flat[3]) > 0)
+        # A delayed job due now but not promoted yet (a call promotes a bounded number) counts.
+        more = int(flat[3]) > 0 or next_due_ms == 0
+        return Batch(leases, None if next_due_ms < 0 else next_due_ms / 1000, more=more)
 
     def _sort_fetched(self, flat: Sequence[Any]) -> tuple[list[Lease], list[_Burial]]:
         """The leases of fetch.lua's reply, and the burials of its malformed records."""
