@@ -34,6 +34,28 @@ def thread_worker(make_worker: MakeWorker, **options: object) -> Worker:
     return make_worker(**options)
 
 
+def calls_during_lone_jobs(
+    worker: Worker, queue: Queue, method: str, jobs: int, monkeypatch: pytest.MonkeyPatch
+) -> int:
+    """How often the worker's engine ``method`` is called while ``jobs`` jobs run one at a
+    time (each appended once the one before has its result), after three to start it."""
+    calls = 0
+    original = getattr(worker.engine, method)
+
+    def counted(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)
+
+    with running(worker):
+        for n in range(3):  # started, and idle in its blocking wait
+            queue.result(queue.enqueue("test_only", {"action": "echo", "n": n}).id, timeout=20)
+        monkeypatch.setattr(worker.engine, method, counted)
+        for n in range(jobs):
+            assert queue.result(queue.enqueue("test_only", {"action": "echo", "n": n}).id, timeout=20)
+    return calls
+
+
 def test_ids_in_a_queue_without_a_record_are_dropped(
     queue: Queue, keys: Keys, redis_url: str, make_worker: Callable[..., Worker]
 ) -> None:
@@ -320,21 +342,8 @@ def test_a_worker_between_lone_jobs_goes_back_to_its_blocking_wait_without_looki
     # slot's own wait for its next job, so that every lone job takes that path.
     worker = thread_worker(make_worker, poll_s=5.0)
     monkeypatch.setattr(worker, "_refill_can_wait", False)
-    plain_fetches = 0
-    fetch = worker.engine.fetch
-
-    def counted(*args: object, **kwargs: object) -> object:
-        nonlocal plain_fetches
-        plain_fetches += 1
-        return fetch(*args, **kwargs)  # type: ignore[arg-type]
-
     jobs = 30
-    with running(worker):
-        for n in range(3):  # started, and idle in its blocking wait
-            queue.result(queue.enqueue("test_only", {"action": "echo", "n": n}).id, timeout=20)
-        monkeypatch.setattr(worker.engine, "fetch", counted)
-        for n in range(jobs):
-            assert queue.result(queue.enqueue("test_only", {"action": "echo", "n": n}).id, timeout=20)
+    plain_fetches = calls_during_lone_jobs(worker, queue, "fetch", jobs, monkeypatch)
     # One per job before; a few may remain where a thread switch took longer than the look is fresh.
     assert plain_fetches <= jobs // 10, plain_fetches
 
@@ -346,21 +355,8 @@ def test_with_prefetch_one_a_slot_whose_queue_ran_dry_waits_for_the_next_job_its
     # empty tells the slot to wait (briefly) for the next job in the round trip that
     # records its outcome; the lone jobs then reach the slot without the dispatcher.
     worker = thread_worker(make_worker, poll_s=5.0, prefetch=1)
-    waits = 0
-    wait_and_fetch = worker.engine.wait_and_fetch
-
-    def counted(*args: object, **kwargs: object) -> object:
-        nonlocal waits
-        waits += 1
-        return wait_and_fetch(*args, **kwargs)  # type: ignore[arg-type]
-
     jobs = 20
-    with running(worker):
-        for n in range(3):  # started, and idle
-            queue.result(queue.enqueue("test_only", {"action": "echo", "n": n}).id, timeout=20)
-        monkeypatch.setattr(worker.engine, "wait_and_fetch", counted)
-        for n in range(jobs):
-            assert queue.result(queue.enqueue("test_only", {"action": "echo", "n": n}).id, timeout=20)
+    waits = calls_during_lone_jobs(worker, queue, "wait_and_fetch", jobs, monkeypatch)
     # One per job before (each came through the dispatcher's wait). The slot's wait is
     # at least 10 ms; a producer slower than that to append the next job sends it there.
     assert waits <= jobs // 2, waits
