@@ -73,7 +73,11 @@ class Observer:
 
     def attempt_ended(self, job: Job, status: JobStatus, duration_s: float | None) -> None:
         """An attempt ended with ``status``: final, SCHEDULED for a retry, or QUEUED when the
-        process running it died and the job went back (``duration_s`` is None then)."""
+        process running it died and the job went back (``duration_s`` is None then).
+
+        Told once the outcome is stored: for a slot whose queue ran dry, after its
+        brief wait for a next job (up to 100 ms on Redis), so a producer may have
+        seen the result a moment before."""
 
     def leases_recovered(self, plugin: str, count: int) -> None:
         """``count`` jobs of ``plugin`` whose worker stopped renewing were taken back."""
