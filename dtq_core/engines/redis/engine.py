@@ -424,11 +424,7 @@ class RedisEngine(Engine):
         """
         groups = _completion_groups(completions)
         calls = [self._completion_call(completions, group) for group in groups]
-        block: _Command | None = None
-        if wait_s > 0:
-            # The worker's own wake-up list too: a stop (see wake) need not wait the wait out.
-            waits_on = [*[self.keys.signal(p) for p in plugins], self.keys.wake(worker_id)]
-            block = ("BLPOP", *waits_on, self._block_for(wait_s))
+        block = self._worker_wait(plugins, worker_id, wait_s) if wait_s > 0 else None
         with self._talking():
             *replies, flat = self._run_scripts(
                 [*calls, self._fetching(plugins, count, lease_s, worker_id)],
@@ -543,9 +539,8 @@ class RedisEngine(Engine):
                 plugins, timeout_s, count=count, lease_s=lease_s, worker_id=worker_id
             )
         name, keys, args = self._fetching(plugins, count, lease_s, worker_id)
-        waits_on = [*[self.keys.signal(p) for p in plugins], self.keys.wake(worker_id)]
         commands: list[_Command] = [
-            ("BLPOP", *waits_on, self._block_for(timeout_s)),
+            self._worker_wait(plugins, worker_id, timeout_s),
             ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args),
         ]
         with self._talking():  # also maps the error replies raised below
@@ -562,6 +557,12 @@ class RedisEngine(Engine):
         if batch is None:
             batch = self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
         return batch
+
+    def _worker_wait(self, plugins: Sequence[str], worker_id: str, timeout_s: float) -> _Command:
+        """A worker's BLPOP for a job of ``plugins``: their hint lists and its own wake-up
+        list (see :meth:`wake`), so that a stop need not wait the wait out."""
+        waits_on = [*[self.keys.signal(p) for p in plugins], self.keys.wake(worker_id)]
+        return ("BLPOP", *waits_on, self._block_for(timeout_s))
 
     def wake(self, worker_id: str) -> None:
         """Push to the worker's own wake-up list, which its idle ``BLPOP`` also waits on.
