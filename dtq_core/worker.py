@@ -215,6 +215,7 @@ class Worker:
         self._failure: JobProcessError | None = None  # what ends a burst early
         self._stopping = threading.Event()
         self._waker: _Waker | None = None  # while running: ends an idle wait on stop()
+        self._signalled = False  # a SIGTERM or SIGINT came (see _install_signal_handlers)
         self._next_recovery = 0.0
         # When a fetch last found nothing, and its wait for the next delayed job then.
         self._found_empty: tuple[float, float | None] | None = None
@@ -253,10 +254,15 @@ class Worker:
             self._run(burst=burst)
         finally:
             restore()
+            self._signalled = False
         log.info("worker %s stopped", self.worker_id)
 
     def stop(self) -> None:
-        """Ask the worker to stop taking jobs and finish those in hand (thread-safe)."""
+        """Ask the worker to stop taking jobs and finish those in hand (thread-safe).
+
+        Not from a signal handler: it sets an Event, which takes a lock. The
+        worker's own SIGTERM and SIGINT handlers leave the stop to a thread.
+        """
         self._stopping.set()
         waker = self._waker
         if waker is not None:
@@ -279,7 +285,7 @@ class Worker:
         grace = self.grace_s
         self._burst, self._failure = burst, None
         try:
-            with _Heartbeat(self), _Waker(self) as self._waker:
+            with _Heartbeat(self), _Waker(self):
                 self._dispatch(pool, burst)
         except BaseException:
             grace = 0.0  # a second signal, or a crash: hand jobs back now
@@ -289,7 +295,6 @@ class Worker:
             self._hand_back_waiting()
             pool.shutdown(grace, before_kill=self._hand_back)
             self._unregister()
-            self._waker = None
             self._stopping.clear()  # a stopped worker can be run again
         if self._failure is not None:
             raise self._failure
@@ -754,11 +759,20 @@ class Worker:
             return lambda: None
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
+        # The handler runs in the main thread between two of its bytecodes, maybe
+        # inside a lock's critical section there: it takes no lock and does no I/O
+        # (not even a log line), or it could wait forever on the code it interrupted.
+        # It leaves a note and a byte for the waker thread, which does the rest.
         def handle(signum: int, _frame: FrameType | None) -> None:
-            if self._stopping.is_set():
+            if self._signalled or self._stopping.is_set():  # is_set takes no lock
                 raise SystemExit(128 + signum)
-            log.info("received %s: finishing the jobs in hand, then stopping", signal.Signals(signum).name)
-            self.stop()
+            self._signalled = True
+            waker = self._waker
+            if waker is not None:
+                waker.ask_stop(signum)
+            # else no run is going on; one about to start sees the note (_Waker.__enter__)
+
+        self._signalled = False
 
         for sig in previous:
             signal.signal(sig, handle)
@@ -1211,25 +1225,33 @@ class _Acknowledger:
 
 
 class _Waker:
-    """Ends the dispatcher's idle wait once the worker is asked to stop (:meth:`Engine.wake`).
+    """Ends the dispatcher's idle wait once the worker is asked to stop (:meth:`Engine.wake`),
+    and carries out a stop asked for by a signal.
 
     Without it an idle worker would stop only when its wait timed out (up to
     ``poll_s``). A thread of its own, told by a byte down a socket pair,
     because the request may come from a signal handler, which must neither
-    talk to the engine nor take a lock: either could wait forever on a lock
-    held by the code it interrupted. A send takes none, and a send on a
-    closed socket raises rather than writing to a descriptor since reused.
+    talk to the engine nor take a lock (setting an Event takes one; so does
+    logging): either could wait forever on a lock held by the code it
+    interrupted. A send takes none, and a send on a closed socket raises
+    rather than writing to a descriptor since reused.
     """
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self._done = False
+        self._signal: int | None = None  # the signal that asked for the stop, if one did
         self._told, self._tell = socket.socketpair()
         self._tell.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="dtq-waker", daemon=True)
 
     def __enter__(self) -> _Waker:
+        worker = self.worker
+        worker._waker = self
         self._thread.start()
+        if worker._signalled:  # a signal came before the handler could find this waker
+            worker._stopping.set()
+            self.poke()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -1240,18 +1262,28 @@ class _Waker:
         self._tell.close()
         if not self._thread.is_alive():
             self._told.close()
+        self.worker._waker = None
 
     def poke(self) -> None:
         """Have the thread wake the dispatcher (or, once done, end); safe in a signal handler."""
         with contextlib.suppress(OSError):  # closed, or full of pokes already
             self._tell.send(b"!")
 
+    def ask_stop(self, signum: int) -> None:
+        """Have the thread stop the worker, as :meth:`Worker.stop` does; safe in a signal handler."""
+        self._signal = signum
+        self.poke()
+
     def _run(self) -> None:
         with contextlib.suppress(OSError):
             self._told.recv(1)
+        worker = self.worker
+        if self._signal is not None:
+            name = signal.Signals(self._signal).name
+            log.info("received %s: finishing the jobs in hand, then stopping", name)
+            worker._stopping.set()
         if self._done:
             return
-        worker = self.worker
         try:
             worker.engine.wake(worker.worker_id)
         except DtqError as exc:  # the wait then ends at its timeout, as it would have

@@ -7,11 +7,12 @@ scripts come back after a node forgets them.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from dtqtest import RedisClusterServers
+from dtqtest import RedisClusterServers, running, stop_when_idle
 
 from dtq_core import JobStatus, Queue, ReleaseOutcome, Worker, open_engine
 from dtq_core.engines.redis import RedisEngine
@@ -111,3 +112,32 @@ def test_scripts_are_loaded_again_after_every_node_forgets_them(
 def test_a_cluster_refuses_wait_replicas_with_a_clear_error(redis_cluster: RedisClusterServers) -> None:
     with pytest.raises(Exception, match="wait_replicas is not supported on Redis Cluster"):
         open_engine(f"{redis_cluster.url}?wait_replicas=1")
+
+
+def test_an_idle_worker_on_a_cluster_stops_at_once_and_a_trickled_job_still_wakes_it(
+    redis_cluster: RedisClusterServers, namespaces: list[str]
+) -> None:
+    # A cluster's worker waits with a BLPOP of its own (its pipelines refuse scripts): on the
+    # plugins' hint lists and its wake-up list, all in the namespace's slot. Before, a stop
+    # waited out the BLPOP (up to 5 s).
+    namespace = f"c-{uuid.uuid4().hex[:8]}"
+    namespaces.append(namespace)
+
+    def make() -> Worker:
+        return Worker(["test_only"], redis_cluster.url, namespace=namespace, mode="thread", poll_s=30.0)
+
+    worker = make()
+    try:
+        assert stop_when_idle(worker) < 2.0
+        assert isinstance(worker.engine, RedisEngine)
+        assert not worker.engine.client.exists(worker.engine.keys.wake(worker.worker_id))
+    finally:
+        worker.close()
+    worker = make()
+    try:
+        with cluster_queue(redis_cluster, namespace) as queue, running(worker):
+            time.sleep(0.5)  # in its idle wait
+            job = queue.enqueue("test_only", {"action": "echo"})
+            assert queue.result(job.id, timeout=4) == {"action": "echo"}  # woken, not timed out
+    finally:
+        worker.close()

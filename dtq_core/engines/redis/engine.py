@@ -534,10 +534,10 @@ class RedisEngine(Engine):
         out), so a job appended to an idle worker's queue reaches it with no
         round trip between the wake-up and the lease.
         """
-        if isinstance(self.client, RedisCluster):  # its pipelines refuse scripts
-            return super().wait_and_fetch(
-                plugins, timeout_s, count=count, lease_s=lease_s, worker_id=worker_id
-            )
+        if isinstance(self.client, RedisCluster):  # its pipelines refuse scripts: two round trips
+            with self._talking():
+                self.client.execute_command(*self._worker_wait(plugins, worker_id, timeout_s))  # type: ignore[no-untyped-call]
+            return self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
         name, keys, args = self._fetching(plugins, count, lease_s, worker_id)
         commands: list[_Command] = [
             self._worker_wait(plugins, worker_id, timeout_s),
@@ -568,14 +568,12 @@ class RedisEngine(Engine):
         """Push to the worker's own wake-up list, which its idle ``BLPOP`` also waits on.
 
         The push expires after a minute: a worker that was not waiting leaves it
-        for no one (or for its next wait, which then fetches once more). A
-        cluster's waits are the base class's, without the list: nothing to do.
+        for no one (or for its next wait, which then fetches once more).
         """
-        if isinstance(self.client, RedisCluster):
-            return
         key = self.keys.wake(worker_id)
         with self._talking():
-            pipe = self.client.pipeline(transaction=True)
+            # A cluster's pipelines take no transaction: the two go one after the other there.
+            pipe = self.client.pipeline(transaction=not isinstance(self.client, RedisCluster))
             pipe.lpush(key, "1")
             pipe.pexpire(key, _WAKE_KEPT_MS)
             pipe.execute()
