@@ -215,7 +215,7 @@ class Worker:
         self._failure: JobProcessError | None = None  # what ends a burst early
         self._stopping = threading.Event()
         self._waker: _Waker | None = None  # while running: ends an idle wait on stop()
-        self._signalled = False  # a SIGTERM or SIGINT came (see _install_signal_handlers)
+        self._signalled: int | None = None  # the SIGTERM or SIGINT that came (see _install_signal_handlers)
         self._next_recovery = 0.0
         # When a fetch last found nothing, and its wait for the next delayed job then.
         self._found_empty: tuple[float, float | None] | None = None
@@ -254,7 +254,7 @@ class Worker:
             self._run(burst=burst)
         finally:
             restore()
-            self._signalled = False
+            self._signalled = None
         log.info("worker %s stopped", self.worker_id)
 
     def stop(self) -> None:
@@ -295,6 +295,7 @@ class Worker:
             self._hand_back_waiting()
             pool.shutdown(grace, before_kill=self._hand_back)
             self._unregister()
+            self._waker = None  # also if the waker's own exit was cut short
             self._stopping.clear()  # a stopped worker can be run again
         if self._failure is not None:
             raise self._failure
@@ -764,15 +765,15 @@ class Worker:
         # (not even a log line), or it could wait forever on the code it interrupted.
         # It leaves a note and a byte for the waker thread, which does the rest.
         def handle(signum: int, _frame: FrameType | None) -> None:
-            if self._signalled or self._stopping.is_set():  # is_set takes no lock
+            if self._signalled is not None or self._stopping.is_set():  # is_set takes no lock
                 raise SystemExit(128 + signum)
-            self._signalled = True
+            self._signalled = signum
             waker = self._waker
             if waker is not None:
                 waker.ask_stop(signum)
             # else no run is going on; one about to start sees the note (_Waker.__enter__)
 
-        self._signalled = False
+        self._signalled = None
 
         for sig in previous:
             signal.signal(sig, handle)
@@ -1249,20 +1250,22 @@ class _Waker:
         worker = self.worker
         worker._waker = self
         self._thread.start()
-        if worker._signalled:  # a signal came before the handler could find this waker
-            worker._stopping.set()
-            self.poke()
+        if worker._signalled is not None:  # a signal came before the handler could find this waker
+            worker._stopping.set()  # here, not in a handler: safe, and before any dispatch
+            self.ask_stop(worker._signalled)  # for the log line
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._done = True  # the dispatcher has returned: nothing to wake
         self.poke()
-        # Not long: a wake-up stuck on an unreachable engine must not hold up the stop.
-        self._thread.join(_WAKER_JOIN_S)
-        self._tell.close()
-        if not self._thread.is_alive():
-            self._told.close()
-        self.worker._waker = None
+        try:
+            # Not long: a wake-up stuck on an unreachable engine must not hold up the stop.
+            self._thread.join(_WAKER_JOIN_S)
+        finally:
+            self._tell.close()
+            if not self._thread.is_alive():
+                self._told.close()
+            self.worker._waker = None
 
     def poke(self) -> None:
         """Have the thread wake the dispatcher (or, once done, end); safe in a signal handler."""
@@ -1277,19 +1280,19 @@ class _Waker:
     def _run(self) -> None:
         with contextlib.suppress(OSError):
             self._told.recv(1)
-        worker = self.worker
-        if self._signal is not None:
-            name = signal.Signals(self._signal).name
-            log.info("received %s: finishing the jobs in hand, then stopping", name)
+        worker, signum = self.worker, self._signal
+        if signum is not None:  # the stop first: a log handler may be slow
             worker._stopping.set()
-        if self._done:
-            return
-        try:
-            worker.engine.wake(worker.worker_id)
-        except DtqError as exc:  # the wait then ends at its timeout, as it would have
-            log.debug("could not end the idle wait early: %s", exc)
-        except Exception:
-            log.exception("could not end the idle wait early (an engine's bug)")
+        if not self._done:
+            try:
+                worker.engine.wake(worker.worker_id)
+            except DtqError as exc:  # the wait then ends at its timeout, as it would have
+                log.debug("could not end the idle wait early: %s", exc)
+            except Exception:
+                log.exception("could not end the idle wait early (an engine's bug)")
+        if signum is not None:
+            name = signal.Signals(signum).name
+            log.info("received %s: finishing the jobs in hand, then stopping", name)
 
 
 class _Heartbeat:

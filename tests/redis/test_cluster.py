@@ -7,9 +7,11 @@ scripts come back after a node forgets them.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from dtqtest import RedisClusterServers, running, stop_when_idle
@@ -134,9 +136,18 @@ def test_an_idle_worker_on_a_cluster_stops_at_once_and_a_trickled_job_still_wake
     finally:
         worker.close()
     worker = make()
+    waiting = threading.Event()
+    wait_and_fetch = worker.engine.wait_and_fetch
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        waiting.set()
+        return wait_and_fetch(*args, **kwargs)
+
+    worker.engine.wait_and_fetch = noted  # type: ignore[method-assign]
     try:
         with cluster_queue(redis_cluster, namespace) as queue, running(worker):
-            time.sleep(0.5)  # in its idle wait
+            assert waiting.wait(20)
+            time.sleep(0.3)  # in its BLPOP (the Cluster's block_s is 5 s)
             job = queue.enqueue("test_only", {"action": "echo"})
             assert queue.result(job.id, timeout=4) == {"action": "echo"}  # woken, not timed out
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -541,3 +542,27 @@ def test_an_int_enum_priority_is_stored_as_its_number(queue: Queue, make_worker:
     time.sleep(0.1)
     [done] = make_worker().get_jobs()
     assert (done.id, done.status, done.priority) == (job.id, JobStatus.SUCCEEDED, 5)
+
+
+@pytest.mark.parametrize("garbage", ['"created": 1e999', '"extra": [1, -1e999]'])
+def test_a_completion_refuses_a_state_that_json_cannot_write_back_and_writes_nothing(
+    queue: Queue, keys: Keys, redis_server: RedisServer, garbage: str
+) -> None:
+    # Something else put an infinity into a leased job's state: the completion is refused
+    # before any write (lease recovery buries the job later). complete.lua looks for such
+    # numbers field by field, instead of encoding the state once more only to see.
+    queue.enqueue("test_only", {"action": "echo"}, id="inf")
+    [lease] = queue.engine.fetch(["test_only"], count=1, lease_s=60, worker_id="w").leases
+    client = redis_server.client
+    state = client.hget(keys.state, "inf")
+    assert state is not None and state.startswith("{")
+    field = garbage.split(":", maxsplit=1)[0]
+    # In place of the field's value if it has one (the last of two equal keys would win).
+    spoiled, found = re.subn(field + r":[0-9]+", garbage, state)
+    spoiled = spoiled if found else "{" + garbage + "," + state[1:]
+    client.hset(keys.state, "inf", spoiled)
+    outcome = Outcome(status=JobStatus.SUCCEEDED, result_json='{"ok":1}')
+    assert queue.engine.complete(lease, outcome, ttl_s=60) is False
+    assert client.hget(keys.state, "inf") == spoiled
+    assert client.zscore(keys.active("test_only"), "inf") is not None
+    assert not client.hexists(keys.succeeded, "inf")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
-from dtqtest import stop_when_idle
+from dtqtest import stop_when_idle, wait_for
 
-from dtq_core import Worker
+from dtq_core import JobStatus, Queue, Worker
 
 
 @pytest.mark.parametrize("engine", ["memory", "sqlite"])
@@ -42,10 +44,10 @@ def interrupted(*args, **kwargs):
         with worker._stopping._cond:  # CPython's Event: a Condition over a plain Lock
             os.kill(os.getpid(), signal.SIGTERM)
             deadline = time.monotonic() + 5
-            while not worker._signalled and time.monotonic() < deadline:
+            while worker._signalled is None and time.monotonic() < deadline:
                 pass  # the handler runs between these bytecodes, the lock held
             # Its own stream, written at once: the waker thread logs to stdout meanwhile.
-            sys.stderr.write(f"handler returned inside the lock: {worker._signalled}\n")
+            sys.stderr.write(f"handler returned inside the lock: {worker._signalled is not None}\n")
     return wait_and_fetch(*args, **kwargs)
 
 worker.engine.wait_and_fetch = interrupted
@@ -68,3 +70,20 @@ def test_sigterm_landing_while_the_main_thread_holds_the_stop_events_lock_still_
     assert "received SIGTERM: finishing the jobs in hand, then stopping" in done.stdout, done.stdout
     stopped = re.search(r"stopped after ([0-9.]+) s", done.stderr)
     assert stopped is not None and float(stopped.group(1)) < 10.0, done.stderr
+
+
+def test_a_signal_that_came_before_the_run_had_its_waker_stops_the_run_before_it_takes_a_job(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The handler found no waker to tell (the run was still setting up its slots): it only
+    # noted the signal, and the waker, once there, stops the run and logs the signal.
+    url = f"memory://{uuid.uuid4().hex}"
+    with Queue(["test_only"], url, namespace="early") as queue:
+        queue.enqueue("test_only", {"action": "echo"}, id="left")
+        worker = Worker(["test_only"], url, namespace="early", mode="thread", poll_s=30.0)
+        worker._signalled = signal.SIGTERM  # as the handler leaves it
+        with caplog.at_level(logging.INFO, logger="dtq"):
+            assert worker.get_jobs() == []
+        assert queue.get("left").status is JobStatus.QUEUED  # type: ignore[union-attr]
+        assert wait_for(lambda: "received SIGTERM" in caplog.text, timeout=5)
+        worker.close()

@@ -28,9 +28,19 @@ def test_a_script_opens_with_its_contract_and_has_its_shared_parts_put_in(name: 
     assert "KEYS[1]" in header and "ARGV[1]" in header
     assert not re.search(r"^--#include", text, re.MULTILINE)
     body = text[text.index("]]") :]
-    for shared in re.findall(r"\b(tell_one|tell|sweep|add_event|trim_events)\(", body):
-        # Each function used is defined once, before the code that calls it.
-        assert text.count(f"local function {shared}(") == 1, shared
+    for shared in set(re.findall(r"\b(tell_one|tell|sweep|add_event|trim_events|digits)\(", body)):
+        # Each function used is defined once, before any code that calls it (a shared
+        # part that uses another, as events uses digits, must come after it).
+        definition = f"local function {shared}("
+        assert text.count(definition) == 1, shared
+        calls = [
+            m.start()
+            for m in re.finditer(rf"\b{shared}\(", body)
+            if not body[: m.start()].endswith("function ")
+        ]
+        assert not calls or body.index(definition) < min(calls), (
+            f"{name}: {shared} is called before it is defined"
+        )
     if re.search(r"^\s*add_event\(", body, re.MULTILINE):
         # Events added untrimmed are trimmed once, as the script's last write.
         assert re.search(r"^trim_events\(.*\)\nreturn .+\s*$", body, re.MULTILINE), name

@@ -572,8 +572,7 @@ class RedisEngine(Engine):
         """
         key = self.keys.wake(worker_id)
         with self._talking():
-            # A cluster's pipelines take no transaction: the two go one after the other there.
-            pipe = self.client.pipeline(transaction=not isinstance(self.client, RedisCluster))
+            pipe = self.client.pipeline(transaction=True)  # one slot: a Cluster takes it too
             pipe.lpush(key, "1")
             pipe.pexpire(key, _WAKE_KEPT_MS)
             pipe.execute()

@@ -35,12 +35,14 @@ reply to read, not one per job): 1 created; 2 the id exists with the same
 payload (a repeated append, also within the batch); 0 the id exists with a
 different payload (a conflict). Nothing is written for codes 0 and 2.
 ]]
+--#include digits
 --#include events
 local n = (#ARGV - 3) / 6
 local plugin = ARGV[2]
 local cap = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now_text = digits(now)
 
 local ids = {}
 for i = 1, n do ids[i] = ARGV[4 + 6 * (i - 1)] end
@@ -90,7 +92,6 @@ if #fresh == 0 then return table.concat(codes) end
 local last = redis.call('INCRBY', KEYS[6], #fresh)
 local payloads, states, ready, scheduled = {}, {}, {}, {}
 local queued = 0
-local created = string.format('%.0f', now)
 local alone = #fresh == 1
 for k, i in ipairs(fresh) do
   local base = 4 + 6 * (i - 1)
@@ -103,20 +104,19 @@ for k, i in ipairs(fresh) do
   end
   -- The state is written as text: the same JSON object cjson would make of
   -- it, without decoding and encoding it again for every job.
-  local state = '{"priority":' .. priority .. ',"seq":' .. string.format('%.0f', seq) ..
-    ',"created":' .. created .. ',"attempts":0,"lost":0' .. ARGV[base + 3]
+  local state = '{"priority":' .. priority .. ',"seq":' .. digits(seq) ..
+    ',"created":' .. now_text .. ',"attempts":0,"lost":0' .. ARGV[base + 3]
   local kind
   if due > now then
-    state = state .. ',"status":"scheduled","due":' .. string.format('%.0f', due) .. '}'
-    scheduled[#scheduled + 1] = due
+    state = state .. ',"status":"scheduled","due":' .. digits(due) .. '}'
+    scheduled[#scheduled + 1] = digits(due)
     scheduled[#scheduled + 1] = id
     kind = 'scheduled'
   else
     state = state .. ',"status":"queued"}'
     -- Lower scores pop first: higher priority first, then first in, first out.
-    -- |score| < 2^52, so every score is an exact double, and Redis writes a
-    -- number argument exactly (no string.format needed: it costs as much as a command).
-    ready[#ready + 1] = -tonumber(priority) * 2^40 + seq
+    -- |score| < 2^52, so every score is a whole number, written exactly.
+    ready[#ready + 1] = digits(-tonumber(priority) * 2^40 + seq)
     ready[#ready + 1] = id
     queued = queued + 1
     kind = 'appended'
@@ -127,10 +127,10 @@ for k, i in ipairs(fresh) do
   states[#states + 1] = state
   -- The fields of dtq_core.Event (attempt 0 and no worker yet: left out).
   if kind == 'scheduled' then
-    add_event(KEYS[8], cap, alone, 'type', kind, 'time', now, 'job', id, 'plugin', plugin,
-      'delay_ms', due - now)
+    add_event(KEYS[8], cap, alone, 'type', kind, 'time', now_text, 'job', id, 'plugin', plugin,
+      'delay_ms', digits(due - now))
   else
-    add_event(KEYS[8], cap, alone, 'type', kind, 'time', now, 'job', id, 'plugin', plugin)
+    add_event(KEYS[8], cap, alone, 'type', kind, 'time', now_text, 'job', id, 'plugin', plugin)
   end
 end
 

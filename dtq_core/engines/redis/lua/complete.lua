@@ -51,6 +51,7 @@ written for it.
 ]]
 --#include tell
 --#include sweep
+--#include digits
 --#include events
 local n = (#ARGV - 6) / 9
 local plugin = ARGV[1]
@@ -58,6 +59,7 @@ local index_cap = tonumber(ARGV[2])
 local cap = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now_text = digits(now)
 
 local ids = {}
 for i = 1, n do ids[i] = ARGV[7 + 9 * (i - 1)] end
@@ -87,30 +89,40 @@ end
 
 local function event(kind, id, state, a, ...)
   counts[kind] = (counts[kind] or 0) + 1
-  local attempt, worker = tonumber(state.attempts) or 0, state.worker or ''
+  local attempt, worker = digits(tonumber(state.attempts) or 0), state.worker or ''
   if ARGV[a + 7] == '' and ARGV[a + 8] == '' then  -- no error: no error fields
-    add_event(KEYS[10], cap, n == 1, 'type', kind, 'time', now, 'job', id, 'plugin', plugin,
+    add_event(KEYS[10], cap, n == 1, 'type', kind, 'time', now_text, 'job', id, 'plugin', plugin,
       'attempt', attempt, 'worker', worker, ...)
   else
-    add_event(KEYS[10], cap, n == 1, 'type', kind, 'time', now, 'job', id, 'plugin', plugin,
+    add_event(KEYS[10], cap, n == 1, 'type', kind, 'time', now_text, 'job', id, 'plugin', plugin,
       'attempt', attempt, 'worker', worker, 'error_type', ARGV[a + 7], 'error_message', ARGV[a + 8], ...)
   end
 end
 
-local function retry(i, state, a)
-  state.status = 'scheduled'
-  state.due = now + tonumber(ARGV[a + 6])
-  rescheduled[#rescheduled + 1] = ids[i]
-  rescheduled[#rescheduled + 1] = cjson.encode(state)
-  redis.call('ZADD', KEYS[4], state.due, ids[i])
-  event('retrying', ids[i], state, a, 'delay_ms', tonumber(ARGV[a + 6]))
+-- The state as the outcome leaves it, encoded; nil if cjson cannot write it
+-- (a NaN or infinity something else put there: cjson reads them). Made before
+-- any write of the completion, which is then refused whole.
+local function ended(state, a)
+  if ARGV[a + 2] == 'retry' then
+    state.status = 'scheduled'
+    state.due = now + tonumber(ARGV[a + 6])
+  else
+    state.status = ARGV[a + 2]
+    state.finished = now
+  end
+  local ok, encoded = pcall(cjson.encode, state)
+  return ok and encoded or nil
 end
 
-local function finish(i, state, a)
+local function retry(i, state, a, encoded)
+  rescheduled[#rescheduled + 1] = ids[i]
+  rescheduled[#rescheduled + 1] = encoded
+  redis.call('ZADD', KEYS[4], digits(state.due), ids[i])
+  event('retrying', ids[i], state, a, 'delay_ms', digits(tonumber(ARGV[a + 6])))
+end
+
+local function finish(i, state, a, encoded)
   local id, outcome, ttl = ids[i], ARGV[a + 2], tonumber(ARGV[a + 5])
-  state.status = outcome
-  state.finished = now
-  local encoded = cjson.encode(state)
   finished[#finished + 1] = id
   if outcome == 'succeeded' then
     local record = cjson.encode({payload = payloads[i], state = encoded,
@@ -122,7 +134,7 @@ local function finish(i, state, a)
       local errors = redis.call('LRANGE', KEYS[11 + 2 * i], 0, -1)
       told[#told + 1] = {id, #errors == 0 and record or cjson.encode({record = record, errors = errors}), i}
     end
-    expiring[#expiring + 1] = now + ttl * 1000
+    expiring[#expiring + 1] = digits(now + ttl * 1000)
     expiring[#expiring + 1] = id
   else
     local done = KEYS[10 + 2 * i]
@@ -131,7 +143,7 @@ local function finish(i, state, a)
     if ARGV[a + 4] ~= '' then redis.call('HSET', done, 'error', ARGV[a + 4]) end
     redis.call('EXPIRE', done, ttl)
     if indexes[outcome] and index_cap > 0 then
-      redis.call('ZADD', indexes[outcome], now, id)
+      redis.call('ZADD', indexes[outcome], now_text, id)
       indexed[outcome] = math.max(indexed[outcome] or 0, ttl)
     end
   end
@@ -149,21 +161,24 @@ for i = 1, n do
     codes[i] = 0
   elseif state.status ~= 'running' then
     codes[i] = 1
-  -- A state JSON cannot write back (NaN or Infinity, put there by something
-  -- else), or a live job without a payload, is refused before any write:
+  -- A live job without a payload, or a state JSON cannot write back (NaN or
+  -- Infinity, put there by something else), is refused before any write:
   -- lease recovery buries the job (release.lua, bury.lua).
-  elseif not pcall(cjson.encode, state) or not payloads[i] then
+  elseif not payloads[i] then
     codes[i] = 0
   else
-    codes[i] = 1
-    unleased[#unleased + 1] = ids[i]
-    if ARGV[a + 4] ~= '' then
-      local errors = KEYS[11 + 2 * i]
-      redis.call('RPUSH', errors, ARGV[a + 4])
-      redis.call('LTRIM', errors, -tonumber(ARGV[3]), -1)
-      redis.call('EXPIRE', errors, tonumber(ARGV[a + 5]))
+    local encoded = ended(state, a)
+    codes[i] = encoded and 1 or 0
+    if encoded then
+      unleased[#unleased + 1] = ids[i]
+      if ARGV[a + 4] ~= '' then
+        local errors = KEYS[11 + 2 * i]
+        redis.call('RPUSH', errors, ARGV[a + 4])
+        redis.call('LTRIM', errors, -tonumber(ARGV[3]), -1)
+        redis.call('EXPIRE', errors, tonumber(ARGV[a + 5]))
+      end
+      if ARGV[a + 2] == 'retry' then retry(i, state, a, encoded) else finish(i, state, a, encoded) end
     end
-    if ARGV[a + 2] == 'retry' then retry(i, state, a) else finish(i, state, a) end
   end
 end
 

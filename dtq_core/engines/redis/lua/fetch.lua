@@ -53,11 +53,13 @@ token '' and the reason. Two strings instead of six replies per job: redis-py
 reads a reply element by element, in Python, which cost a worker more than
 cutting two strings apart does.
 ]]
+--#include digits
 --#include events
 local count = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local deadline = now + tonumber(ARGV[2])
+local now_text, deadline_text = digits(now), digits(deadline)
 local next_due = -1
 local taken = 0
 local aside = 0
@@ -75,7 +77,7 @@ local function num(value)
 end
 
 local function score(state)
-  return string.format('%.0f', -(num(state.priority) or 0) * 2^40 + (num(state.seq) or 0))
+  return digits(-(num(state.priority) or 0) * 2^40 + (num(state.seq) or 0))
 end
 
 local sizes, body = {}, {}
@@ -209,10 +211,10 @@ local function lease(id, ready, active, scheduled, plugin)
   leased_states[#leased_states + 1] = encoded
   leases_of[active] = leases_of[active] or {}
   local deadlines = leases_of[active]
-  deadlines[#deadlines + 1] = deadline
+  deadlines[#deadlines + 1] = deadline_text
   deadlines[#deadlines + 1] = id
-  add_event(KEYS[3], tonumber(ARGV[4]), count == 1, 'type', 'started', 'time', now, 'job', id,
-    'plugin', plugin, 'attempt', state.attempts, 'worker', ARGV[3])
+  add_event(KEYS[3], tonumber(ARGV[4]), count == 1, 'type', 'started', 'time', now_text, 'job', id,
+    'plugin', plugin, 'attempt', digits(state.attempts), 'worker', ARGV[3])
   report(id, payload, encoded, state.token, plugin, '')
   taken = taken + 1
 end
