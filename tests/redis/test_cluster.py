@@ -152,3 +152,50 @@ def test_an_idle_worker_on_a_cluster_stops_at_once_and_a_trickled_job_still_wake
             assert queue.result(job.id, timeout=4) == {"action": "echo"}  # woken, not timed out
     finally:
         worker.close()
+
+
+def test_a_worker_waits_out_a_slot_the_cluster_does_not_serve_and_carries_on(
+    redis_cluster: RedisClusterServers, namespaces: list[str]
+) -> None:
+    # CLUSTERDOWN (and a client's SlotNotCoveredError) is what a master's failure or a
+    # resharding looks like: a worker must back off and retry, as when Redis is unreachable,
+    # not die. The namespace's slot is taken from its master, then given back.
+    namespace = f"c-{uuid.uuid4().hex[:8]}"
+    namespaces.append(namespace)
+    worker = Worker(["test_only"], redis_cluster.url, namespace=namespace, mode="thread", poll_s=0.2)
+    assert isinstance(worker.engine, RedisEngine)
+    slot = worker.engine.client.keyslot(worker.engine.keys.seq)
+    owner = next(s for s in redis_cluster.servers if any(a <= slot <= b for a, b in _slot_ranges(s)))
+    crashed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            worker.work()
+        except BaseException as exc:  # reported by the test
+            crashed.append(exc)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        with cluster_queue(redis_cluster, namespace) as queue:
+            assert queue.result(queue.enqueue("test_only", {"action": "echo", "n": 1}).id, timeout=10)
+            time.sleep(1.0)  # idle: in the dispatcher's own wait
+            owner.client.execute_command("CLUSTER", "DELSLOTS", slot)
+            try:
+                time.sleep(4.0)  # the worker's waits and fetches fail meanwhile
+                assert not crashed and thread.is_alive(), crashed
+            finally:
+                owner.client.execute_command("CLUSTER", "ADDSLOTS", slot)
+            job = queue.enqueue("test_only", {"action": "echo", "n": 2})
+            assert queue.result(job.id, timeout=30) == {"action": "echo", "n": 2}
+        assert not crashed and thread.is_alive(), crashed
+    finally:
+        worker.stop()
+        thread.join(30)
+        worker.close()
+
+
+def _slot_ranges(server: Any) -> list[tuple[int, int]]:
+    """The slot ranges ``server`` itself serves (from CLUSTER SLOTS, by its port)."""
+    ranges = server.client.execute_command("CLUSTER", "SLOTS")
+    return [(int(start), int(end)) for start, end, master, *_ in ranges if int(master[1]) == server.port]

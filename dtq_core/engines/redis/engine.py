@@ -125,6 +125,13 @@ _APPENDED = {"1": AppendOutcome.CREATED, "2": AppendOutcome.EXISTS, "0": AppendO
 _INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
 #: A stream entry id: ms-seq (or ms alone, which Redis reads as ms-0).
 _STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
+#: What a Redis Cluster answers while a slot has no master to serve it (CLUSTERDOWN,
+#: MASTERDOWN, TRYAGAIN during a move; the client's own "slot not covered").
+_CLUSTER_IN_TRANSITION = (
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
 
 
 class RedisEngine(Engine):
@@ -1059,6 +1066,15 @@ class RedisEngine(Engine):
             raise EngineUnavailable(
                 f"cannot reach Redis at {mask_url(self.url)}: {str(exc).rstrip('.')}. Is "
                 "redis-server running there? Set the URL with --url or DTQ_URL"
+            ) from exc
+        except _CLUSTER_IN_TRANSITION as exc:
+            # A master down or failing over, or the slot on the move: passing, as an
+            # unreachable server is, so workers back off and retry rather than stop.
+            raise EngineUnavailable(
+                f"Redis Cluster at {mask_url(self.url)} does not serve the slot of namespace "
+                f"{self.keys.namespace!r} now ({exc}): a master is down or failing over, or the "
+                "slot is being moved. Retrying is safe; CLUSTER INFO and CLUSTER SHARDS show "
+                "the cluster's state"
             ) from exc
         except redis.exceptions.NoPermissionError as exc:
             raise EngineError(
