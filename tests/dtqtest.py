@@ -258,11 +258,8 @@ def works_once(*args: Any) -> None:
     runner.child_main(*args)
 
 
-def stop_when_idle(worker: Worker) -> float:
-    """Run ``worker`` in a thread until it is in its idle wait, then stop it; how long the stop took.
-
-    Raises AssertionError if it never waited or did not stop within 10 s.
-    """
+def noting_idle_waits(worker: Worker) -> threading.Event:
+    """An event set each time ``worker`` goes into its idle wait (``Engine.wait_and_fetch``)."""
     waiting = threading.Event()
     wait_and_fetch = worker.engine.wait_and_fetch
 
@@ -271,6 +268,15 @@ def stop_when_idle(worker: Worker) -> float:
         return wait_and_fetch(*args, **kwargs)
 
     worker.engine.wait_and_fetch = noted  # type: ignore[method-assign]
+    return waiting
+
+
+def stop_when_idle(worker: Worker) -> float:
+    """Run ``worker`` in a thread until it is in its idle wait, then stop it; how long the stop took.
+
+    Raises AssertionError if it never waited or did not stop within 10 s.
+    """
+    waiting = noting_idle_waits(worker)
     thread = threading.Thread(target=worker.work)
     thread.start()
     try:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dtqtest import RedisClusterServers, running, stop_when_idle
+from dtqtest import RedisClusterServers, noting_idle_waits, running, stop_when_idle
 
 from dtq_core import JobStatus, Queue, ReleaseOutcome, Worker, open_engine
 from dtq_core.engines.redis import RedisEngine
@@ -47,6 +47,12 @@ def run_mixed_jobs(cluster: RedisClusterServers, namespace: str) -> None:
         assert queue.result("ok", timeout=5) == {"action": "echo"}
 
 
+def fresh_namespace(namespaces: list[str]) -> str:
+    """A new namespace, noted for the fixture to clean up."""
+    namespaces.append(f"c-{uuid.uuid4().hex[:8]}")
+    return namespaces[-1]
+
+
 @pytest.fixture
 def namespaces(redis_cluster: RedisClusterServers) -> Iterator[list[str]]:
     made: list[str] = []
@@ -62,8 +68,7 @@ def namespaces(redis_cluster: RedisClusterServers) -> Iterator[list[str]]:
 def test_every_key_of_a_namespace_is_in_one_slot_on_one_master(
     redis_cluster: RedisClusterServers, namespaces: list[str]
 ) -> None:
-    namespace = f"c-{uuid.uuid4().hex[:8]}"
-    namespaces.append(namespace)
+    namespace = fresh_namespace(namespaces)
     run_mixed_jobs(redis_cluster, namespace)
     found = {server.port: server.client.keys(f"dtq:{{{namespace}}}:*") for server in redis_cluster.servers}
     holders = [port for port, keys in found.items() if keys]
@@ -97,8 +102,7 @@ def test_namespaces_on_different_masters_each_work(
 def test_scripts_are_loaded_again_after_every_node_forgets_them(
     redis_cluster: RedisClusterServers, namespaces: list[str]
 ) -> None:
-    namespace = f"c-{uuid.uuid4().hex[:8]}"
-    namespaces.append(namespace)
+    namespace = fresh_namespace(namespaces)
     with cluster_queue(redis_cluster, namespace) as queue:
         queue.enqueue("test_only", {"action": "echo"}, id="before")
         for server in redis_cluster.servers:
@@ -122,8 +126,7 @@ def test_an_idle_worker_on_a_cluster_stops_at_once_and_a_trickled_job_still_wake
     # A cluster's worker waits with a BLPOP of its own (its pipelines refuse scripts): on the
     # plugins' hint lists and its wake-up list, all in the namespace's slot. Before, a stop
     # waited out the BLPOP (up to 5 s).
-    namespace = f"c-{uuid.uuid4().hex[:8]}"
-    namespaces.append(namespace)
+    namespace = fresh_namespace(namespaces)
 
     def make() -> Worker:
         return Worker(["test_only"], redis_cluster.url, namespace=namespace, mode="thread", poll_s=30.0)
@@ -136,14 +139,7 @@ def test_an_idle_worker_on_a_cluster_stops_at_once_and_a_trickled_job_still_wake
     finally:
         worker.close()
     worker = make()
-    waiting = threading.Event()
-    wait_and_fetch = worker.engine.wait_and_fetch
-
-    def noted(*args: Any, **kwargs: Any) -> Any:
-        waiting.set()
-        return wait_and_fetch(*args, **kwargs)
-
-    worker.engine.wait_and_fetch = noted  # type: ignore[method-assign]
+    waiting = noting_idle_waits(worker)
     try:
         with cluster_queue(redis_cluster, namespace) as queue, running(worker):
             assert waiting.wait(20)
@@ -160,8 +156,7 @@ def test_a_worker_waits_out_a_slot_the_cluster_does_not_serve_and_carries_on(
     # CLUSTERDOWN (and a client's SlotNotCoveredError) is what a master's failure or a
     # resharding looks like: a worker must back off and retry, as when Redis is unreachable,
     # not die. The namespace's slot is taken from its master, then given back.
-    namespace = f"c-{uuid.uuid4().hex[:8]}"
-    namespaces.append(namespace)
+    namespace = fresh_namespace(namespaces)
     worker = Worker(["test_only"], redis_cluster.url, namespace=namespace, mode="thread", poll_s=0.2)
     assert isinstance(worker.engine, RedisEngine)
     slot = worker.engine.client.keyslot(worker.engine.keys.seq)
