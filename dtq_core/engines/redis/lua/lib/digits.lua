@@ -2,7 +2,7 @@
 -- A whole number as its decimal digits, for a command's argument or a JSON
 -- text. Given a Lua number, Redis and cjson write it with snprintf's "%.17g"
 -- or "%.14g", whose float formatting cost more server work than anything
--- else a job does (a quarter of a processed job's instructions, counted with
+-- else a job does (over a fifth of a processed job's instructions, counted with
 -- callgrind); "%d" writes an integer for about three quarters of that.
 -- Lua's "%d" goes through a C long: where that has 32 bits (a 32-bit build)
 -- a time in ms would overflow, so there every number comes back as it was.
