@@ -7,11 +7,12 @@ import enum
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
-from dtqtest import RedisServer, free_port, running, stop_when_idle
+from dtqtest import RedisServer, free_port, running, stop_when_idle, wait_for
 
 from dtq_core import (
     Completion,
@@ -25,6 +26,7 @@ from dtq_core import (
     Worker,
 )
 from dtq_core.engines.redis import Keys, RedisEngine
+from dtq_core.engines.redis.engine import _changing_role
 
 MakeWorker = Callable[..., Worker]
 
@@ -566,3 +568,131 @@ def test_a_completion_refuses_a_state_that_json_cannot_write_back_and_writes_not
     assert client.hget(keys.state, "inf") == spoiled
     assert client.zscore(keys.active("test_only"), "inf") is not None
     assert not client.hexists(keys.succeeded, "inf")
+
+
+@pytest.fixture
+def replica_pair(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
+    """Two redis-servers of the test's own: the one dtq uses, and one it can turn replica of.
+
+    Turning replica, the first resyncs from the (empty) second: its data goes, which a
+    real failover would not do; the tests need only its answers meanwhile.
+    """
+    servers: list[RedisServer] = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            servers.append(RedisServer(tmp_path / name))
+        yield servers[0], servers[1]
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_a_worker_whose_server_turns_replica_backs_off_and_carries_on(
+    replica_pair: tuple[RedisServer, RedisServer], namespace: str
+) -> None:
+    # A failover behind one address (a managed Redis whose DNS name moves to the new
+    # master) leaves a worker talking to the old master, now a replica: writes answer
+    # READONLY, a blocked BLPOP UNBLOCKED. The worker must back off and carry on, not die.
+    # Here the one server turns replica of another for 3 s, then master again.
+    server, other = replica_pair
+    crashed: list[BaseException] = []
+    worker = Worker(["test_only"], server.url, namespace=namespace, mode="thread", poll_s=0.2)
+
+    def work() -> None:
+        try:
+            worker.work()
+        except BaseException as exc:  # reported by the test
+            crashed.append(exc)
+
+    thread = threading.Thread(target=work, daemon=True)
+    try:
+        with Queue(["test_only"], server.url, namespace=namespace) as queue:
+            thread.start()
+            assert queue.result(queue.enqueue("test_only", {"action": "echo", "n": 1}).id, timeout=10)
+            server.client.replicaof("127.0.0.1", str(other.port))
+            try:
+                time.sleep(3.0)  # its waits, fetches and heartbeats fail meanwhile
+                assert not crashed and thread.is_alive(), crashed
+            finally:
+                server.client.replicaof("no", "one")
+            job = queue.enqueue("test_only", {"action": "echo", "n": 2})
+            assert queue.result(job.id, timeout=30) == {"action": "echo", "n": 2}
+        assert not crashed and thread.is_alive(), crashed
+    finally:
+        worker.stop()
+        thread.join(30)
+        worker.close()
+    assert not thread.is_alive(), "the worker did not stop"
+
+
+def test_a_producer_whose_server_turns_replica_is_told_so_and_drops_its_connections(
+    replica_pair: tuple[RedisServer, RedisServer], namespace: str
+) -> None:
+    # Its connections are dropped, so a retry connects afresh, to wherever a name that moved
+    # points now (Redis itself closes only the connections blocked at the change).
+    server, other = replica_pair
+    name = "dtq-test-producer"
+
+    def connections() -> set[str]:
+        return {c["id"] for c in server.client.client_list() if c["name"] == name}
+
+    with Queue(["test_only"], f"{server.url}?client_name={name}", namespace=namespace) as queue:
+        queue.enqueue("test_only", {"action": "echo"})
+        queue.stats()  # a pooled connection too, besides the one kept for script calls
+        before = connections()
+        server.client.replicaof("127.0.0.1", str(other.port))
+        try:
+            with pytest.raises(EngineUnavailable, match=r"cannot take dtq's writes now .* replica"):
+                queue.enqueue("test_only", {"action": "echo"})
+            # The server lists a client it was told of closing until it has freed it.
+            assert before and wait_for(lambda: not before & connections(), timeout=10), connections()
+        finally:
+            server.client.replicaof("no", "one")
+        assert queue.enqueue("test_only", {"action": "echo"}).id
+
+
+def test_a_master_short_of_replicas_is_a_passing_trouble_with_its_reason(
+    replica_pair: tuple[RedisServer, RedisServer], namespace: str
+) -> None:
+    server, _ = replica_pair
+    with Queue(["test_only"], server.url, namespace=namespace) as queue:
+        server.client.config_set("min-replicas-to-write", 1)
+        with pytest.raises(EngineUnavailable, match="refuses writes until enough replicas"):
+            queue.enqueue("test_only", {"action": "echo"})
+        server.client.config_set("min-replicas-to-write", 0)
+        assert queue.enqueue("test_only", {"action": "echo"}).id
+
+
+@pytest.mark.parametrize(
+    ("error", "changing"),
+    [
+        (redis.exceptions.ReadOnlyError("You can't write against a read only replica."), True),
+        (
+            redis.ResponseError("UNBLOCKED force unblock from blocking operation, instance state changed"),
+            True,
+        ),
+        (
+            redis.ResponseError(
+                "Command # 2 (BLPOP k 1) of pipeline caused error: UNBLOCKED force unblock from blocking"
+            ),
+            True,
+        ),
+        (  # Redis 6: a script's write on a replica
+            redis.ResponseError(
+                "Error running script (call to f_1): @user_script:1: -READONLY You can't write against"
+            ),
+            True,
+        ),
+        (redis.ResponseError("UNBLOCKED client unblocked via CLIENT UNBLOCK"), False),
+        (  # the words in a job id, not in the error
+            redis.ResponseError(
+                "Command # 1 (HGET h UNBLOCKED force unblock) of pipeline caused error: WRONGTYPE x"
+            ),
+            False,
+        ),
+        (redis.ResponseError("ERR unknown command"), False),
+    ],
+)
+def test_what_counts_as_a_server_changing_role(error: redis.RedisError, changing: bool) -> None:
+    assert _changing_role(error) is changing

@@ -127,6 +127,7 @@ _INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
 _STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 #: What a Redis Cluster answers while a slot has no master to serve it (CLUSTERDOWN,
 #: MASTERDOWN, TRYAGAIN during a move; the client's own "slot not covered").
+#: MASTERDOWN also comes from a replica cut off from its master (below).
 _CLUSTER_IN_TRANSITION = (
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
@@ -1068,6 +1069,10 @@ class RedisEngine(Engine):
                 "redis-server running there? Set the URL with --url or DTQ_URL"
             ) from exc
         except _CLUSTER_IN_TRANSITION as exc:
+            if isinstance(exc, redis.exceptions.MasterDownError) and not isinstance(
+                self.client, RedisCluster
+            ):
+                raise self._role_changing(exc) from exc  # a replica cut off from its master
             # A master down or failing over, or the slot on the move: passing, as an
             # unreachable server is, so workers back off and retry rather than stop.
             raise EngineUnavailable(
@@ -1083,7 +1088,47 @@ class RedisEngine(Engine):
                 "or set dtq's prefix to one it allows"
             ) from exc
         except redis.RedisError as exc:
+            if _changing_role(exc):
+                raise self._role_changing(exc) from exc
+            if _error_text(exc).startswith("NOREPLICAS "):
+                raise EngineUnavailable(
+                    f"Redis at {mask_url(self.url)} refuses writes until enough replicas are in "
+                    f"touch ({exc}; its min-replicas-to-write). dtq retries; check the replicas "
+                    "(INFO replication)"
+                ) from exc
             raise EngineError(f"Redis at {mask_url(self.url)} answered with an error: {exc}") from exc
+
+    def _role_changing(self, exc: Exception) -> EngineUnavailable:
+        """What a server that is, or is becoming, a replica answered, as a passing trouble.
+
+        A failover behind one address (a managed Redis whose name moves to the new
+        master) leaves open connections on the old master, now a replica: they are
+        dropped, so that the retry connects afresh to wherever the name points now.
+        """
+        self._drop_idle_connections()
+        return EngineUnavailable(
+            f"Redis at {mask_url(self.url)} cannot take dtq's writes now ({exc}): it is a "
+            "replica, or turning into one in a failover. dtq reconnects and retries; if the "
+            "URL names a replica, point it at the master (or use redis+sentinel://)"
+        )
+
+    def _drop_idle_connections(self) -> None:
+        """Disconnect the connections no call is using now; each reconnects when next used.
+
+        Best effort: a failure here must not hide the error being reported.
+        """
+        if isinstance(self.client, RedisCluster):
+            return  # it finds a slot's new master by itself
+        try:
+            if self._wire is not None:
+                self._wire.drop_free()
+            single = self.client.connection  # a client made with single_connection_client
+            if single is not None:
+                with self.client.single_connection_lock:
+                    single.disconnect()  # type: ignore[no-untyped-call]
+            self.client.connection_pool.disconnect(inuse_connections=False)
+        except Exception as exc:  # best effort, as said above
+            log.debug("could not drop idle Redis connections: %s", exc)
 
     # --- browsing (see :mod:`.browse`) -------------------------------------------
 
@@ -1303,3 +1348,22 @@ def _job(
     errors: Sequence[str] = (),
 ) -> Job:
     return job_from_state(job_id, payload, state_json, result_json, error_json, errors)
+
+
+def _error_text(exc: redis.RedisError) -> str:
+    """An error reply's text, after a pipeline's "Command # n (...) of pipeline caused
+    error: " (whose command text may hold anything: a job id, say)."""
+    return str(exc).rpartition(" of pipeline caused error: ")[2]
+
+
+def _changing_role(exc: redis.RedisError) -> bool:
+    """True for what a server answers while it is, or is becoming, a replica: READONLY
+    (the client maps it to ReadOnlyError; before Redis 7 a script's write came back
+    inside an ERR), and UNBLOCKED for a wait it ended on becoming one (not the one of
+    CLIENT UNBLOCK). MASTERDOWN comes as the Cluster's MasterDownError, seen to above."""
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return True
+    text = _error_text(exc)
+    return text.startswith("UNBLOCKED force unblock") or (
+        text.startswith("Error running script") and "-READONLY " in text
+    )

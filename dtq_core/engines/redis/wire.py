@@ -194,6 +194,18 @@ class Connections:
         finally:
             self._free.append(conn)
 
+    def drop_free(self) -> None:
+        """Disconnect the kept connections no exchange is using (each reconnects when next used).
+
+        Each is taken from the free list before it is disconnected, as an exchange
+        takes one: never one that another thread took meanwhile and is using.
+        """
+        dropped: list[AbstractConnection] = []
+        while (conn := self._kept()) is not None:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            dropped.append(conn)
+        self._free.extend(dropped)
+
     def _kept(self) -> AbstractConnection | None:
         """A kept connection, or None if there is none free."""
         if self._pid != os.getpid():  # a forked child must not share its parent's sockets
