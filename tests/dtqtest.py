@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import random
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +292,29 @@ def stop_when_idle(worker: Worker) -> float:
     finally:
         worker.stop()
         thread.join(10)
+
+
+@contextlib.contextmanager
+def working(worker: Worker) -> Iterator[Callable[[], None]]:
+    """Run ``worker.work()`` in a thread for the block; yield a check that it still runs
+    (raises AssertionError with what ended it otherwise). Stops it at the end."""
+    crashed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            worker.work()
+        except BaseException as exc:  # reported by the check
+            crashed.append(exc)
+
+    thread = threading.Thread(target=work, name="test-worker", daemon=True)
+    thread.start()
+
+    def still_working() -> None:
+        assert not crashed and thread.is_alive(), f"the worker's run ended: {crashed}"
+
+    try:
+        yield still_working
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive(), "the worker did not stop within 30 s"

@@ -7,14 +7,13 @@ scripts come back after a node forgets them.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dtqtest import RedisClusterServers, noting_idle_waits, running, stop_when_idle
+from dtqtest import RedisClusterServers, noting_idle_waits, running, stop_when_idle, working
 
 from dtq_core import JobStatus, Queue, ReleaseOutcome, Worker, open_engine
 from dtq_core.engines.redis import RedisEngine
@@ -161,32 +160,20 @@ def test_a_worker_waits_out_a_slot_the_cluster_does_not_serve_and_carries_on(
     assert isinstance(worker.engine, RedisEngine)
     slot = worker.engine.client.keyslot(worker.engine.keys.seq)
     owner = next(s for s in redis_cluster.servers if any(a <= slot <= b for a, b in _slot_ranges(s)))
-    crashed: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            worker.work()
-        except BaseException as exc:  # reported by the test
-            crashed.append(exc)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
     try:
-        with cluster_queue(redis_cluster, namespace) as queue:
+        with cluster_queue(redis_cluster, namespace) as queue, working(worker) as still_working:
             assert queue.result(queue.enqueue("test_only", {"action": "echo", "n": 1}).id, timeout=10)
             time.sleep(1.0)  # idle: in the dispatcher's own wait
             owner.client.execute_command("CLUSTER", "DELSLOTS", slot)
             try:
                 time.sleep(4.0)  # the worker's waits and fetches fail meanwhile
-                assert not crashed and thread.is_alive(), crashed
+                still_working()
             finally:
                 owner.client.execute_command("CLUSTER", "ADDSLOTS", slot)
             job = queue.enqueue("test_only", {"action": "echo", "n": 2})
             assert queue.result(job.id, timeout=30) == {"action": "echo", "n": 2}
-        assert not crashed and thread.is_alive(), crashed
+            still_working()
     finally:
-        worker.stop()
-        thread.join(30)
         worker.close()
 
 

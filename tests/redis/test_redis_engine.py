@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from dtqtest import RedisServer, free_port, running, stop_when_idle, wait_for
+from dtqtest import RedisServer, free_port, running, stop_when_idle, wait_for, working
 
 from dtq_core import (
     Completion,
@@ -596,34 +596,21 @@ def test_a_worker_whose_server_turns_replica_backs_off_and_carries_on(
     # READONLY, a blocked BLPOP UNBLOCKED. The worker must back off and carry on, not die.
     # Here the one server turns replica of another for 3 s, then master again.
     server, other = replica_pair
-    crashed: list[BaseException] = []
     worker = Worker(["test_only"], server.url, namespace=namespace, mode="thread", poll_s=0.2)
-
-    def work() -> None:
-        try:
-            worker.work()
-        except BaseException as exc:  # reported by the test
-            crashed.append(exc)
-
-    thread = threading.Thread(target=work, daemon=True)
     try:
-        with Queue(["test_only"], server.url, namespace=namespace) as queue:
-            thread.start()
+        with Queue(["test_only"], server.url, namespace=namespace) as queue, working(worker) as still_working:
             assert queue.result(queue.enqueue("test_only", {"action": "echo", "n": 1}).id, timeout=10)
             server.client.replicaof("127.0.0.1", str(other.port))
             try:
                 time.sleep(3.0)  # its waits, fetches and heartbeats fail meanwhile
-                assert not crashed and thread.is_alive(), crashed
+                still_working()
             finally:
                 server.client.replicaof("no", "one")
             job = queue.enqueue("test_only", {"action": "echo", "n": 2})
             assert queue.result(job.id, timeout=30) == {"action": "echo", "n": 2}
-        assert not crashed and thread.is_alive(), crashed
+            still_working()
     finally:
-        worker.stop()
-        thread.join(30)
         worker.close()
-    assert not thread.is_alive(), "the worker did not stop"
 
 
 def test_a_producer_whose_server_turns_replica_is_told_so_and_drops_its_connections(
