@@ -295,7 +295,7 @@ class Worker:
             self._hand_back_waiting()
             pool.shutdown(grace, before_kill=self._hand_back)
             self._unregister()
-            self._waker = None  # also if the waker's own exit was cut short
+            self._waker = None  # registered by its __enter__; forgotten here, even if a signal cut that short
             self._stopping.clear()  # a stopped worker can be run again
         if self._failure is not None:
             raise self._failure
@@ -1265,7 +1265,6 @@ class _Waker:
             self._tell.close()
             if not self._thread.is_alive():
                 self._told.close()
-            self.worker._waker = None
 
     def poke(self) -> None:
         """Have the thread wake the dispatcher (or, once done, end); safe in a signal handler."""
