@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from dtq_core import Worker
-from dtq_core.testing import running, wait_for
+from dtq_core.testing import WorkerThread, running, wait_for
 
 __all__ = [
     "FakeSite",
@@ -298,23 +298,10 @@ def stop_when_idle(worker: Worker) -> float:
 def working(worker: Worker) -> Iterator[Callable[[], None]]:
     """Run ``worker.work()`` in a thread for the block; yield a check that it still runs
     (raises AssertionError with what ended it otherwise). Stops it at the end."""
-    crashed: list[BaseException] = []
+    with WorkerThread(worker) as thread:
 
-    def work() -> None:
-        try:
-            worker.work()
-        except BaseException as exc:  # reported by the check
-            crashed.append(exc)
+        def still_working() -> None:
+            thread.check()
+            assert thread.is_alive(), "the worker's run ended before it was stopped"
 
-    thread = threading.Thread(target=work, name="test-worker", daemon=True)
-    thread.start()
-
-    def still_working() -> None:
-        assert not crashed and thread.is_alive(), f"the worker's run ended: {crashed}"
-
-    try:
         yield still_working
-    finally:
-        worker.stop()
-        thread.join(30)
-    assert not thread.is_alive(), "the worker did not stop within 30 s"

@@ -21,7 +21,8 @@ Fixtures:
   the final :class:`~dtq_core.Job`.
 
 Assertions and helpers (plain functions, usable anywhere): :func:`assert_succeeded`,
-:func:`assert_failed`, :func:`check_plugin_installed`, :func:`wait_for`, :func:`running`.
+:func:`assert_failed`, :func:`check_plugin_installed`, :func:`wait_for`, :func:`running` (and its
+:class:`WorkerThread`).
 
 Engine authors: :mod:`dtq_core.testing.contract` is the suite every engine must pass.
 """
@@ -111,17 +112,64 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
     pytest.fail(f"condition not met within {timeout} s")
 
 
+class WorkerThread:
+    """A context manager running ``worker.work()`` in a daemon thread for its block, then stopping it.
+
+    A run that raises has crashed, and the jobs it was to run are left
+    waiting: :meth:`check`, and the end of the block, fail with that exception
+    as the cause, rather than let a test time out on a job nothing runs. An
+    exception from the block itself wins over what stopping finds.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.crash: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="test-worker", daemon=True)
+
+    def __enter__(self) -> WorkerThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is None:
+            self.stop()
+            return
+        with contextlib.suppress(AssertionError):  # the block's own failure says more
+            self.stop()
+
+    def _work(self) -> None:
+        try:
+            self.worker.work()
+        except BaseException as exc:  # a thread's exception would only be printed
+            self.crash = exc
+
+    def is_alive(self) -> bool:
+        """True while the run goes on."""
+        return self._thread.is_alive()
+
+    def check(self) -> None:
+        """Fail (AssertionError, caused by the crash) if the run raised."""
+        if self.crash is not None:
+            raise AssertionError(f"the worker's run ended with {self.crash!r}") from self.crash
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the worker and wait for its run to end; fail if it raised or does not end."""
+        self.worker.stop()
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), f"the worker did not stop within {timeout_s:g} s"
+        self.check()
+
+
 @contextlib.contextmanager
 def running(worker: Worker) -> Iterator[Worker]:
-    """Run ``worker.work()`` in a thread for the duration of the block, then stop it."""
-    thread = threading.Thread(target=worker.work, name="test-worker", daemon=True)
-    thread.start()
-    try:
+    """Run ``worker.work()`` in a thread for the duration of the block, then stop it.
+
+    Raises:
+        AssertionError: at the block's end, if the worker's run raised (the
+            exception is the cause) or did not stop within 30 s.
+    """
+    with WorkerThread(worker):
         yield worker
-    finally:
-        worker.stop()
-        thread.join(30)
-        assert not thread.is_alive(), "the worker did not stop within 30 s"
 
 
 def run_job(

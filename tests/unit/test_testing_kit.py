@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dtq_core import Job, JobStatus, Queue, ValidationError
-from dtq_core.testing import assert_failed, assert_succeeded, check_plugin_installed
+from dtq_core import Job, JobStatus, Queue, ValidationError, Worker
+from dtq_core.engine import Batch
+from dtq_core.engines.memory import MemoryEngine
+from dtq_core.errors import EngineError
+from dtq_core.testing import (
+    WorkerThread,
+    assert_failed,
+    assert_succeeded,
+    check_plugin_installed,
+    running,
+    wait_for,
+)
 
 RunJob = Callable[..., Job]
 
@@ -86,3 +98,51 @@ def test_the_same_tests_run_on_redis_with_dtq_url(tmp_path: Path, redis_url: str
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 passed" in proc.stdout
+
+
+class _BrokenStore(MemoryEngine):
+    """A memory engine whose store fails every fetch with an error no retry mends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = threading.Event()
+
+    def fetch(self, *args: Any, **kwargs: Any) -> Batch:
+        self.asked.set()
+        raise EngineError("the store broke")
+
+    def wait_and_fetch(self, *args: Any, **kwargs: Any) -> Batch:
+        return self.fetch()
+
+
+def test_running_fails_the_block_with_what_ended_the_worker() -> None:
+    worker = Worker(["test_only"], engine=_BrokenStore(), mode="thread", poll_s=0.05)
+    with (
+        pytest.raises(AssertionError, match="the worker's run ended with EngineError") as caught,
+        WorkerThread(worker) as thread,
+    ):
+        wait_for(lambda: not thread.is_alive())
+        with pytest.raises(AssertionError, match="the worker's run ended with EngineError"):
+            thread.check()
+    assert isinstance(caught.value.__cause__, EngineError)
+    engine = _BrokenStore()
+    worker = Worker(["test_only"], engine=engine, mode="thread", poll_s=0.05)
+    with pytest.raises(AssertionError, match="the worker's run ended with EngineError"), running(worker):
+        assert engine.asked.wait(10)
+
+
+def test_running_lets_the_block_s_own_failure_through() -> None:
+    worker = Worker(["test_only"], engine=_BrokenStore(), mode="thread", poll_s=0.05)
+    with pytest.raises(KeyError, match="the block's"), running(worker):
+        raise KeyError("the block's")
+
+
+def test_running_ends_quietly_for_a_worker_that_was_only_stopped(
+    dtq_queue: Queue, dtq_make_worker: Callable[..., Worker]
+) -> None:
+    job = dtq_queue.enqueue("test_only", {"action": "echo"})
+    with running(dtq_make_worker(mode="thread", poll_s=0.05)):
+        done = wait_for(
+            lambda: (found := dtq_queue.get(job.id)) is not None and found.status.is_final and found
+        )
+    assert_succeeded(done, {"action": "echo"})
