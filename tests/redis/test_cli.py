@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from dtqtest import FakeSite, dtq_command, free_port, unique_module
 
 RunDtq = Callable[..., subprocess.CompletedProcess[str]]
@@ -115,17 +117,38 @@ def test_malformed_job_data(run_dtq: RunDtq) -> None:
     assert_clean_error(invalid, 1, "needs data.seconds")
 
 
-def test_unreachable_redis_names_the_url_and_exits_3(run_dtq: RunDtq, dtq_env: dict[str, str]) -> None:
-    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
-    env = dict(dtq_env, DTQ_URL=url)
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("redis://:s3cret@127.0.0.1:{port}/0", "cannot reach Redis at redis://:***@127.0.0.1"),
+        # A Cluster client connects as it is made (a traceback from its constructor, before).
+        (
+            "redis+cluster://:s3cret@127.0.0.1:{port}",
+            "cannot reach Redis Cluster at redis+cluster://:***@127.0.0.1",
+        ),
+    ],
+)
+def test_unreachable_redis_names_the_url_and_exits_3(
+    run_dtq: RunDtq, dtq_env: dict[str, str], url: str, said: str
+) -> None:
+    env = dict(dtq_env, DTQ_URL=url.format(port=free_port()))
     for args in (
         ("enqueue", "test_only", "--data", '{"action": "echo"}'),
         ("status", "x"),
         ("worker", "--burst"),
     ):
         proc = run_dtq(*args, env=env)
-        assert_clean_error(proc, 3, "cannot reach Redis at redis://:***@127.0.0.1")
+        assert_clean_error(proc, 3, said)
         assert "s3cret" not in proc.stderr
+
+
+def test_a_cluster_url_for_a_lone_server_says_it_is_not_a_cluster(
+    run_dtq: RunDtq, dtq_env: dict[str, str]
+) -> None:
+    lone = urllib.parse.urlsplit(dtq_env["DTQ_URL"])
+    env = dict(dtq_env, DTQ_URL=f"redis+cluster://{lone.hostname}:{lone.port}")
+    proc = run_dtq("stats", env=env)
+    assert_clean_error(proc, 3, "Cluster mode is not enabled", "is it a cluster node (cluster-enabled yes)?")
 
 
 def test_a_misspelt_url_option_is_named_not_a_traceback(run_dtq: RunDtq, dtq_env: dict[str, str]) -> None:

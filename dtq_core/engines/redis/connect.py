@@ -27,7 +27,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from dtq_core.config import mask_url
-from dtq_core.errors import EngineError
+from dtq_core.errors import EngineError, EngineUnavailable
 
 #: A client for one server (or a Sentinel-managed master), or a cluster client.
 Client = redis.Redis | RedisCluster
@@ -41,6 +41,8 @@ def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, retr
 
     Raises:
         EngineError: the URL is malformed; the message says what is wrong.
+        EngineUnavailable: no node of a Cluster URL answered (a Cluster client
+            connects as it is made; the others connect on their first command).
     """
     common: dict[str, Any] = {
         "decode_responses": True,
@@ -68,6 +70,14 @@ def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, retr
             )
     except (ValueError, TypeError) as exc:
         raise EngineError(f"bad Redis URL {mask_url(url)!r}: {exc}") from exc
+    except (redis.exceptions.RedisClusterException, redis.RedisError) as exc:
+        # A Cluster client learns the slots as it is made: no node answering is
+        # an unreachable server, as a plain client finds on its first command.
+        raise EngineUnavailable(
+            f"cannot reach Redis Cluster at {mask_url(url)}: {str(exc).rstrip('.')}. Is at least one "
+            "node listed in the URL up, and is it a cluster node (cluster-enabled yes)? Set the "
+            "URL with --url or DTQ_URL"
+        ) from exc
     _check_options(client, url)
     return client
 
