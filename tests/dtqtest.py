@@ -83,8 +83,19 @@ class RedisServer:
             str(directory),
             *extra,
         ]
+        self._args = args
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self.client = redis.Redis(port=self.port, decode_responses=True)
+        self._wait_until_up()
+
+    def kill(self) -> None:
+        """SIGKILL the server (its data is gone; a cluster node's nodes.conf stays in its directory)."""
+        self.process.kill()
+        self.process.wait(10)
+
+    def start_again(self) -> None:
+        """Start the server again as it was first started, on the same port and directory."""
+        self.process = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self._wait_until_up()
 
     def _wait_until_up(self) -> None:
@@ -135,9 +146,9 @@ class RedisClusterServers:
             self.stop()
             pytest.fail(f"redis-cli --cluster create failed: {created.stdout}{created.stderr}")
         self.url = f"redis+cluster://{','.join(addresses)}"
-        wait_for(self._ready, timeout=30)
+        wait_for(self.is_ready, timeout=30)
 
-    def _ready(self) -> bool:
+    def is_ready(self) -> bool:
         return all("cluster_state:ok" in s.client.execute_command("CLUSTER", "INFO") for s in self.servers)
 
     def stop(self) -> None:

@@ -148,7 +148,7 @@ def test_a_cluster_url_for_a_lone_server_says_it_is_not_a_cluster(
     lone = urllib.parse.urlsplit(dtq_env["DTQ_URL"])
     env = dict(dtq_env, DTQ_URL=f"redis+cluster://{lone.hostname}:{lone.port}")
     proc = run_dtq("stats", env=env)
-    assert_clean_error(proc, 3, "Cluster mode is not enabled", "is it a cluster node (cluster-enabled yes)?")
+    assert_clean_error(proc, 1, "Cluster mode is not enabled", "for a lone server use redis:// instead")
 
 
 def test_a_misspelt_url_option_is_named_not_a_traceback(run_dtq: RunDtq, dtq_env: dict[str, str]) -> None:

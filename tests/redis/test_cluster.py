@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from dtqtest import RedisClusterServers, noting_idle_waits, running, stop_when_idle, working
+from dtqtest import RedisClusterServers, noting_idle_waits, running, stop_when_idle, wait_for, working
 
-from dtq_core import JobStatus, Queue, ReleaseOutcome, Worker, open_engine
+from dtq_core import EngineUnavailable, JobStatus, Queue, ReleaseOutcome, Worker, open_engine
 from dtq_core.engines.redis import RedisEngine
 
 
@@ -175,6 +176,33 @@ def test_a_worker_waits_out_a_slot_the_cluster_does_not_serve_and_carries_on(
             still_working()
     finally:
         worker.close()
+
+
+def test_a_worker_rides_out_the_whole_cluster_going_away(tmp_path: Path) -> None:
+    # With every node gone, redis-py's Cluster client raises its own exception
+    # (not a RedisError) when it tries to learn the slots again: the worker died of
+    # it. Now it backs off as for an unreachable server and carries on once the
+    # nodes are back (restarted from their nodes.conf; their data is gone).
+    cluster = RedisClusterServers(tmp_path)
+    worker = Worker(["test_only"], cluster.url, namespace="whole", mode="thread", poll_s=0.2)
+    try:
+        with cluster_queue(cluster, "whole") as queue, working(worker) as still_working:
+            assert queue.result(queue.enqueue("test_only", {"action": "echo", "n": 1}).id, timeout=10)
+            for server in cluster.servers:
+                server.kill()
+            time.sleep(2.0)  # the worker's waits fail meanwhile
+            still_working()
+            with pytest.raises(EngineUnavailable, match="cannot reach Redis Cluster at redis"):
+                queue.enqueue("test_only", {"action": "echo", "n": 2})
+            for server in cluster.servers:
+                server.start_again()
+            wait_for(cluster.is_ready, timeout=30)
+            job = queue.enqueue("test_only", {"action": "echo", "n": 3})
+            assert queue.result(job.id, timeout=30) == {"action": "echo", "n": 3}
+            still_working()
+    finally:
+        worker.close()
+        cluster.stop()
 
 
 def _slot_ranges(server: Any) -> list[tuple[int, int]]:

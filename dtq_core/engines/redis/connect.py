@@ -42,7 +42,8 @@ def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, retr
     Raises:
         EngineError: the URL is malformed; the message says what is wrong.
         EngineUnavailable: no node of a Cluster URL answered (a Cluster client
-            connects as it is made; the others connect on their first command).
+            connects as it is made; the others connect on their first command);
+            see :func:`cluster_trouble`.
     """
     common: dict[str, Any] = {
         "decode_responses": True,
@@ -70,14 +71,10 @@ def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, retr
             )
     except (ValueError, TypeError) as exc:
         raise EngineError(f"bad Redis URL {mask_url(url)!r}: {exc}") from exc
-    except (redis.exceptions.RedisClusterException, redis.RedisError) as exc:
+    except redis.exceptions.RedisClusterException as exc:
         # A Cluster client learns the slots as it is made: no node answering is
         # an unreachable server, as a plain client finds on its first command.
-        raise EngineUnavailable(
-            f"cannot reach Redis Cluster at {mask_url(url)}: {str(exc).rstrip('.')}. Is at least one "
-            "node listed in the URL up, and is it a cluster node (cluster-enabled yes)? Set the "
-            "URL with --url or DTQ_URL"
-        ) from exc
+        raise cluster_trouble(url, exc) from exc
     _check_options(client, url)
     return client
 
@@ -128,6 +125,26 @@ def engine_options(url: str) -> tuple[str, dict[str, Any]]:
                 f"bad Redis URL {mask_url(url)!r}: {name} must be a number, not {value!r}"
             ) from None
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept))), options
+
+
+def cluster_trouble(url: str, exc: redis.exceptions.RedisClusterException) -> EngineError:
+    """What a Cluster client's own exception (not a ``RedisError``) means for dtq.
+
+    The client raises one when it cannot learn the slots: from its
+    constructor, and again when every node has gone away (while it runs). With
+    a connection failure as its cause no node answered, which is a passing
+    trouble as an unreachable server is (workers back off and retry); any other
+    cause is a URL that does not name a cluster.
+    """
+    if isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
+        return EngineUnavailable(
+            f"cannot reach Redis Cluster at {mask_url(url)}: {str(exc).rstrip('.')}. Is at least "
+            "one node listed in the URL up? Set the URL with --url or DTQ_URL"
+        )
+    return EngineError(
+        f"Redis Cluster at {mask_url(url)} cannot be used: {str(exc).rstrip('.')}. List nodes of a "
+        "cluster (cluster-enabled yes) in the URL; for a lone server use redis:// instead"
+    )
 
 
 def _cluster(url: str, common: dict[str, Any]) -> RedisCluster:

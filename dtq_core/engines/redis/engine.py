@@ -47,7 +47,7 @@ from dtq_core.engine import (
     short_message,
 )
 from dtq_core.engines.redis import browse, wire
-from dtq_core.engines.redis.connect import Client, connect, engine_options
+from dtq_core.engines.redis.connect import Client, cluster_trouble, connect, engine_options
 from dtq_core.engines.redis.keys import Keys
 from dtq_core.errors import EngineError, EngineUnavailable, MalformedRecord
 from dtq_core.job import ErrorInfo, Job, JobStatus, encode_payload
@@ -1088,15 +1088,21 @@ class RedisEngine(Engine):
                 "or set dtq's prefix to one it allows"
             ) from exc
         except redis.RedisError as exc:
-            if _changing_role(exc):
-                raise self._role_changing(exc) from exc
-            if _error_text(exc).startswith("NOREPLICAS "):
-                raise EngineUnavailable(
-                    f"Redis at {mask_url(self.url)} refuses writes until enough replicas are in "
-                    f"touch ({exc}; its min-replicas-to-write). dtq retries; check the replicas "
-                    "(INFO replication)"
-                ) from exc
-            raise EngineError(f"Redis at {mask_url(self.url)} answered with an error: {exc}") from exc
+            raise self._error_answer(exc) from exc
+        except redis.exceptions.RedisClusterException as exc:  # not a RedisError: every node gone
+            raise cluster_trouble(self.url, exc) from exc
+
+    def _error_answer(self, exc: redis.RedisError) -> EngineError:
+        """What an error the server answered (none of those :meth:`_talking` names first) means."""
+        if _changing_role(exc):
+            return self._role_changing(exc)
+        if _error_text(exc).startswith("NOREPLICAS "):
+            return EngineUnavailable(
+                f"Redis at {mask_url(self.url)} refuses writes until enough replicas are in "
+                f"touch ({exc}; its min-replicas-to-write). dtq retries; check the replicas "
+                "(INFO replication)"
+            )
+        return EngineError(f"Redis at {mask_url(self.url)} answered with an error: {exc}")
 
     def _role_changing(self, exc: Exception) -> EngineUnavailable:
         """What a server that is, or is becoming, a replica answered, as a passing trouble.
