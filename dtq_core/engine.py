@@ -584,12 +584,17 @@ LOST_LEASE = ErrorInfo(
 
 
 def delivery_token(worker_id: str, state: dict[str, Any]) -> str:
-    """A leased job's fencing token: unique per delivery, as fetch.lua makes it.
+    """A leased job's fencing token: unique per delivery of its id, as fetch.lua makes it.
 
-    Deliveries handed back unstarted (:func:`uncount_attempt`) share attempt
-    numbers with the next, so their count is part of the token too.
+    The arrival number (``seq``) is new for each append and requeue, which
+    both start the attempts at 0 again: without it, a worker that leased an id,
+    lost the lease, and leased the id again after a requeue (or a re-append once
+    the first job's record expired) would hold its stale token again, and the
+    stale attempt's outcome would be taken. Deliveries handed back unstarted
+    (:func:`uncount_attempt`) share attempt numbers with the next, so their
+    count is part of the token too.
     """
-    token = f"{worker_id}/{state['attempts']}"
+    token = f"{worker_id}/{int(state.get('seq', 0))}/{state['attempts']}"
     returned = int(state.get("returned", 0))
     return f"{token}.{returned}" if returned else token
 

@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from dtq_core import Engine, JobStatus, Lease, Outcome, Queue, ReleaseOutcome, Worker
+from dtq_core import AppendOutcome, Engine, Job, JobStatus, Lease, Outcome, Queue, ReleaseOutcome, Worker
+from dtq_core.job import encode_payload
 
 
 def test_failing_plugin_marks_the_job_failed_and_the_worker_carries_on(
@@ -68,6 +69,44 @@ def test_completion_with_a_lost_lease_is_rejected(dtq_queue: Queue, dtq_engine: 
     final = dtq_queue.get("contested")
     assert final is not None
     assert (final.result, final.attempts, final.lost_leases) == ("owner", 2, 1)
+
+
+def test_a_requeued_job_leased_again_by_the_same_worker_fences_off_the_stale_attempt(
+    dtq_queue: Queue, dtq_engine: Engine
+) -> None:
+    """A requeue starts the attempts at 0 again: the same worker's next delivery must still
+    get a token its stalled first delivery did not have, or the stale outcome is taken."""
+    dtq_queue.enqueue("test_only", {"action": "echo"}, id="again")
+    [stale] = dtq_engine.fetch(["test_only"], count=1, lease_s=0.05, worker_id="w").leases
+    time.sleep(0.1)  # the worker stalls past its lease; the job ends dead
+    assert dtq_engine.recover("test_only", max_lost_leases=1, ttl_s=60) == 1
+    dtq_queue.requeue("again")
+    [fresh] = dtq_engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases
+    assert fresh.job.attempts == stale.job.attempts == 1
+    assert fresh.token != stale.token
+    assert dtq_engine.renew([stale], 30).lost == ["again"]
+    assert not dtq_engine.complete(stale, Outcome(JobStatus.SUCCEEDED, result_json='"stale"'), ttl_s=60)
+    assert dtq_engine.complete(fresh, Outcome(JobStatus.SUCCEEDED, result_json='"fresh"'), ttl_s=60)
+    assert dtq_queue.result("again", timeout=1) == "fresh"
+
+
+def test_an_id_appended_again_after_its_record_expired_fences_off_the_first_job_s_attempt(
+    dtq_queue: Queue, dtq_engine: Engine
+) -> None:
+    dtq_queue.enqueue("test_only", {"action": "echo"}, id="reused")
+    [stale] = dtq_engine.fetch(["test_only"], count=1, lease_s=0.05, worker_id="w").leases
+    time.sleep(0.1)
+    assert dtq_engine.recover("test_only", max_lost_leases=3, ttl_s=60) == 1
+    [other] = dtq_engine.fetch(["test_only"], count=1, lease_s=30, worker_id="other").leases
+    assert dtq_engine.complete(other, Outcome(JobStatus.SUCCEEDED, result_json="1"), ttl_s=1)
+    time.sleep(1.2)  # the succeeded record expires: the id is free again
+    assert dtq_engine.append(*_job_and_payload("reused")) is AppendOutcome.CREATED
+    [fresh] = dtq_engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases
+    assert fresh.job.attempts == stale.job.attempts == 1
+    assert fresh.token != stale.token
+    assert not dtq_engine.complete(stale, Outcome(JobStatus.FAILED), ttl_s=60)
+    running = dtq_queue.get("reused")
+    assert running is not None and running.status is JobStatus.RUNNING
 
 
 def test_a_job_handed_back_unstarted_keeps_its_retries_and_each_delivery_its_own_token(
@@ -211,3 +250,8 @@ def test_every_producer_waiting_on_one_job_gets_its_result(
     for producer in producers:
         producer.join(30)
     assert results == [{"slept": 0.3}] * 3
+
+
+def _job_and_payload(job_id: str) -> tuple[Job, str]:
+    job = Job(id=job_id, plugin="test_only", data={"action": "echo"})
+    return job, encode_payload(job)

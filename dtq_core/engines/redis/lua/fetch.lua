@@ -201,10 +201,13 @@ local function lease(id, ready, active, scheduled, plugin)
   state.worker = ARGV[3]
   state.progress = nil
   state.message = nil
-  -- The attempt number, and the count of deliveries handed back unstarted
-  -- (release.lua), make the token unique per delivery: fencing.
-  state.token = ARGV[3] .. '/' .. state.attempts
-  if num(state.returned) then state.token = state.token .. '.' .. string.format('%d', state.returned) end
+  -- Fencing: a token unique per delivery of the id. The arrival number is new
+  -- for each append and requeue (both start attempts at 0 again, and the same
+  -- worker may lease the id again); within it, the attempt number and the count
+  -- of deliveries handed back unstarted (release.lua) tell deliveries apart.
+  -- As dtq_core.engine.delivery_token makes it.
+  state.token = ARGV[3] .. '/' .. digits(num(state.seq) or 0) .. '/' .. digits(state.attempts)
+  if num(state.returned) then state.token = state.token .. '.' .. digits(num(state.returned)) end
   local ok, encoded = pcall(cjson.encode, state)
   if not ok then return set_aside(id, active, plugin, 'the state holds a number JSON cannot carry') end
   leased_states[#leased_states + 1] = id
