@@ -30,7 +30,18 @@ from dtqtest import RedisServer, running, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dtq_core import DtqError, InvalidJob, Job, JobStatus, MalformedRecord, PayloadTooLarge, Queue, Worker
+from dtq_core import (
+    CancelOutcome,
+    DtqError,
+    EngineError,
+    InvalidJob,
+    Job,
+    JobStatus,
+    MalformedRecord,
+    PayloadTooLarge,
+    Queue,
+    Worker,
+)
 from dtq_core.engines.redis import Keys
 from dtq_core.job import encode_payload, parse_job, schedule_of
 from dtq_core.record import job_from_state
@@ -740,6 +751,34 @@ def test_garbage_in_redis_keys_ends_dead_with_its_reason_and_valid_jobs_succeed(
         seconds_to_settle=round(seconds, 2),
         idle_fetch_calls_per_s=idle_calls,
     )
+
+
+def test_cancelling_a_damaged_record_writes_nothing_or_cancels_it_whole(
+    queue: Queue, keys: Keys, redis_server: RedisServer, make_worker: Callable[..., Worker]
+) -> None:
+    # cancel.lua wrote before it met the missing payload (or a worker field that is no
+    # string): Redis kept its first writes, and the record was gone without a trace.
+    client = redis_server.client
+    written = write_garbage(
+        client,
+        keys,
+        [
+            Garbage("state without a payload", None, state(), "no payload (a state without a payload)"),
+            Garbage("worker is an object", ECHO, state(worker={"host": 1}), None),
+        ],
+    )
+    lone, odd = written
+    with pytest.raises(MalformedRecord, match="no payload"):
+        queue.cancel(lone)  # the queue reads the job first
+    with pytest.raises(EngineError, match=f"job {lone} has a state but no payload"):
+        queue.engine.cancel(Job(id=lone, plugin="test_only", data={}), ttl_s=60)
+    assert client.hexists(keys.state, lone) and client.zscore(keys.ready("test_only"), lone) is not None
+    assert queue.engine.cancel(Job(id=odd, plugin="test_only", data={}), ttl_s=60) is CancelOutcome.CANCELLED
+    assert json.loads(client.hget(keys.done(odd), "state"))["status"] == "cancelled"  # kept, as found
+    assert [e.worker for e in queue.events(limit=1000) if e.job_id == odd] == [None]
+    with running(make_worker(mode="thread", poll_s=0.05)):
+        wait_for(lambda: is_settled(queue, lone, written[lone]))
+    check_garbage_outcomes(queue, {lone: written[lone]})
 
 
 def test_a_worker_process_buries_garbage_and_exits_cleanly(

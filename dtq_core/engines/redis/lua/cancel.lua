@@ -18,7 +18,7 @@ ARGV[5] events cap: the stream keeps about this many events (MAXLEN ~); 0 record
 ARGV[6] lifetime in seconds of the minute's counts
 
 Returns 1 cancelled, 2 cancellation requested (running), 0 already final,
--1 no such job.
+-1 no such job; an error, with nothing written, for a state without a payload.
 ]]
 --#include tell
 local id = ARGV[1]
@@ -34,7 +34,8 @@ local function event(kind)
   local cap = tonumber(ARGV[5])
   if cap <= 0 then return end
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', cap, '*', 'type', kind, 'time', now, 'job', id,
-    'plugin', ARGV[4], 'attempt', tonumber(state.attempts) or 0, 'worker', state.worker or '')
+    'plugin', ARGV[4], 'attempt', tonumber(state.attempts) or 0,
+    'worker', type(state.worker) == 'string' and state.worker or '')
 end
 
 if state.status == 'running' then
@@ -47,10 +48,16 @@ if state.status == 'running' then
   return 2
 end
 
+local payload = redis.call('HGET', KEYS[1], id)
+if not payload then
+  -- No job a worker could run: fetch sets such a record aside as dead, with its
+  -- reason. Refused before any write (Redis keeps a failing script's writes).
+  return redis.error_reply('job ' .. id .. ' has a state but no payload (a damaged record), so it ' ..
+    'cannot be cancelled; a worker that meets it ends it dead with that reason')
+end
 state.status = 'cancelled'
 state.finished = now
 state.due = nil
-local payload = redis.call('HGET', KEYS[1], id)
 redis.call('ZREM', KEYS[3], id)
 redis.call('ZREM', KEYS[4], id)
 redis.call('HDEL', KEYS[1], id)
