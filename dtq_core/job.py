@@ -385,8 +385,8 @@ def checked_options(
         # Plain int: a subclass (an IntEnum) would reach the engine as its repr.
         "priority": int(priority),
         "max_retries": _optional_count("max_retries", max_retries),
-        "retry_backoff_s": _optional_seconds("retry_backoff_s", retry_backoff_s),
-        "timeout_s": _optional_seconds("timeout_s", timeout_s),
+        "retry_backoff_s": optional_seconds("retry_backoff_s", retry_backoff_s),
+        "timeout_s": optional_seconds("timeout_s", timeout_s),
     }
 
 
@@ -402,7 +402,7 @@ def schedule_of(options: Mapping[str, Any]) -> tuple[float, datetime | None]:
 
 def checked_schedule(delay_s: object, eta: object) -> tuple[float, datetime | None]:
     """:func:`schedule_of` given the two options themselves (None for absent)."""
-    delay = _optional_seconds("delay_s", delay_s) or 0.0
+    delay = optional_seconds("delay_s", delay_s) or 0.0
     if isinstance(eta, str):
         try:
             eta = datetime.fromisoformat(eta)
@@ -433,7 +433,12 @@ def _optional_count(name: str, value: object) -> int | None:
     return int(value)
 
 
-def _optional_seconds(name: str, value: object) -> float | None:
+def optional_seconds(name: str, value: object) -> float | None:
+    """``value`` as seconds: None, or a finite number from 0 to :data:`MAX_SECONDS`.
+
+    Raises:
+        InvalidJob: it is something else; the message names ``name``.
+    """
     if value is None:
         return None
     if (

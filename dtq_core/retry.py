@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from dtq_core.engine import Outcome
-from dtq_core.errors import Cancelled, Permanent, Retry
-from dtq_core.job import ErrorInfo, Job, JobStatus
+from dtq_core.errors import Cancelled, InvalidJob, Permanent, Retry
+from dtq_core.job import ErrorInfo, Job, JobStatus, optional_seconds
 
 if TYPE_CHECKING:
     from dtq_core.plugin import Plugin
@@ -49,7 +49,13 @@ class Attempt:
         """Classify an exception raised by a plugin."""
         info = ErrorInfo.from_exception(exc)
         if isinstance(exc, Retry):
-            return cls(Ending.RETRY, error=info, retry_after_s=exc.after)
+            try:
+                after = optional_seconds("Retry(after=...)", exc.after)
+            except InvalidJob as bad:
+                # The plugin's own mistake: an attempt that failed, and says why. Taken
+                # as given, an infinite or textual wait broke the recording of outcomes.
+                return cls(Ending.ERROR, error=attrs.evolve(info, message=f"{info.message} [{bad}]"))
+            return cls(Ending.RETRY, error=info, retry_after_s=after)
         if isinstance(exc, Permanent):
             return cls(Ending.PERMANENT, error=info)
         if isinstance(exc, Cancelled):

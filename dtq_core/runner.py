@@ -82,7 +82,10 @@ def call_plugin(plugin: Plugin, job: Job, caller: Caller) -> Attempt:
         value = process(job, caller) if _wants_caller(type(plugin)) else process(job)
         if inspect.isawaitable(value):
             value = asyncio.run(_awaited(value))
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        # SystemExit too (sys.exit, argparse on bad arguments): in a thread it would end
+        # the slot's thread without a word, in a job process the process; either way the
+        # job's own failure is the honest outcome.
         return Attempt.from_exception(exc)
     try:
         return Attempt(Ending.OK, result_json=_encode_result(value))

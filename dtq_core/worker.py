@@ -42,7 +42,7 @@ from dtq_core.caller import Control
 from dtq_core.config import Settings, mask_url
 from dtq_core.engine import Batch, Completion, Engine, Lease, Outcome, ReleaseOutcome, resolve_engine
 from dtq_core.errors import DtqError, EngineUnavailable, JobProcessError, PluginError
-from dtq_core.job import Job, JobStatus
+from dtq_core.job import ErrorInfo, Job, JobStatus
 from dtq_core.periodic import Periodic, PeriodicScheduler
 from dtq_core.plugin import Plugin, PluginRegistry
 from dtq_core.queue import Queue
@@ -293,13 +293,29 @@ class Worker:
         finally:
             self._stopping.set()  # also on a crash: slots must start nothing more
             self._hand_back_waiting()
-            pool.shutdown(grace, before_kill=self._hand_back)
-            self._unregister()
-            self._waker = None  # registered by its __enter__; forgotten here, even if a signal cut that short
-            self._stopping.clear()  # a stopped worker can be run again
+            try:
+                self._shut_down(pool, grace)
+            finally:
+                self._unregister()
+                self._waker = (
+                    None  # registered by its __enter__; forgotten here, even if a signal cut that short
+                )
+                if pool.ended():
+                    self._stopping.clear()  # a stopped worker can be run again
+                else:  # a slot lives on in a job's thread: it must lease nothing when that ends
+                    log.warning("a job's thread did not end; this worker stays stopped (make a new one)")
         if self._failure is not None:
             raise self._failure
         return pool.finished
+
+    def _shut_down(self, pool: _Pool, grace_s: float) -> None:
+        """Stop the slots, giving their jobs ``grace_s`` to end; a second signal meanwhile
+        (raised in this thread) hands the jobs in hand back at once, then ends the run."""
+        try:
+            pool.shutdown(grace_s, before_kill=self._hand_back)
+        except BaseException:
+            pool.shutdown(0.0, before_kill=self._hand_back)
+            raise
 
     def _dispatch(self, pool: _Pool, burst: bool) -> None:
         failures = 0
@@ -904,9 +920,13 @@ class _Pool:
         self._runners = [make_runner() for _ in range(size)]
         # Fetches a busy slot's next share while it runs one: see _fetch_ahead.
         self._ahead = ThreadPoolExecutor(max_workers=size, thread_name_prefix="dtq-fetch")
+        # Set as each slot's thread ends: Thread.join and is_alive cannot be trusted once
+        # a signal's exception has cut a join short (Python before 3.12 then takes the
+        # thread for ended: bpo-45274's fix releases the lock the live thread holds).
+        self._ended = [threading.Event() for _ in self._runners]
         self._threads = [
-            threading.Thread(target=self._slot, args=(runner,), name=f"dtq-slot-{i}", daemon=True)
-            for i, runner in enumerate(self._runners)
+            threading.Thread(target=self._slot, args=(runner, ended), name=f"dtq-slot-{i}", daemon=True)
+            for i, (runner, ended) in enumerate(zip(self._runners, self._ended, strict=True))
         ]
         for thread in self._threads:
             thread.start()
@@ -950,22 +970,32 @@ class _Pool:
         for _ in self._threads:
             self._work.put(None)
         deadline = time.monotonic() + grace_s
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if any(thread.is_alive() for thread in self._threads):
+        for ended in self._ended:
+            ended.wait(max(0.0, deadline - time.monotonic()))
+        if not self.ended():
             before_kill()
             for runner in self._runners:
                 runner.kill()
-            for thread in self._threads:
-                thread.join(5.0)  # a killed job's slot notices within a poll; a thread job may not end
-        for runner, thread in zip(self._runners, self._threads, strict=True):
-            if not thread.is_alive():
+            for ended in self._ended:
+                ended.wait(5.0)  # a killed job's slot notices within a poll; a thread job may not end
+        for runner, ended in zip(self._runners, self._ended, strict=True):
+            if ended.is_set():
                 runner.close()
         self._ahead.shutdown(wait=True)
         self.worker._hand_back_waiting()  # fetched ahead for a slot that was killed
         self.acks.close()
 
-    def _slot(self, runner: Runner) -> None:
+    def ended(self) -> bool:
+        """True once every slot's thread has ended (a thread job past the grace may not)."""
+        return all(ended.is_set() for ended in self._ended)
+
+    def _slot(self, runner: Runner, ended: threading.Event) -> None:
+        try:
+            self._serve(runner)
+        finally:
+            ended.set()
+
+    def _serve(self, runner: Runner) -> None:
         while (leases := self._work.get()) is not None:
             try:
                 self._run_shares(runner, leases)
@@ -1196,21 +1226,40 @@ class _Acknowledger:
                 )
                 batch, self._pending = self._pending, []
                 self._in_flight = True
-            jobs = self._record(batch)
-            with self._changed:
-                self._in_flight = False
-                if self.keep_finished:
-                    self.finished += jobs
-                self._changed.notify_all()
+            jobs: list[Job] = []
+            try:
+                jobs = self._record(batch)
+            except BaseException:  # a bug: this thread must live on, or every later outcome waits forever
+                log.exception(
+                    "could not record %d outcome(s); their jobs run again when their leases expire",
+                    len(batch),
+                )
+            finally:
+                with self._changed:
+                    self._in_flight = False
+                    if self.keep_finished:
+                        self.finished += jobs
+                    self._changed.notify_all()
 
     def _record(self, batch: list[Ended | Job]) -> list[Job]:
         ended = [e for e in batch if isinstance(e, Ended)]
         settled = [e for e in batch if isinstance(e, Job)]
+        return settled + self._store(ended) if ended else settled
+
+    def _store(self, ended: list[Ended]) -> list[Job]:
+        """Record ``ended``: retried while the engine is away; split up when it refuses them.
+
+        A refusal that is no passing trouble (an outcome the engine cannot store,
+        such as a result over the server's size limit, or a bug) must not hold
+        up the others: each is then recorded on its own, and one still refused
+        is recorded as a failure that says why. If even that is refused, its job
+        runs again once its lease expires.
+        """
         failures = 0
-        while ended:
+        while True:
             try:
-                return settled + self.worker.record(ended, finished=self.keep_finished)
-            except DtqError as exc:
+                return self.worker.record(ended, finished=self.keep_finished)
+            except EngineUnavailable as exc:
                 failures += 1
                 if self._closing and failures >= self._SHUTDOWN_TRIES:
                     log.error(
@@ -1218,11 +1267,44 @@ class _Acknowledger:
                         len(ended),
                         exc,
                     )
-                    break
+                    return []
                 pause = _backoff_s(failures)
                 log.warning("could not record %d outcome(s): %s; retrying in %.1f s", len(ended), exc, pause)
                 time.sleep(pause)
-        return settled
+            except Exception as exc:
+                if len(ended) > 1:
+                    return [job for one in ended for job in self._store([one])]
+                refused = _refused(ended[0], exc)
+                job = ended[0].completion.lease.job
+                if refused is None:
+                    log.error(
+                        "job %s: its outcome was refused too (%s); it runs again when its lease expires",
+                        job.id,
+                        exc,
+                    )
+                    return []
+                log.error(
+                    "job %s: its outcome was refused (%s); recording the attempt as failed", job.id, exc
+                )
+                ended = [refused]
+
+
+#: The error type of an outcome recorded in place of one the engine refused.
+_REFUSED = "OutcomeRefused"
+
+
+def _refused(ended: Ended, exc: Exception) -> Ended | None:
+    """A failed outcome in place of ``ended``'s, which the engine refused with ``exc``;
+    None if ``ended`` is one such already."""
+    completion = ended.completion
+    if completion.outcome.error is not None and completion.outcome.error.type == _REFUSED:
+        return None
+    message = (
+        f"the attempt ended {completion.outcome.status.value}, but its outcome could not be "
+        f"recorded ({type(exc).__name__}: {exc})"
+    )
+    outcome = Outcome(JobStatus.FAILED, error=ErrorInfo(type=_REFUSED, message=message))
+    return attrs.evolve(ended, completion=attrs.evolve(completion, outcome=outcome))
 
 
 class _Waker:

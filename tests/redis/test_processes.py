@@ -523,3 +523,38 @@ def test_jobs_sent_ahead_to_a_child_that_died_go_back_when_no_new_child_can_star
     assert final(queue, "crash") == (JobStatus.QUEUED, 1, 1)
     for job_id in ("sent-1", "sent-2", "waiting"):  # none leased and forgotten: all back, none started
         assert final(queue, job_id) == (JobStatus.QUEUED, 0, 0)
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_a_second_signal_during_the_grace_hands_the_job_in_hand_back_at_once(
+    queue: Queue, start_worker: StartWorker, mode: str
+) -> None:
+    # The second signal landed in the grace period's wait, and the run ended without
+    # handing the job back or unregistering: it stayed running until its lease expired.
+    queue.enqueue("test_only", {"action": "sleep", "seconds": 30}, id="in-hand")
+    worker = start_worker("--grace", "30", "--lease", "30", "--mode", mode)
+    wait_for(lambda: is_running(queue, "in-hand"))
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(1.0)  # in the grace period's wait
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(20) == 128 + signal.SIGINT
+    back = queue.get("in-hand")  # stopped mid-run: an attempt, not a lost lease
+    assert back is not None and (back.status, back.attempts, back.lost_leases) == (JobStatus.QUEUED, 1, 0)
+    assert queue.workers() == []
+
+
+def test_a_thread_job_that_outlives_the_stop_leaves_a_slot_that_leases_nothing_more(
+    queue: Queue, redis_url: str, namespace: str
+) -> None:
+    # work() returned while a thread job that would not stop went on; when it ended,
+    # its slot leased and ran the queue's jobs for a worker that had unregistered.
+    queue.enqueue("test_only", {"action": "sleep", "seconds": 7}, id="stubborn")
+    worker = Worker(["test_only"], redis_url, namespace=namespace, mode="thread", poll_s=0.05, grace_s=0.2)
+    with running(worker):
+        wait_for(lambda: is_running(queue, "stubborn"))
+    queue.enqueue("test_only", {"action": "echo"}, id="later")
+    time.sleep(2.5)  # the stubborn job's thread ends meanwhile (7 s from its start)
+    later = queue.get("later")
+    assert later is not None and (later.status, later.attempts) == (JobStatus.QUEUED, 0)
+    assert worker.get_jobs() == []  # stays stopped
+    worker.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from dtq_core import Cancelled, ErrorInfo, Job, JobStatus, Permanent, Retry, RetryPolicy
@@ -75,3 +77,19 @@ def test_cancellation_timeout_and_unrunnable() -> None:
 def test_attempt_survives_a_json_round_trip() -> None:
     attempt = Attempt(Ending.RETRY, error=ErrorInfo("Retry", "x", "tb"), retry_after_s=3.0)
     assert Attempt.from_dict(attempt.to_dict()) == attempt
+
+
+@pytest.mark.parametrize("after", [math.inf, math.nan, -0.5, "10", True, 1e300])
+def test_a_retry_whose_wait_is_no_number_of_seconds_is_a_failed_attempt_that_says_so(after: object) -> None:
+    # Taken as given, an infinite wait raised OverflowError in the engine and stopped
+    # the worker's recording of outcomes.
+    attempt = Attempt.from_exception(Retry("later", after=after))  # type: ignore[arg-type]
+    assert attempt.ending is Ending.ERROR and attempt.retry_after_s is None
+    assert attempt.error is not None and attempt.error.type == "Retry"
+    assert attempt.error.message.startswith("later [Retry(after=...) must be a number of seconds from 0 up")
+
+
+@pytest.mark.parametrize("after", [None, 0, 2.5, 86400])
+def test_a_retry_with_a_wait_in_range_keeps_it(after: float | None) -> None:
+    attempt = Attempt.from_exception(Retry(after=after))
+    assert (attempt.ending, attempt.retry_after_s) == (Ending.RETRY, None if after is None else float(after))

@@ -135,6 +135,17 @@ _CLUSTER_IN_TRANSITION = (
 )
 
 
+#: Refusals that pass once the server's trouble does, by their code, with what an
+#: operator can do. A script is refused before its first write (a server out of
+#: memory refuses a script's first write, then lets it finish), so none leaves
+#: anything half done. redis-py raises OOM as OutOfMemoryError, its code cut off.
+_PASSING_REFUSALS = {
+    "OOM": "it is at its maxmemory with nothing it may evict: free memory or raise maxmemory (INFO memory)",
+    "MISCONF": "it cannot save its snapshot and refuses writes until it can: check its disk and log",
+    "BUSY": "a script has run past lua-time-limit: wait, or end it with SCRIPT KILL",
+}
+
+
 class RedisEngine(Engine):
     """Jobs stored in one Redis database (or one Cluster slot per namespace).
 
@@ -1096,7 +1107,15 @@ class RedisEngine(Engine):
         """What an error the server answered (none of those :meth:`_talking` names first) means."""
         if _changing_role(exc):
             return self._role_changing(exc)
-        if _error_text(exc).startswith("NOREPLICAS "):
+        text = _error_text(exc)
+        code = "OOM" if isinstance(exc, redis.exceptions.OutOfMemoryError) else text.split(" ", 1)[0]
+        if code in _PASSING_REFUSALS:
+            return EngineUnavailable(
+                f"Redis at {mask_url(self.url)} refuses commands for now "
+                f"({text if text.startswith(code) else f'{code} {text}'}). dtq retries; "
+                f"{_PASSING_REFUSALS[code]}"
+            )
+        if text.startswith("NOREPLICAS "):
             return EngineUnavailable(
                 f"Redis at {mask_url(self.url)} refuses writes until enough replicas are in "
                 f"touch ({exc}; its min-replicas-to-write). dtq retries; check the replicas "

@@ -109,6 +109,10 @@ def _retry(job: Job, _caller: Caller) -> Any:
     return {"attempts": job.attempts}
 
 
+def _exit(job: Job, _caller: Caller) -> Any:
+    raise SystemExit(job.data.get("code", 1))
+
+
 def _permanent(job: Job, _caller: Caller) -> Any:
     raise Permanent(job.data.get("message", "test_only failed for good"))
 
@@ -138,6 +142,7 @@ _ACTIONS: dict[str, Callable[[Job, Caller], Any]] = {
     "crash": _crash,
     "retry": _retry,
     "permanent": _permanent,
+    "exit": _exit,
     "progress": _progress,
     "follow_up": _follow_up,
 }
