@@ -15,7 +15,9 @@ kept as text). Plugin settings may hold secrets: they are never shown.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -198,9 +200,9 @@ def _convert(name: str, value: Any, default: Any) -> Any:
         names = value.split(",") if isinstance(value, str) else list(value)
         return tuple(str(n).strip() for n in names if str(n).strip()) or None
     if name in _OPTIONAL_NUMBERS:
-        return None if value in ("", None) else _number(value, _OPTIONAL_NUMBERS[name])
+        return None if value in ("", None) else _in_range(name, _number(value, _OPTIONAL_NUMBERS[name]))
     if isinstance(default, (int, float)):
-        return _number(value, type(default))
+        return _in_range(name, _number(value, type(default)))
     if not isinstance(value, str):
         raise TypeError(f"expected text, got {type(value).__name__}")
     if name in _CHOICES and value not in _CHOICES[name]:
@@ -218,6 +220,35 @@ _CHOICES = {"mode": ("process", "thread"), "log_format": ("text", "json")}
 
 #: Settings that are unset (None) by default, and their type when set.
 _OPTIONAL_NUMBERS: dict[str, type] = {"heartbeat_s": float, "metrics_port": int}
+
+
+#: The longest duration a setting may give (about a century): longer ones are
+#: mistakes, and would overflow the timers and expiry times that must hold them.
+_CENTURY_S = 100 * 365.25 * 24 * 3600
+#: Numeric settings' bounds: (least, most, whether the least itself is allowed).
+#: A negative or zero lease, say, made every worker take its job from another.
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "max_payload_bytes": (1, 2**31, True),
+    "result_ttl_s": (0, _CENTURY_S, True),
+    "failure_ttl_s": (0, _CENTURY_S, True),
+    "concurrency": (1, 4096, True),
+    "prefetch": (1, 100_000, True),
+    "lease_s": (0, _CENTURY_S, False),
+    "heartbeat_s": (0, _CENTURY_S, False),
+    "max_lost_leases": (1, 1_000_000, True),
+    "grace_s": (0, _CENTURY_S, True),
+    "poll_s": (0, _CENTURY_S, False),
+    "rescan_s": (0, _CENTURY_S, False),
+    "metrics_port": (0, 65535, True),  # 0: any free port
+}
+
+
+def _in_range(name: str, value: int | float) -> int | float:
+    least, most, least_allowed = _RANGES.get(name, (-math.inf, math.inf, True))
+    if math.isfinite(value) and (least <= value if least_allowed else least < value) and value <= most:
+        return value
+    lower = f"{'at least' if least_allowed else 'more than'} {least:.15g}"
+    raise ValueError(f"expected a number {lower} and at most {most:.15g}")
 
 
 def _number(value: Any, kind: type) -> int | float:
@@ -261,7 +292,7 @@ def _read_file(environ: Mapping[str, str], cwd: Path) -> tuple[dict[str, Any], s
     if explicit:
         path = Path(explicit)
         if not path.is_file():
-            raise ConfigError(f"DTQ_CONFIG names {explicit}, which is not a file")
+            raise ConfigError(f"the config file {explicit} (--config or DTQ_CONFIG) is not a file")
         return _parse_toml(path), str(path)
     if (cwd / "dtq.toml").is_file():
         return _parse_toml(cwd / "dtq.toml"), str(cwd / "dtq.toml")
@@ -293,18 +324,31 @@ def mask_url(url: str) -> str:
     """The URL with every password (in the user part or the query) replaced by ``***``.
 
     Works on host lists (``redis+cluster://:pw@a:1,b:2``), which ``urllib`` cannot
-    parse a port from.
+    parse a port from, on a URL without a scheme, and on one ``urllib`` cannot
+    split at all (an unclosed IPv6 bracket), which is masked by pattern.
     """
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return _mask_by_pattern(url)
     userinfo, at, hosts = parts.netloc.rpartition("@")
     netloc = parts.netloc
     if at and ":" in userinfo:
         netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
     query = "&".join(
-        f"{name}=***" if name in SECRET_OPTIONS else f"{name}={value}"
+        # Names as the client decodes them: pass%77ord is a password too.
+        f"{name}=***" if urllib.parse.unquote(name) in SECRET_OPTIONS else f"{name}={value}"
         for name, _, value in (item.partition("=") for item in parts.query.split("&") if item)
     )
     if (netloc, query) == (parts.netloc, parts.query):
         return url
     # Built by hand: urlunsplit drops the empty host of sqlite:///file.
-    return f"{parts.scheme}://{netloc}{parts.path}{'?' if query else ''}{query}"
+    scheme = f"{parts.scheme}:" if parts.scheme else ""
+    return f"{scheme}//{netloc}{parts.path}{'?' if query else ''}{query}"
+
+
+def _mask_by_pattern(url: str) -> str:
+    """:func:`mask_url` for a URL that cannot be split: the user part's password, and the
+    values of query options that could be secrets (whatever their spelling), masked."""
+    masked = re.sub(r"(//[^/@:]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"([?&][^=&]*=)[^&]*", r"\1***", masked)

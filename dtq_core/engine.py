@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from dtq_core.config import url_from_env
+from dtq_core.config import mask_url, url_from_env
 from dtq_core.errors import NotSupported, UnknownEngine, UnknownPlugin
 from dtq_core.job import ErrorInfo, Job, JobStatus
 from dtq_core.plugin import ENGINE_GROUP, load_entry_point
@@ -624,9 +624,14 @@ def open_engine(url: str, **options: Any) -> Engine:
     Raises:
         UnknownEngine: no engine is registered for the scheme.
     """
-    scheme = urllib.parse.urlsplit(url).scheme
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme
+    except ValueError as exc:  # an unclosed IPv6 bracket, say
+        raise UnknownEngine(f"engine URL {mask_url(url)!r} is malformed: {exc}") from exc
     if not scheme:
-        raise UnknownEngine(f"engine URL {url!r} has no scheme; expected e.g. redis://localhost:6379/0")
+        raise UnknownEngine(
+            f"engine URL {mask_url(url)!r} has no scheme; expected e.g. redis://localhost:6379/0"
+        )
     try:
         cls = load_entry_point(ENGINE_GROUP, scheme)
     except UnknownPlugin as exc:

@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dtq_core.engine import Engine
-from dtq_core.errors import DtqError
+from dtq_core.errors import ConfigError, DtqError
 from dtq_core.job import Job, JobStatus
 from dtq_core.worker import Observer, Worker
 
@@ -109,7 +109,13 @@ class QueueDepths(Collector):
 def serve_metrics(worker: Worker, port: int, host: str = "0.0.0.0") -> WorkerMetrics:  # noqa: S104
     """Attach metrics to ``worker`` and serve them over HTTP on ``host:port`` (0: any free port)."""
     metrics = WorkerMetrics(worker)
+    try:
+        server, _ = start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as exc:  # the port is taken, or not ours to bind
+        raise ConfigError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; choose another --metrics-port "
+            "(metrics_port, DTQ_METRICS_PORT), or 0 for any free port"
+        ) from exc
     worker.observers.append(metrics)
-    server, _ = start_http_server(port, addr=host, registry=metrics.registry)
     metrics.port = server.server_port
     return metrics

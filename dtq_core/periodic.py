@@ -48,6 +48,14 @@ class Periodic:
     options: Mapping[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
+        for field in ("name", "cron", "plugin"):
+            if not isinstance(getattr(self, field), str):
+                raise InvalidJob(f"periodic {field} must be text, got {getattr(self, field)!r}")
+        for field in ("data", "options"):
+            if not isinstance(getattr(self, field), Mapping):
+                raise InvalidJob(
+                    f"periodic {self.name!r}: {field} must be an object, got {getattr(self, field)!r}"
+                )
         if not self.name or not self.name.isprintable() or "@" in self.name:
             raise InvalidJob(f"periodic name must be printable, without '@', got {self.name!r}")
         check_data(self.data)
@@ -85,14 +93,18 @@ def load_schedules(path: str) -> list[Periodic]:
     try:
         with open(path, encoding="utf-8") as handle:
             raw = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise InvalidJob(f"cannot read periodic jobs from {path}: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InvalidJob(f"cannot read periodic jobs from {path}: {exc or 'nested too deeply'}") from exc
     if not isinstance(raw, list):
         raise InvalidJob(f"{path} must hold a JSON list of periodic jobs, got {type(raw).__name__}")
     schedules = []
     for index, entry in enumerate(raw):
         try:
+            if not isinstance(entry, dict):
+                raise TypeError(f"got {type(entry).__name__}")
             schedules.append(Periodic(**entry))
+        except InvalidJob as exc:
+            raise InvalidJob(f"{path}[{index}]: {exc}") from exc
         except TypeError as exc:
             raise InvalidJob(
                 f"{path}[{index}]: expected name, cron, plugin, and optional data and options: {exc}"

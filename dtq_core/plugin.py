@@ -314,9 +314,10 @@ def _unknown_message(group: str, name: str, names: list[str]) -> str:
     if group == PLUGIN_GROUP:
         return (
             f"no plugin named {name!r} is installed (installed: {listing}).{hint} "
-            f"Install the distribution that provides it (pip install dtq-plugin-...); "
-            f"to enqueue for workers on other machines without installing it here, "
-            f"put {name!r} on the queue's allow-list (plugins=[...] or --plugins)"
+            f"Install the distribution that provides it (pip install dtq-plugin-...) here: a "
+            f"worker needs it to run the jobs. A producer that only enqueues them, for workers "
+            f"on other machines, may instead put {name!r} on its queue's allow-list "
+            f"(Queue(plugins=[...]) or dtq enqueue --plugins)"
         )
     return f"no {_kind(group)} named {name!r} is installed (installed: {listing}).{hint}"
 

@@ -316,3 +316,12 @@ def working(worker: Worker) -> Iterator[Callable[[], None]]:
             assert thread.is_alive(), "the worker's run ended before it was stopped"
 
         yield still_working
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
+    """A one-line message on stderr, the expected exit code, and no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("dtq: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for fragment in fragments:
+        assert fragment in proc.stderr

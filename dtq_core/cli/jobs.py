@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -15,6 +15,7 @@ from dtq_core.cli.app import main
 from dtq_core.cli.common import (
     EXIT_NOT_READY,
     engine_options,
+    exit_code,
     fail,
     friendly,
     json_option,
@@ -22,8 +23,8 @@ from dtq_core.cli.common import (
     print_json,
     settings,
 )
-from dtq_core.errors import DtqError
-from dtq_core.job import Job, JobStatus, parse_job, schedule_of
+from dtq_core.errors import DtqError, EngineUnavailable
+from dtq_core.job import Job, parse_job, schedule_of
 from dtq_core.queue import Queue
 
 _ETA_FORMATS = ["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
@@ -130,37 +131,58 @@ def _jobs_from_arguments(
 
 
 def _with_options(job: Any, options: Mapping[str, Any]) -> Any:
-    if not isinstance(job, dict) or not options:
-        return job
-    return {**job, "options": {**options, **(job.get("options") or {})}}
+    own = job.get("options") if isinstance(job, dict) else None
+    if not isinstance(job, dict) or not options or not isinstance(own or {}, Mapping):
+        return job  # a line of the wrong shape: parse_job says what is wrong with it
+    return {**job, "options": {**options, **(own or {})}}
 
 
 def _json(text: str | None, where: str) -> Any:
     try:
-        return json.loads(text or "")
-    except json.JSONDecodeError as exc:
+        return _loads(text or "")
+    except ValueError as exc:
         fail(
             f"{where} is not valid JSON ({exc}); pass a JSON object, quoted for the shell, "
             """e.g. --data '{"text": "hi"}'"""
         )
 
 
+def _loads(text: str) -> Any:
+    """``json.loads``, with JSON nested too deeply to read as a ValueError too."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to read") from None
+
+
 class _NotJson:
     """A line that did not parse, kept in place so that every bad line is reported at once."""
 
-    def __init__(self, error: json.JSONDecodeError) -> None:
+    def __init__(self, error: ValueError) -> None:
         self.error = error
 
 
 def _json_lines(source: IO[str]) -> list[tuple[int, Any]]:
     found: list[tuple[int, Any]] = []
-    for number, line in enumerate(source, start=1):
-        if line.strip():
-            try:
-                found.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                found.append((number, _NotJson(exc)))
+    try:
+        for number, line in enumerate(source, start=1):
+            if line.strip():
+                try:
+                    found.append((number, _loads(line)))
+                except ValueError as exc:
+                    found.append((number, _NotJson(exc)))
+    except UnicodeDecodeError as exc:  # decoded a block ahead of the lines: no line number
+        fail(f"--file is not UTF-8 text ({exc}); nothing appended")
     return found
+
+
+def _bad_json(raw: Any) -> ValueError | None:
+    """Why ``raw`` (a line of --file) is not JSON, if it is not; its data's reason when PLUGIN is given."""
+    if isinstance(raw, _NotJson):
+        return raw.error
+    body = raw.get("job") if isinstance(raw, dict) else None
+    data = body.get("data") if isinstance(body, dict) else None
+    return data.error if isinstance(data, _NotJson) else None
 
 
 def _refuse_if_bad(bad: list[str]) -> None:
@@ -173,8 +195,8 @@ def _checked(queue: Queue, raw_jobs: list[tuple[int, Any]]) -> list[tuple[Any, J
     """Every job parsed and checked as ``append`` will, before any is appended."""
     checked, bad = [], []
     for number, raw in raw_jobs:
-        if isinstance(raw, _NotJson) or isinstance(raw.get("job", {}).get("data"), _NotJson):
-            error = raw.error if isinstance(raw, _NotJson) else raw["job"]["data"].error
+        error = _bad_json(raw)
+        if error is not None:
             bad.append(f"line {number}: not JSON ({error})")
             continue
         try:
@@ -270,11 +292,8 @@ def cancel(job_ids: tuple[str, ...], as_json: bool, url: str | None, namespace: 
       dtq cancel job-1 job-2
     """
     with Queue(settings=settings(url=url, namespace=namespace)) as queue:
-        outcomes = {job_id: queue.cancel(job_id).value for job_id in job_ids}
-    if as_json:
-        print_json(outcomes)
-    else:
-        click.echo("\n".join(f"{job_id}: {outcome}" for job_id, outcome in outcomes.items()))
+        done = _each(job_ids, lambda job_id: queue.cancel(job_id).value)
+    _report_each(done, _by_id if as_json else None, "cancelled")
 
 
 @main.command()
@@ -297,10 +316,51 @@ def retry(
         fail("name the jobs to retry, or pass --all-failed")
     with Queue(settings=settings(url=url, namespace=namespace)) as queue:
         ids = list(job_ids) or [job.id for job in queue.failed(limit=10_000)]
-        jobs = [queue.requeue(job_id) for job_id in ids]
-    if as_json:
-        print_json([{"id": job.id, "status": job.status.value} for job in jobs])
+        done = _each(ids, lambda job_id: queue.requeue(job_id).status.value)
+    _report_each(done, _listed if as_json else None, "retried")
+
+
+def _by_id(done: Done) -> dict[str, Any]:
+    """``{id: outcome}``, an error as ``{"error": message}`` (``dtq cancel --json``)."""
+    return {job_id: {"error": str(o)} if isinstance(o, DtqError) else o for job_id, o in done}
+
+
+def _listed(done: Done) -> list[dict[str, str]]:
+    """``[{"id", "status"}]``, an error as ``{"id", "error"}`` (``dtq retry --json``)."""
+    return [{"id": job_id, "error" if isinstance(o, DtqError) else "status": str(o)} for job_id, o in done]
+
+
+#: Each job of a command on several, with its outcome or the error it failed with.
+Done = list[tuple[str, str | DtqError]]
+
+
+def _each(job_ids: Sequence[str], act: Callable[[str], str]) -> Done:
+    """``act`` on each job in turn: its outcome, or the error it failed with. Going on past
+    a job's error, so that what was done is all reported; at an unreachable engine the
+    rest fail with it, unasked."""
+    done: Done = []
+    for n, job_id in enumerate(job_ids):
+        try:
+            done.append((job_id, act(job_id)))
+        except EngineUnavailable as exc:
+            done += [(rest, exc) for rest in job_ids[n:]]
+            break
+        except DtqError as exc:
+            done.append((job_id, exc))
+    return done
+
+
+def _report_each(done: Done, shape: Callable[[Done], Any] | None, verb: str) -> None:
+    """Print each job's outcome (as JSON shaped by ``shape``, or as text when None);
+    then, if any job failed, say how many and exit with the first failure's code."""
+    if shape is not None:
+        print_json(shape(done))
     else:
-        click.echo(
-            "\n".join(f"{job.id}: {job.status.value}" for job in jobs if job.status is JobStatus.QUEUED)
-        )
+        click.echo("\n".join(f"{job_id}: {_said(outcome, verb)}" for job_id, outcome in done))
+    errors = [outcome for _, outcome in done if isinstance(outcome, DtqError)]
+    if errors:
+        fail(f"{len(errors)} of {len(done)} job(s) not {verb}: {errors[0]}", exit_code(errors[0]))
+
+
+def _said(outcome: str | DtqError, verb: str) -> str:
+    return f"not {verb}: {outcome}" if isinstance(outcome, DtqError) else outcome

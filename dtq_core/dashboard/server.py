@@ -12,6 +12,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from dtq_core.dashboard.app import Dashboard
+from dtq_core.errors import ConfigError
 from dtq_core.queue import Queue
 
 #: Addresses that only this machine reaches.
@@ -50,9 +51,22 @@ def serve(
         server.run()
     except _Stopped:
         pass
+    except SystemExit as exc:
+        if exc.code != _STARTUP_FAILURE:
+            raise
+        # uvicorn logged why (the port in use, say) and exits 3, which dtq's exit codes
+        # keep for an unreachable engine.
+        raise ConfigError(
+            f"the dashboard could not start on {host}:{port} (uvicorn's error above says why: a port "
+            "in use?); choose another --port or --host"
+        ) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+#: uvicorn's exit code when its server cannot start.
+_STARTUP_FAILURE = 3
 
 
 class _Stopped(Exception):

@@ -182,8 +182,13 @@ def final_jobs(queue: Queue, ids: Iterable[str]) -> dict[str, Job | None]:
     return {job_id: queue.get(job_id) for job_id in ids}
 
 
-def final_tokens(client: redis.Redis, namespace: str, ids: Sequence[str]) -> dict[str, str | None]:
-    """The fencing token in each job's final record, read raw: the completion Redis accepted."""
+#: A final record's fencing token and arrival number, read raw (None, None: no record).
+Token = tuple[str | None, int | None]
+
+
+def final_tokens(client: redis.Redis, namespace: str, ids: Sequence[str]) -> dict[str, Token]:
+    """The fencing token in each job's final record, read raw (the completion Redis accepted),
+    with the record's arrival number, which the token of its delivery holds."""
     keys = Keys(namespace=namespace)
     pipe = client.pipeline(transaction=False)
     for job_id in ids:
@@ -192,9 +197,10 @@ def final_tokens(client: redis.Redis, namespace: str, ids: Sequence[str]) -> dic
     *states, succeeded = pipe.execute()
     # A succeeded job's record is one JSON field of the succeeded hash, holding its state JSON.
     states = [s if r is None else json.loads(r)["state"] for s, r in zip(states, succeeded, strict=True)]
+    raw = [None if s is None else json.loads(s) for s in states]
     return {
-        job_id: None if s is None else json.loads(s).get("token")
-        for job_id, s in zip(ids, states, strict=True)
+        job_id: (None, None) if r is None else (r.get("token"), r.get("seq"))
+        for job_id, r in zip(ids, raw, strict=True)
     }
 
 
@@ -230,14 +236,14 @@ class Audit:
         """Deliveries beyond the first, over every job."""
         return sum(len(starts) - 1 for starts in self.starts.values())
 
-    def problems(self, jobs: dict[str, Job | None], tokens: dict[str, str | None]) -> list[str]:
+    def problems(self, jobs: dict[str, Job | None], tokens: dict[str, Token]) -> list[str]:
         """Every way a job broke "one final state, its result from exactly one lease holder"."""
         found = []
         for job_id, job in jobs.items():
             found += [f"{job_id}: {problem}" for problem in self._problems(job_id, job, tokens[job_id])]
         return found
 
-    def _problems(self, job_id: str, job: Job | None, token: str | None) -> list[str]:
+    def _problems(self, job_id: str, job: Job | None, token: Token) -> list[str]:
         if job is None:
             return ["lost: no record"]
         if job.status is not JobStatus.SUCCEEDED:
@@ -254,7 +260,7 @@ class Audit:
             ),
             "result's worker": ((job.result or {}).get("worker"), job.worker),
             "result's attempt": ((job.result or {}).get("attempt"), job.attempts),
-            "accepted token": (token, f"{job.worker}/{job.attempts}"),
+            "accepted token": (token[0], f"{job.worker}/{token[1]}/{job.attempts}"),
             "lost leases": ((job.lost_leases, self.lease_lost[job_id]), (job.attempts - 1, job.attempts - 1)),
         }
         return [f"{name}: {got!r}, expected {want!r}" for name, (got, want) in checks.items() if got != want]

@@ -7,6 +7,7 @@ import enum
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -683,3 +684,23 @@ def test_a_master_short_of_replicas_is_a_passing_trouble_with_its_reason(
 )
 def test_what_counts_as_a_server_changing_role(error: redis.RedisError, changing: bool) -> None:
     assert _changing_role(error) is changing
+
+
+def test_a_job_runs_over_a_unix_socket(tmp_path: Path) -> None:
+    # unix:///path.sock was documented but never worked: dtq passed TCP's keepalive
+    # option to the socket's connection, and rewrote the URL as unix:/path.sock.
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(tmp_path, "--unixsocket", str(socket_path))
+    try:
+        for url in (f"unix://{socket_path}", f"unix://{socket_path}?wait_timeout_s=1"):
+            namespace = f"unix-{uuid.uuid4().hex[:6]}"
+            with Queue(["test_only"], url, namespace=namespace) as queue:
+                job = queue.enqueue("test_only", {"action": "echo", "via": "unix"})
+                worker = Worker(["test_only"], url, namespace=namespace, mode="thread")
+                try:
+                    assert [done.id for done in worker.get_jobs()] == [job.id]
+                finally:
+                    worker.close()
+                assert queue.result(job.id, timeout=5) == {"action": "echo", "via": "unix"}
+    finally:
+        server.stop()

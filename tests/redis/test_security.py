@@ -111,10 +111,18 @@ def test_a_prefix_outside_the_acl_is_refused_with_a_clear_error(
     assert ACL_PASSWORD not in message
 
 
-def test_a_wrong_password_is_reported_without_the_password(tls_server: TlsServer, namespace: str) -> None:
-    url = tls_server.tls_url(ACL_USER, "wrong-password-xyz")
-    with pytest.raises(EngineUnavailable) as caught, Queue(["test_only"], url, namespace=namespace) as queue:
+@pytest.mark.parametrize("password", ["wrong-password-xyz", ""])
+def test_a_wrong_or_missing_password_is_a_refused_login_not_an_unreachable_server(
+    tls_server: TlsServer, namespace: str, password: str
+) -> None:
+    # It was EngineUnavailable, "cannot reach Redis ... Is redis-server running there?":
+    # redis-py raises a refused login as a ConnectionError, and no retry mends it.
+    user = ACL_USER if password else ""
+    url = tls_server.tls_url(user, password)
+    with pytest.raises(EngineError) as caught, Queue(["test_only"], url, namespace=namespace) as queue:
         queue.enqueue("test_only", {"action": "echo"})
+    assert not isinstance(caught.value, EngineUnavailable)
     message = str(caught.value)
-    assert f"cannot reach Redis at rediss://{ACL_USER}:***@127.0.0.1:{tls_server.tls_port}" in message
+    assert message.startswith(f"Redis at rediss://{user}:***@127.0.0.1:{tls_server.tls_port}")
+    assert "refused dtq's login" in message and "put the right password in the URL" in message
     assert "wrong-password-xyz" not in message

@@ -51,7 +51,9 @@ def test_dtq_config_variable_names_the_file(tmp_path: Path) -> None:
     other = write(tmp_path / "prod.toml", 'url = "redis://prod:6379/1"\n')
     write(tmp_path / "dtq.toml", 'url = "redis://local:6379/0"\n')
     assert Settings.load(environ={"DTQ_CONFIG": str(other)}, cwd=tmp_path).url == "redis://prod:6379/1"
-    with pytest.raises(ConfigError, match=r"DTQ_CONFIG names .*missing\.toml, which is not a file"):
+    with pytest.raises(
+        ConfigError, match=r"the config file .*missing\.toml \(--config or DTQ_CONFIG\) is not a file"
+    ):
         Settings.load(environ={"DTQ_CONFIG": str(tmp_path / "missing.toml")}, cwd=tmp_path)
 
 

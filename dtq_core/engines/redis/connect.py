@@ -21,7 +21,7 @@ import urllib.parse
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -63,6 +63,8 @@ def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, retr
         if scheme.endswith("+sentinel"):
             client = _sentinel(url, common)
         else:
+            if scheme == "unix":  # TCP's keepalive: a Unix socket's connection takes no such option
+                common.pop("socket_keepalive")
             client = redis.Redis.from_url(
                 url,
                 health_check_interval=15,
@@ -124,7 +126,23 @@ def engine_options(url: str) -> tuple[str, dict[str, Any]]:
             raise EngineError(
                 f"bad Redis URL {mask_url(url)!r}: {name} must be a number, not {value!r}"
             ) from None
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept))), options
+    if not options:
+        return url, options
+    # Built by hand: urlunsplit writes unix:///path.sock as unix:/path.sock, which redis-py refuses.
+    query = urllib.parse.urlencode(kept)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}{'?' if query else ''}{query}", options
+
+
+def login_refused(url: str, exc: redis.AuthenticationError) -> EngineError:
+    """What a refused login means: wrong or missing credentials, not an unreachable server.
+
+    redis-py raises it as a ConnectionError; retrying cannot mend it, so it is
+    no EngineUnavailable.
+    """
+    return EngineError(
+        f"Redis at {mask_url(url)} refused dtq's login ({str(exc).rstrip('.')}): put the right password "
+        "in the URL (redis://:password@host:port/db, or redis://user:password@... for an ACL user)"
+    )
 
 
 def cluster_trouble(url: str, exc: redis.exceptions.RedisClusterException) -> EngineError:
@@ -136,6 +154,8 @@ def cluster_trouble(url: str, exc: redis.exceptions.RedisClusterException) -> En
     trouble as an unreachable server is (workers back off and retry); any other
     cause is a URL that does not name a cluster.
     """
+    if isinstance(exc.__cause__, redis.AuthenticationError):
+        return login_refused(url, exc.__cause__)
     if isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
         return EngineUnavailable(
             f"cannot reach Redis Cluster at {mask_url(url)}: {str(exc).rstrip('.')}. Is at least "
@@ -175,6 +195,10 @@ def _sentinel(url: str, common: dict[str, Any]) -> redis.Redis:
         "socket_timeout": common["socket_timeout"],
         "socket_connect_timeout": common["socket_connect_timeout"],
         "decode_responses": True,
+        # One try per sentinel per lookup: the master's client retries the lookup as a
+        # whole (redis-py's default here, 3 tries from 1 s apart, made an unreachable
+        # set of sentinels take 17 s to report).
+        "retry": Retry(NoBackoff(), 0),
     }
     if parts.scheme.startswith("rediss"):
         options["ssl"] = True

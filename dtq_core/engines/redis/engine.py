@@ -11,6 +11,7 @@ import functools
 import importlib.resources
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import attrs
 import redis
 from redis.cluster import RedisCluster
+from redis.sentinel import MasterNotFoundError
 
 from dtq_core.config import DEFAULT_FAILURE_TTL_S, DEFAULT_NAMESPACE, DEFAULT_PREFIX, mask_url
 from dtq_core.engine import (
@@ -47,7 +49,7 @@ from dtq_core.engine import (
     short_message,
 )
 from dtq_core.engines.redis import browse, wire
-from dtq_core.engines.redis.connect import Client, cluster_trouble, connect, engine_options
+from dtq_core.engines.redis.connect import Client, cluster_trouble, connect, engine_options, login_refused
 from dtq_core.engines.redis.keys import Keys
 from dtq_core.errors import EngineError, EngineUnavailable, MalformedRecord
 from dtq_core.job import ErrorInfo, Job, JobStatus, encode_payload
@@ -146,6 +148,54 @@ _PASSING_REFUSALS = {
 }
 
 
+#: The options RedisEngine.from_url takes (the engine settings, DTQ_ENGINE__*): for each,
+#: its type and its least value, and whether that least value itself is allowed. A
+#: bad one was taken as given: a text signal_cap failed each append after its writes.
+_OPTION_RANGES: dict[str, tuple[type, float, bool]] = {
+    "socket_timeout_s": (float, 0, False),
+    "connect_timeout_s": (float, 0, False),
+    "retries": (int, 0, True),
+    "signal_cap": (int, 1, True),
+    "block_s": (float, 0, False),
+    "index_cap": (int, 1, True),
+    "errors_kept": (int, 1, True),
+    "wait_replicas": (int, 0, True),
+    "wait_timeout_s": (float, 0, False),
+    "events_max": (int, 0, True),
+}
+
+
+def _check_options(url: str, options: Mapping[str, Any]) -> None:
+    """Refuse an engine option that is unknown, or not a number in its range.
+
+    Raises:
+        EngineError: says which option, what it is and what it must be.
+    """
+    for name, value in options.items():
+        if name in ("prefix", "namespace"):
+            continue  # checked by Keys
+        if name not in _OPTION_RANGES:
+            known = ", ".join(sorted(_OPTION_RANGES))
+            raise EngineError(f"unknown Redis engine option {name!r} (for {mask_url(url)}); known: {known}")
+        kind, least, least_allowed = _OPTION_RANGES[name]
+        if _in_range(value, kind, least, least_allowed):
+            continue
+        what = "a whole number" if kind is int else "a number"
+        wanted = f"{what} {'from' if least_allowed else 'above'} {least:g}"
+        raise EngineError(
+            f"Redis engine option {name} = {value!r}: expected {wanted} (engine options come from "
+            f"engine_options=, [engine] in the config file, or DTQ_ENGINE__{name.upper()})"
+        )
+
+
+def _in_range(value: object, kind: type, least: float, least_allowed: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    if kind is int and value != int(value):
+        return False
+    return value >= least if least_allowed else value > least
+
+
 class RedisEngine(Engine):
     """Jobs stored in one Redis database (or one Cluster slot per namespace).
 
@@ -235,6 +285,15 @@ class RedisEngine(Engine):
         restart is ridden out instead of surfacing as an error; workers add their
         own backoff on top. ``options`` go to :class:`RedisEngine`.
         """
+        _check_options(
+            url,
+            {
+                "socket_timeout_s": socket_timeout_s,
+                "connect_timeout_s": connect_timeout_s,
+                "retries": retries,
+                **options,
+            },
+        )
         redis_url, from_query = engine_options(url)
         client = connect(
             redis_url, socket_timeout_s=socket_timeout_s, connect_timeout_s=connect_timeout_s, retries=retries
@@ -1074,11 +1133,10 @@ class RedisEngine(Engine):
     def _talking(self) -> Iterator[None]:
         try:
             yield
+        except redis.AuthenticationError as exc:  # a ConnectionError to redis-py; no retry mends it
+            raise login_refused(self.url, exc) from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise EngineUnavailable(
-                f"cannot reach Redis at {mask_url(self.url)}: {str(exc).rstrip('.')}. Is "
-                "redis-server running there? Set the URL with --url or DTQ_URL"
-            ) from exc
+            raise EngineUnavailable(self._unreachable(exc)) from exc
         except _CLUSTER_IN_TRANSITION as exc:
             if isinstance(exc, redis.exceptions.MasterDownError) and not isinstance(
                 self.client, RedisCluster
@@ -1102,6 +1160,20 @@ class RedisEngine(Engine):
             raise self._error_answer(exc) from exc
         except redis.exceptions.RedisClusterException as exc:  # not a RedisError: every node gone
             raise cluster_trouble(self.url, exc) from exc
+
+    def _unreachable(self, exc: redis.ConnectionError | redis.TimeoutError) -> str:
+        """Why the server could not be reached, and what to check."""
+        if isinstance(exc, MasterNotFoundError):
+            # Its text goes on with the repr of every sentinel client tried: a page of noise.
+            said = str(exc).split(" : ", 1)[0]
+            return (
+                f"cannot reach Redis at {mask_url(self.url)}: {said}. Is a sentinel listed in the URL "
+                "up, and does it monitor that name (SENTINEL MASTERS)? Set the URL with --url or DTQ_URL"
+            )
+        return (
+            f"cannot reach Redis at {mask_url(self.url)}: {str(exc).rstrip('.')}. Is "
+            "redis-server running there? Set the URL with --url or DTQ_URL"
+        )
 
     def _error_answer(self, exc: redis.RedisError) -> EngineError:
         """What an error the server answered (none of those :meth:`_talking` names first) means."""
