@@ -290,7 +290,10 @@ class MemoryEngine(Engine):
             space.active.get(job.plugin, {}).pop(job.id, None)
             if outcome.error is not None:
                 self._add_error(space, job.id, json.dumps(outcome.error.to_dict()))
-            if outcome.status is JobStatus.SCHEDULED:
+            status = outcome.status
+            if status is JobStatus.SCHEDULED and record.state.get("cancel"):
+                status = JobStatus.CANCELLED  # asked for during the attempt: no retry (as complete.lua)
+            if status is JobStatus.SCHEDULED:
                 delay_ms = int(outcome.retry_in_s * 1000)
                 record.state.update(status="scheduled", due=_now_ms() + delay_ms)
                 space.scheduled.setdefault(job.plugin, {})[job.id] = record.state["due"]
@@ -299,7 +302,7 @@ class MemoryEngine(Engine):
                 return True
             record.result = outcome.result_json
             record.error = None if outcome.error is None else json.dumps(outcome.error.to_dict())
-            self._finish(space, job.id, record, outcome.status.value, ttl_s, outcome.error)
+            self._finish(space, job.id, record, status.value, ttl_s, outcome.error)
             return True
 
     def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:

@@ -353,7 +353,10 @@ class SqliteEngine(Engine):
             error = None if outcome.error is None else json.dumps(outcome.error.to_dict())
             if error is not None:
                 self._add_error(row, error)
-            if outcome.status is JobStatus.SCHEDULED:
+            status = outcome.status
+            if status is JobStatus.SCHEDULED and row["state"].get("cancel"):
+                status = JobStatus.CANCELLED  # asked for during the attempt: no retry (as complete.lua)
+            if status is JobStatus.SCHEDULED:
                 delay_ms = int(outcome.retry_in_s * 1000)
                 row.update(status="scheduled", due_ms=_now_ms() + delay_ms)
                 self._save(db, row)
@@ -361,7 +364,7 @@ class SqliteEngine(Engine):
                 self._event(db, EventType.RETRYING, row, outcome.error, delay_ms)
                 return True
             row.update(result=outcome.result_json, error=error)
-            self._finish(db, row, outcome.status.value, ttl_s, outcome.error)
+            self._finish(db, row, status.value, ttl_s, outcome.error)
             return True
 
     def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:

@@ -8,7 +8,18 @@ from collections.abc import Callable
 
 import pytest
 
-from dtq_core import AppendOutcome, Engine, Job, JobStatus, Lease, Outcome, Queue, ReleaseOutcome, Worker
+from dtq_core import (
+    AppendOutcome,
+    Engine,
+    ErrorInfo,
+    Job,
+    JobStatus,
+    Lease,
+    Outcome,
+    Queue,
+    ReleaseOutcome,
+    Worker,
+)
 from dtq_core.job import encode_payload
 
 
@@ -255,3 +266,21 @@ def test_every_producer_waiting_on_one_job_gets_its_result(
 def _job_and_payload(job_id: str) -> tuple[Job, str]:
     job = Job(id=job_id, plugin="test_only", data={"action": "echo"})
     return job, encode_payload(job)
+
+
+def test_a_failed_attempt_of_a_job_cancelled_meanwhile_is_not_retried(
+    dtq_queue: Queue, dtq_engine: Engine
+) -> None:
+    """The cancel came while the attempt ran, before its worker heard of it (at its next
+    renewal): the worker reports a retry, and the engine ends the job cancelled instead."""
+    dtq_queue.enqueue("test_only", {"action": "fail"}, id="asked-off", max_retries=3)
+    [lease] = dtq_engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases
+    dtq_queue.cancel("asked-off")
+    error = ErrorInfo("RuntimeError", "failed on purpose")
+    retry = Outcome(JobStatus.SCHEDULED, error=error, retry_in_s=0.0)
+    assert dtq_engine.complete(lease, retry, ttl_s=60)
+    ended = dtq_queue.get("asked-off")
+    assert ended is not None and (ended.status, ended.attempts) == (JobStatus.CANCELLED, 1)
+    assert ended.errors == (error,)
+    assert dtq_engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases == []
+    assert [e.type.value for e in dtq_engine.events() if e.job_id == "asked-off"][-1] == "cancelled"

@@ -102,12 +102,12 @@ end
 -- The state as the outcome leaves it, encoded; nil if cjson cannot write it
 -- (a NaN or infinity something else put there: cjson reads them). Made before
 -- any write of the completion, which is then refused whole.
-local function ended(state, a)
-  if ARGV[a + 2] == 'retry' then
+local function ended(state, a, outcome)
+  if outcome == 'retry' then
     state.status = 'scheduled'
     state.due = now + tonumber(ARGV[a + 6])
   else
-    state.status = ARGV[a + 2]
+    state.status = outcome
     state.finished = now
   end
   local ok, encoded = pcall(cjson.encode, state)
@@ -121,8 +121,8 @@ local function retry(i, state, a, encoded)
   event('retrying', ids[i], state, a, 'delay_ms', digits(tonumber(ARGV[a + 6])))
 end
 
-local function finish(i, state, a, encoded)
-  local id, outcome, ttl = ids[i], ARGV[a + 2], tonumber(ARGV[a + 5])
+local function finish(i, state, a, encoded, outcome)
+  local id, ttl = ids[i], tonumber(ARGV[a + 5])
   finished[#finished + 1] = id
   if outcome == 'succeeded' then
     local record = cjson.encode({payload = payloads[i], state = encoded,
@@ -167,7 +167,11 @@ for i = 1, n do
   elseif not payloads[i] then
     codes[i] = 0
   else
-    local encoded = ended(state, a)
+    -- A retry of a job whose cancellation was asked for during the attempt (its
+    -- worker not told yet) is no retry: the job ends cancelled, as the caller asked.
+    local outcome = ARGV[a + 2]
+    if outcome == 'retry' and state.cancel then outcome = 'cancelled' end
+    local encoded = ended(state, a, outcome)
     codes[i] = encoded and 1 or 0
     if encoded then
       unleased[#unleased + 1] = ids[i]
@@ -177,7 +181,7 @@ for i = 1, n do
         redis.call('LTRIM', errors, -tonumber(ARGV[3]), -1)
         redis.call('EXPIRE', errors, tonumber(ARGV[a + 5]))
       end
-      if ARGV[a + 2] == 'retry' then retry(i, state, a, encoded) else finish(i, state, a, encoded) end
+      if outcome == 'retry' then retry(i, state, a, encoded) else finish(i, state, a, encoded, outcome) end
     end
   end
 end
