@@ -24,7 +24,7 @@ import importlib.metadata
 import os
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -346,13 +346,43 @@ def _instantiate(info: EntryPointInfo, config: Mapping[str, Any]) -> Plugin:
         plugin = cls()
         plugin.configure(config)
     except Exception as exc:
-        # The message names the exception, never the settings: they may hold secrets.
+        # The message names the exception, never the settings: they may hold secrets,
+        # and the plugin's own message may quote them.
         raise PluginLoadError(
             f"plugin {info.name!r} from {info.distribution} {info.version} failed to start: "
-            f"{type(exc).__name__}: {exc}",
+            f"{type(exc).__name__}: {scrub_settings(str(exc), config)}",
             plugin=info.name,
         ) from exc
     return plugin
+
+
+#: Setting values shorter than this are left in messages: masking "eu" or "10" would
+#: garble them, and a secret that short is no secret.
+_SHORTEST_MASKED = 6
+
+
+def scrub_settings(text: str, config: Mapping[str, Any]) -> str:
+    """``text`` with every text value of a plugin's settings (nested ones too) masked as ``***``.
+
+    A plugin's settings are treated as secrets (an API key, a password), and a
+    plugin's errors may quote them: a client library's message with the URL it
+    called, key and all, say. Longest first, so a value inside another is masked whole.
+    """
+    values = sorted({v for v in _texts(config) if len(v) >= _SHORTEST_MASKED}, key=len, reverse=True)
+    for value in values:
+        text = text.replace(value, "***")
+    return text
+
+
+def _texts(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _texts(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _texts(item)
 
 
 def _import(info: EntryPointInfo) -> Any:

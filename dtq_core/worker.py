@@ -44,7 +44,7 @@ from dtq_core.engine import Batch, Completion, Engine, Lease, Outcome, ReleaseOu
 from dtq_core.errors import DtqError, EngineUnavailable, JobProcessError, PluginError
 from dtq_core.job import ErrorInfo, Job, JobStatus
 from dtq_core.periodic import Periodic, PeriodicScheduler
-from dtq_core.plugin import Plugin, PluginRegistry
+from dtq_core.plugin import Plugin, PluginRegistry, scrub_settings
 from dtq_core.queue import Queue
 from dtq_core.retry import RetryPolicy, decide, policy_for, timeout_for
 from dtq_core.runner import Ahead, ProcessRunner, Runner, ThreadRunner, unrunnable
@@ -695,6 +695,16 @@ class Worker:
 
     def _ended(self, lease: Lease, outcome: Outcome, started: float) -> Ended:
         ttl = self.result_ttl_s if outcome.status is JobStatus.SUCCEEDED else self.failure_ttl_s
+        settings = self.registry.config.get(lease.job.plugin)
+        if outcome.error is not None and settings:
+            # Stored with the job and logged: never with the plugin's settings in it.
+            error = outcome.error
+            scrubbed = attrs.evolve(
+                error,
+                message=scrub_settings(error.message, settings),
+                traceback=scrub_settings(error.traceback, settings),
+            )
+            outcome = attrs.evolve(outcome, error=scrubbed)
         return Ended(Completion(lease, outcome, ttl), time.monotonic() - started)
 
     def record(self, ended: Sequence[Ended], *, finished: bool = True) -> list[Job]:

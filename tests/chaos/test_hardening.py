@@ -270,6 +270,8 @@ def test_secrets_never_appear_in_logs_output_or_errors(
         "fails": '{"action": "fail", "message": "it broke"}',
         "permanent": '{"action": "permanent"}',
         "crashes-once": '{"action": "crash", "crashes": 1}',
+        # The plugin's error quotes its settings, as a client library's may quote a URL with a key.
+        "quotes": '{"action": "quote_settings"}',
     }
     for job_id, data in jobs.items():
         enqueued = dtq(env, tmp_path, "enqueue", "test_only", "--id", job_id, "--data", data)
@@ -306,14 +308,16 @@ def test_secrets_never_appear_in_logs_output_or_errors(
     assert "plugin.test_only.api_key" in outputs["config"] and "***" in outputs["config"]
     assert json.loads(outputs["status ok --json"])["result"] == "finefine"
     assert json.loads(outputs["status fails --json"])["error"]["message"] == "it broke"
+    quoted = json.loads(outputs["status quotes --json"])["error"]["message"]
+    assert quoted == "test_only was set up with {'api_key': '***'}"
     # Errors that name the engine: a wrong password, and no server at all.
-    for url in (
-        f"redis://:{password}-wrong@127.0.0.1:{password_redis.port}/0",
-        f"redis://:{password}@127.0.0.1:1/0",
+    for url, code, said in (
+        (f"redis://:{password}-wrong@127.0.0.1:{password_redis.port}/0", 1, "Redis at redis://:***@"),
+        (f"redis://:{password}@127.0.0.1:1/0", 3, "cannot reach Redis at redis://:***@"),
     ):
         proc = dtq(dict(env, DTQ_URL=url), tmp_path, "stats")
-        assert proc.returncode == 3, proc.stderr
-        assert proc.stderr.startswith("dtq: error: cannot reach Redis at redis://:***@"), proc.stderr
+        assert proc.returncode == code, proc.stderr
+        assert proc.stderr.startswith(f"dtq: error: {said}"), proc.stderr
         outputs[f"stats with {url.split('@')[1]}"] = proc.stdout + proc.stderr
     outputs["stored in Redis"] = stored_text(password_redis.client, f"{keys.base}:*")
     for secret in (api_key, password):

@@ -17,7 +17,7 @@ from dtq_core import (
     PluginNotAllowed,
     UnknownPlugin,
 )
-from dtq_core.plugin import PluginRegistry
+from dtq_core.plugin import PluginRegistry, scrub_settings
 
 GOOD = """
 from dtq_core import Plugin
@@ -171,6 +171,35 @@ def test_refused_configuration_is_reported_without_its_values(fake_site: FakeSit
         PluginRegistry(config={"strict": {"api_key": "very-secret-value"}}).get("strict")
     assert "failed to start: ValueError: region is required" in str(caught.value)
     assert "very-secret-value" not in str(caught.value)
+
+
+def test_a_refusal_that_quotes_the_settings_has_them_masked(fake_site: FakeSite) -> None:
+    # The plugin's own message is repeated, and it quoted the key.
+    module = unique_module()
+    source = GOOD + (
+        "\n    def configure(self, config):\n        raise ValueError(f'cannot log in with {config}')\n"
+    )
+    fake_site.add("dtq-plugin-quoting", "1.0", {"quoting": f"{module}:Good"}, {module: source})
+    settings = {"quoting": {"api_key": "very-secret-value", "region": "eu"}}
+    with pytest.raises(PluginLoadError) as caught:
+        PluginRegistry(config=settings).get("quoting")
+    assert "failed to start: ValueError: cannot log in with {'api_key': '***', 'region': 'eu'}" in str(
+        caught.value
+    )
+
+
+def test_scrub_settings_masks_each_text_value_nested_or_not_longest_first() -> None:
+    settings = {
+        "key": "abcdef-123",
+        "nested": {"token": "abcdef"},
+        "hosts": ["db.example.org"],
+        "n": 12345678,
+    }
+    text = "key abcdef-123, token abcdef, host db.example.org, n 12345678, region eu"
+    assert scrub_settings(text, settings) == "key ***, token ***, host ***, n 12345678, region eu"
+    assert (
+        scrub_settings("short ab", {"x": "ab"}) == "short ab"
+    )  # too short to be a secret, masked would garble
 
 
 def test_a_loaded_plugin_changed_on_disk_is_reported(fake_site: FakeSite) -> None:
