@@ -42,6 +42,8 @@ DEFAULT_RESULT_TTL_S = 24 * 3600.0
 DEFAULT_FAILURE_TTL_S = 7 * 24 * 3600.0
 #: Largest encoded payload accepted by ``append``.
 DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024
+#: Largest encoded result a worker records: a larger one fails its attempt.
+DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
 
 _ENV_PREFIX = "DTQ_"
 _TABLES = ("engine", "plugin")
@@ -61,6 +63,7 @@ class Settings:
     prefix: str = DEFAULT_PREFIX
     plugins: tuple[str, ...] | None = None
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     result_ttl_s: float = DEFAULT_RESULT_TTL_S
     failure_ttl_s: float = DEFAULT_FAILURE_TTL_S
     concurrency: int = 1
@@ -229,6 +232,7 @@ _CENTURY_S = 100 * 365.25 * 24 * 3600
 #: A negative or zero lease, say, made every worker take its job from another.
 _RANGES: dict[str, tuple[float, float, bool]] = {
     "max_payload_bytes": (1, 2**31, True),
+    "max_result_bytes": (1, 2**31, True),
     "result_ttl_s": (0, _CENTURY_S, True),
     "failure_ttl_s": (0, _CENTURY_S, True),
     "concurrency": (1, 4096, True),
@@ -331,6 +335,8 @@ def mask_url(url: str) -> str:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return _mask_by_pattern(url)
+    if not parts.netloc and "@" in url:  # ':pw@host/0' splits as a path: go by the pattern
+        return _mask_by_pattern(url)
     userinfo, at, hosts = parts.netloc.rpartition("@")
     netloc = parts.netloc
     if at and ":" in userinfo:
@@ -350,5 +356,5 @@ def mask_url(url: str) -> str:
 def _mask_by_pattern(url: str) -> str:
     """:func:`mask_url` for a URL that cannot be split: the user part's password, and the
     values of query options that could be secrets (whatever their spelling), masked."""
-    masked = re.sub(r"(//[^/@:]*:)[^@]*@", r"\1***@", url)
+    masked = re.sub(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?(?://)?[^/@:]*:)[^@]*@", r"\1***@", url)
     return re.sub(r"([?&][^=&]*=)[^&]*", r"\1***", masked)

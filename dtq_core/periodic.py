@@ -52,9 +52,10 @@ class Periodic:
             if not isinstance(getattr(self, field), str):
                 raise InvalidJob(f"periodic {field} must be text, got {getattr(self, field)!r}")
         for field in ("data", "options"):
-            if not isinstance(getattr(self, field), Mapping):
+            value = getattr(self, field)
+            if not isinstance(value, Mapping):
                 raise InvalidJob(
-                    f"periodic {self.name!r}: {field} must be an object, got {getattr(self, field)!r}"
+                    f"periodic {self.name!r}: {field} must be a dict (a JSON object), got {value!r}"
                 )
         if not self.name or not self.name.isprintable() or "@" in self.name:
             raise InvalidJob(f"periodic name must be printable, without '@', got {self.name!r}")

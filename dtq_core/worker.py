@@ -46,7 +46,7 @@ from dtq_core.job import ErrorInfo, Job, JobStatus
 from dtq_core.periodic import Periodic, PeriodicScheduler
 from dtq_core.plugin import Plugin, PluginRegistry, scrub_settings
 from dtq_core.queue import Queue
-from dtq_core.retry import RetryPolicy, decide, policy_for, timeout_for
+from dtq_core.retry import Attempt, Ending, RetryPolicy, decide, policy_for, timeout_for
 from dtq_core.runner import Ahead, ProcessRunner, Runner, ThreadRunner, unrunnable
 
 log = logging.getLogger("dtq.worker")
@@ -115,6 +115,9 @@ class Worker:
         max_lost_leases: deliveries whose worker died before the job is dead.
         result_ttl_s: how long a succeeded job's record is kept.
         failure_ttl_s: how long a failed, dead or cancelled job's record is kept.
+        max_result_bytes: the largest encoded result recorded; a larger one fails
+            its attempt for good (``ResultTooLarge``). Keep it below the server's
+            own limit on one argument (Redis: ``proto-max-bulk-len``).
         grace_s: on shutdown, how long jobs in hand may take to finish before
             they are stopped and handed back to the queue.
         poll_s: longest idle wait before the worker looks for expired leases.
@@ -147,6 +150,7 @@ class Worker:
         max_lost_leases: int | None = None,
         result_ttl_s: float | None = None,
         failure_ttl_s: float | None = None,
+        max_result_bytes: int | None = None,
         grace_s: float | None = None,
         poll_s: float | None = None,
         periodic: Sequence[Periodic] = (),
@@ -168,6 +172,7 @@ class Worker:
             max_lost_leases=max_lost_leases,
             result_ttl_s=result_ttl_s,
             failure_ttl_s=failure_ttl_s,
+            max_result_bytes=max_result_bytes,
             grace_s=grace_s,
             poll_s=poll_s,
             rescan_s=rescan_s,
@@ -191,6 +196,7 @@ class Worker:
         self.max_lost_leases = s.max_lost_leases
         self.result_ttl_s = s.result_ttl_s
         self.failure_ttl_s = s.failure_ttl_s
+        self.max_result_bytes = s.max_result_bytes
         self.grace_s = s.grace_s
         self.poll_s = s.poll_s
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -691,7 +697,29 @@ class Worker:
             self._drop_in_hand(lease)
         if attempt is None:
             return self._lost(lease)
+        attempt = self._sized(lease.job, attempt)
         return self._ended(lease, decide(policy_for(started.plugin, lease.job), lease.job, attempt), began)
+
+    def _sized(self, job: Job, attempt: Attempt) -> Attempt:
+        """``attempt``, unless its result is over ``max_result_bytes``: then a failure that says so.
+
+        Sent anyway, it could be refused by the server (over its own argument limit),
+        which may close the connection as it reads it: that looks like an unreachable
+        server, and the outcome would be retried until the job's lease ran out.
+        """
+        result = attempt.result_json
+        # A character is at most four bytes: most results are told apart without encoding them.
+        if result is None or len(result) * 4 <= self.max_result_bytes:
+            return attempt
+        size = len(result.encode("utf-8", "surrogatepass"))
+        if size <= self.max_result_bytes:
+            return attempt
+        message = (
+            f"plugin {job.plugin!r} returned a result of {size} bytes as JSON, over the worker's "
+            f"max_result_bytes ({self.max_result_bytes}); store large results elsewhere (a file, "
+            "object storage) and return their location"
+        )
+        return Attempt(Ending.PERMANENT, error=ErrorInfo(type="ResultTooLarge", message=message))
 
     def _ended(self, lease: Lease, outcome: Outcome, started: float) -> Ended:
         ttl = self.result_ttl_s if outcome.status is JobStatus.SUCCEEDED else self.failure_ttl_s
@@ -1284,7 +1312,7 @@ class _Acknowledger:
             except Exception as exc:
                 if len(ended) > 1:
                     return [job for one in ended for job in self._store([one])]
-                refused = _refused(ended[0], exc)
+                refused = _refused(ended[0], exc, self.worker.failure_ttl_s)
                 job = ended[0].completion.lease.job
                 if refused is None:
                     log.error(
@@ -1303,9 +1331,10 @@ class _Acknowledger:
 _REFUSED = "OutcomeRefused"
 
 
-def _refused(ended: Ended, exc: Exception) -> Ended | None:
-    """A failed outcome in place of ``ended``'s, which the engine refused with ``exc``;
-    None if ``ended`` is one such already."""
+def _refused(ended: Ended, exc: Exception, ttl_s: float) -> Ended | None:
+    """A failed outcome in place of ``ended``'s, which the engine refused with ``exc``,
+    kept ``ttl_s`` as failures are (not a success's retention: the failed index is
+    trimmed by it); None if ``ended`` is one such already."""
     completion = ended.completion
     if completion.outcome.error is not None and completion.outcome.error.type == _REFUSED:
         return None
@@ -1314,7 +1343,7 @@ def _refused(ended: Ended, exc: Exception) -> Ended | None:
         f"recorded ({type(exc).__name__}: {exc})"
     )
     outcome = Outcome(JobStatus.FAILED, error=ErrorInfo(type=_REFUSED, message=message))
-    return attrs.evolve(ended, completion=attrs.evolve(completion, outcome=outcome))
+    return attrs.evolve(ended, completion=attrs.evolve(completion, outcome=outcome, ttl_s=ttl_s))
 
 
 class _Waker:

@@ -119,6 +119,11 @@ def test_settings_and_engine_options_out_of_range_are_named(
         env = dict(dtq_env, **{variable: value})
         proc = run_dtq("enqueue", "test_only", "--id", "kept-out", "--data", ECHO, env=env)
         assert_clean_error(proc, 1, said)
+    # The same options in the URL's query (an infinite wait failed after the append's writes).
+    for query in ("?wait_replicas=1&wait_timeout_s=inf", "?wait_timeout_s=0"):
+        env = dict(dtq_env, DTQ_URL=dtq_env["DTQ_URL"] + query)
+        proc = run_dtq("enqueue", "test_only", "--id", "kept-out", "--data", ECHO, env=env)
+        assert_clean_error(proc, 1, "Redis engine option wait_timeout_s = ", "expected a number above 0")
     assert queue.get("kept-out") is None
 
 
@@ -140,7 +145,7 @@ def test_a_taken_port_is_a_message(run_dtq: RunDtq, taken_port: int) -> None:
         ({"name": "a", "cron": 5, "plugin": "test_only"}, "periodic cron must be text, got 5"),
         (
             {"name": "a", "cron": "* * * * *", "plugin": "test_only", "data": [1]},
-            "periodic 'a': data must be an object",
+            "periodic 'a': data must be a dict (a JSON object), got [1]",
         ),
         (5, "expected name, cron, plugin, and optional data and options: got int"),
     ],

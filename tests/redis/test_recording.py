@@ -87,6 +87,26 @@ def test_an_outcome_the_server_refuses_is_recorded_as_a_failure_and_the_others_a
             assert status(queue, job_id) == (JobStatus.SUCCEEDED, 1, 0, None)
 
 
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_a_result_over_max_result_bytes_fails_its_attempt_and_says_so(
+    queue: Queue, make_worker: Callable[..., Worker], mode: str
+) -> None:
+    # 600 "é", each written as the six characters \u00e9 in JSON: 3602 bytes.
+    queue.enqueue("test_only", {"action": "duplicate_text", "text": "é" * 300}, id="big", max_retries=2)
+    others = echoes(queue, 2)
+    with running(make_worker(mode=mode, max_result_bytes=1000, poll_s=0.05)):
+        wait_for(lambda: settled(queue, ["big", *others]), timeout=20)
+    assert status(queue, "big") == (JobStatus.FAILED, 1, 0, "ResultTooLarge")  # no retry: it would be as big
+    big = queue.get("big")
+    assert big is not None and big.error is not None
+    assert (
+        "returned a result of 3602 bytes as JSON, over the worker's max_result_bytes (1000)"
+        in big.error.message
+    )
+    for job_id in others:
+        assert status(queue, job_id) == (JobStatus.SUCCEEDED, 1, 0, None)
+
+
 def test_a_server_out_of_memory_is_a_passing_trouble_and_the_worker_carries_on(
     queue: Queue, make_worker: Callable[..., Worker], redis_server: RedisServer
 ) -> None:

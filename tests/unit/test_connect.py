@@ -25,6 +25,14 @@ from dtq_core.engines.redis.connect import connect, engine_options
         ("redis://host:6379/0?password=s3cret", "redis://host:6379/0?password=***"),
         ("redis://host:6379/0", "redis://host:6379/0"),
         ("sqlite:///dtq.db", "sqlite:///dtq.db"),
+        # Forms that were shown as given: no scheme, no '//', a name spelt in %-escapes,
+        # and one urllib cannot split at all.
+        ("//:s3cret@host:1/0", "//:***@host:1/0"),
+        (":s3cret@host:6379/0", ":***@host:6379/0"),
+        ("app:s3cret@host/0", "app:***@host/0"),
+        ("redis://host:6379/0?pass%77ord=s3cret", "redis://host:6379/0?pass%77ord=***"),
+        ("redis://:s3cret@[::1:1/0", "redis://:***@[::1:1/0"),
+        ("unix:///run/redis.sock?password=s3cret", "unix:///run/redis.sock?password=***"),
     ],
 )
 def test_mask_url_hides_every_password(url: str, masked: str) -> None:

@@ -157,7 +157,7 @@ _OPTION_RANGES: dict[str, tuple[type, float, bool]] = {
     "retries": (int, 0, True),
     "signal_cap": (int, 1, True),
     "block_s": (float, 0, False),
-    "index_cap": (int, 1, True),
+    "index_cap": (int, 0, True),  # 0: no dead or failed index
     "errors_kept": (int, 1, True),
     "wait_replicas": (int, 0, True),
     "wait_timeout_s": (float, 0, False),
@@ -285,16 +285,13 @@ class RedisEngine(Engine):
         restart is ridden out instead of surfacing as an error; workers add their
         own backoff on top. ``options`` go to :class:`RedisEngine`.
         """
-        _check_options(
-            url,
-            {
-                "socket_timeout_s": socket_timeout_s,
-                "connect_timeout_s": connect_timeout_s,
-                "retries": retries,
-                **options,
-            },
-        )
         redis_url, from_query = engine_options(url)
+        given = {
+            "socket_timeout_s": socket_timeout_s,
+            "connect_timeout_s": connect_timeout_s,
+            "retries": retries,
+        }
+        _check_options(url, {**given, **from_query, **options})
         client = connect(
             redis_url, socket_timeout_s=socket_timeout_s, connect_timeout_s=connect_timeout_s, retries=retries
         )
