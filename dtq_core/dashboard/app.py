@@ -61,6 +61,7 @@ MAX_BODY_BYTES = 64 * 1024
 DEFAULT_POLL_S = 2.0
 _FORM_TYPE = "application/x-www-form-urlencoded"
 _FAILED_LOGIN_DELAY_S = 0.5
+_THROTTLED = "too many wrong tokens in the last minute: wait a minute and try again"
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -260,7 +261,7 @@ class Dashboard:
         if self.token is None:
             return 403, _DISABLED
         if self.throttle.blocked():
-            return 429, "too many wrong tokens in the last minute: wait a minute and try again"
+            return 429, _THROTTLED
         if not matches(form.get("login_nonce"), request.cookies.get(LOGIN_COOKIE)):
             return 403, "the login form expired or was not sent from this dashboard: reload it and try again"
         return None
@@ -268,7 +269,7 @@ class Dashboard:
     async def logout(self, request: Request) -> Response:
         """End the session."""
         form = await _form(request)
-        refusal = self._action_refusal(request, form)
+        refusal = await self._action_refusal(request, form)
         if refusal is not None:
             return self._refused(request, *refusal)
         self.sessions.drop(request.cookies.get(SESSION_COOKIE))
@@ -282,7 +283,7 @@ class Dashboard:
         """Run one action (see :data:`.actions.ACTIONS`) for an authenticated, same-site request."""
         action = ACTIONS.get(request.path_params["action"])
         form = await _form(request)
-        refusal = self._action_refusal(request, form)
+        refusal = await self._action_refusal(request, form)
         if refusal is not None:
             return self._refused(request, *refusal)
         if action is None:
@@ -293,7 +294,7 @@ class Dashboard:
             return self._acted(request, form, str(exc), _status_of(exc))
         return self._acted(request, form, message, 200)
 
-    def _action_refusal(self, request: Request, form: Mapping[str, str]) -> tuple[int, str] | None:
+    async def _action_refusal(self, request: Request, form: Mapping[str, str]) -> tuple[int, str] | None:
         """Why this request may not change anything (status code and reason), or None."""
         why = cross_site(request)
         if why is not None:
@@ -302,13 +303,24 @@ class Dashboard:
             return 403, _DISABLED
         given = bearer_token(request)
         if given is not None:
-            return None if matches(given, self.token) else (401, "wrong token")
+            return await self._bearer_refusal(given, self.token)
         session = self._session(request)
         if session is None:
             return 401, "log in with the dashboard token first"
         if not matches(form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER), session.csrf):
             return 403, "the form's CSRF token is missing or wrong: reload the page and try again"
         return None
+
+    async def _bearer_refusal(self, given: str, token: str) -> tuple[int, str] | None:
+        """A bearer token is a login of its own: throttled and slowed as the form's is,
+        or it would be a way to guess the token without limit."""
+        if self.throttle.blocked():
+            return 429, _THROTTLED
+        if matches(given, token):
+            return None
+        self.throttle.failed()
+        await asyncio.sleep(_FAILED_LOGIN_DELAY_S)
+        return 401, "wrong token"
 
     def _acted(self, request: Request, form: Mapping[str, str], message: str, status_code: int) -> Response:
         if _wants_json(request):

@@ -21,6 +21,9 @@ from dtq_core.queue import Queue
 
 #: Jobs on one page of the jobs list.
 PAGE_SIZE = 50
+#: How deep the jobs list of all queues together goes: each page reads that many jobs
+#: of every queue (one queue's list is read a page at a time, as deep as it goes).
+MERGED_DEPTH = 5000
 #: The statuses the jobs list shows: live ones by queue, then the kept dead and failed ones.
 LISTED = (*BROWSABLE, JobStatus.DEAD, JobStatus.FAILED)
 #: Dead or failed jobs of one queue are looked for among this many of the newest.
@@ -113,6 +116,13 @@ def job_page(
 def _live(queue: Queue, status: JobStatus, plugin: str | None, offset: int, count: int) -> list[Job]:
     if plugin is not None:
         return queue.browse(status, plugin, offset=offset, limit=count)
+    if offset + count > MERGED_DEPTH:
+        # Every queue's first offset + count jobs are read to merge them: deeper pages of
+        # all queues at once would have any visitor make the server read every job.
+        raise ValueError(
+            f"the list of all queues together goes {MERGED_DEPTH} jobs deep; pick a queue "
+            "(queue=...) to page further"
+        )
     plugins = [q.plugin for q in queue.stats().queues]
     jobs = [job for name in plugins for job in queue.browse(status, name, offset=0, limit=offset + count)]
     return jobs[offset : offset + count]

@@ -26,7 +26,8 @@ def allowed_hosts_for(host: str) -> list[str]:
     reach it by pointing a name of its own at 127.0.0.1 (DNS rebinding).
     Bound elsewhere, any name (narrow it with ``--allowed-host``).
     """
-    return ["127.0.0.1", "localhost"] if host in LOOPBACK[:2] else ["*"]
+    # Starlette reads the Host header's IPv6 address with its brackets.
+    return ["127.0.0.1", "localhost", "[::1]"] if host in LOOPBACK else ["*"]
 
 
 def serve(

@@ -630,12 +630,31 @@ class SqliteEngine(Engine):
         if connection is None:
             try:
                 connection = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-                connection.execute("PRAGMA journal_mode=WAL")
+                self._use_wal(connection)
                 connection.execute("PRAGMA synchronous=FULL")  # a committed change survives a power cut
             except sqlite3.Error as exc:
                 raise EngineUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
             self._local.connection = connection
         return connection
+
+    def _use_wal(self, connection: sqlite3.Connection) -> None:
+        """Put the file in WAL mode (it stays so), unless it is already.
+
+        The switch needs the file to itself, and SQLite answers "database is locked"
+        at once, without its busy timeout, when another connection is switching it
+        too (processes started together on a new file): so it is tried again until
+        the busy timeout runs out.
+        """
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _row(self, db: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
         """The job's row, unless its record has expired."""

@@ -11,7 +11,9 @@ from starlette.testclient import TestClient
 
 from dtq_core import ConfigError, Engine, Job, JobStatus, Queue
 from dtq_core.dashboard import Dashboard
+from dtq_core.dashboard.data import MERGED_DEPTH
 from dtq_core.dashboard.security import local_path
+from dtq_core.dashboard.server import allowed_hosts_for
 from dtq_core.engines.memory import MemoryEngine
 
 RunJobs = Callable[[], list[Job]]
@@ -209,6 +211,28 @@ def test_a_bad_host_header_is_refused(client: TestClient) -> None:
     assert response.status_code == 400
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
+def test_bound_to_loopback_only_loopback_names_are_answered(dash_queue: Queue, host: str) -> None:
+    # Bound to ::1 it answered any Host (DNS rebinding): only the IPv4 names were loopback.
+    allowed = allowed_hosts_for(host)
+    assert allowed == ["127.0.0.1", "localhost", "[::1]"]
+    with TestClient(
+        Dashboard(dash_queue, allowed_hosts=allowed).app(), base_url="http://[::1]:8000"
+    ) as client:
+        assert client.get("/api/overview").status_code == 200
+        assert client.get("/api/overview", headers={"host": "evil.example"}).status_code == 400
+    assert allowed_hosts_for("0.0.0.0") == ["*"]  # bound to every address: any name
+
+
+def test_the_list_of_all_queues_together_stops_at_its_depth(client: TestClient) -> None:
+    # Each page of it reads offset + 50 jobs of every queue: offset=1000000 made any
+    # visitor have the server read every job. One queue's list goes as deep as it likes.
+    deep = client.get(f"/api/jobs?status=queued&offset={MERGED_DEPTH}")
+    assert deep.status_code == 400 and "pick a queue" in deep.json()["error"]
+    assert client.get(f"/api/jobs?status=queued&queue=test_only&offset={MERGED_DEPTH}").status_code == 200
+    assert client.get(f"/api/jobs?status=queued&offset={MERGED_DEPTH - 51}").status_code == 200
+
+
 # --- acting --------------------------------------------------------------------------
 
 
@@ -289,6 +313,23 @@ def test_login_refuses_a_wrong_token_a_missing_nonce_and_then_everyone_for_a_whi
             assert nonce is not None
         blocked = client.post("/login", data={"token": TOKEN, "login_nonce": nonce.group(1)})
         assert blocked.status_code == 429
+
+
+def test_wrong_bearer_tokens_count_against_the_same_limit_as_logins(dash_queue: Queue) -> None:
+    # A bearer token was compared with no count and no delay: guesses without limit.
+    dashboard = Dashboard(dash_queue, token=TOKEN, allowed_hosts=["testserver"])
+    dashboard.throttle.failures = 2
+    make_dead(dash_queue, "d1")
+    with TestClient(dashboard.app(), follow_redirects=False) as client:
+        for _ in range(2):
+            wrong = client.post("/act/requeue", data={"id": "d1"}, headers=bearer("wrong" * 5))
+            assert wrong.status_code == 401
+        blocked = client.post("/act/requeue", data={"id": "d1"}, headers=bearer())
+        assert blocked.status_code == 429 and "too many wrong tokens" in blocked.json()["error"]
+        nonce = re.search(r'name="login_nonce" value="([^"]+)"', client.get("/login").text)
+        assert nonce is not None  # the form's login is blocked by the same count
+        assert client.post("/login", data={"token": TOKEN, "login_nonce": nonce.group(1)}).status_code == 429
+    assert status_of(dash_queue, "d1") is JobStatus.DEAD
 
 
 def test_logout_ends_the_session(client: TestClient, dash_queue: Queue) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from dtqtest import dtq_command, wait_for
 
 from dtq_core import JobStatus, Queue
+from dtq_core.engines.sqlite import SqliteEngine
 
 
 def test_worker_processes_share_one_file_and_a_killed_one_loses_nothing(tmp_path: Path) -> None:
@@ -49,3 +52,30 @@ def test_worker_processes_share_one_file_and_a_killed_one_loses_nothing(tmp_path
         assert attempts == dict.fromkeys(ids, 1)  # each ran once
         long = queue.get("long")
         assert long is not None and long.lost_leases == 1  # the killed worker's lease was recovered
+
+
+def _open_together(path: str, start: Any, answers: Any) -> None:
+    start.wait()
+    try:
+        SqliteEngine(path).ping()
+        answers.put("ok")
+    except Exception as exc:  # reported to the test, which names it
+        answers.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_that_open_a_new_file_together_all_open_it(tmp_path: Path) -> None:
+    # Switching a file to WAL needs it alone, and SQLite answers "database is locked" at
+    # once, without its busy timeout, to a second process switching it too: one of six
+    # workers started together on a new file failed about one time in twenty.
+    context = multiprocessing.get_context("fork")
+    answers = []
+    for round_ in range(12):
+        start, told = context.Barrier(6), context.Queue()
+        path = str(tmp_path / f"new-{round_}.db")
+        processes = [context.Process(target=_open_together, args=(path, start, told)) for _ in range(6)]
+        for process in processes:
+            process.start()
+        answers += [told.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join(10)
+    assert [answer for answer in answers if answer != "ok"] == []
