@@ -10,6 +10,7 @@ cronsim (five fields, UTC).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -17,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from cronsim import CronSim, CronSimError
 
-from dtq_core.errors import InvalidJob
-from dtq_core.job import check_data, parse_job
+from dtq_core.errors import DtqError, EngineUnavailable, InvalidJob
+from dtq_core.job import check_data, parse_job, schedule_of
 
 if TYPE_CHECKING:
     from dtq_core.job import Job
     from dtq_core.queue import Queue
+
+log = logging.getLogger("dtq.periodic")
 
 
 @attrs.frozen
@@ -119,10 +122,12 @@ class PeriodicScheduler:
     Args:
         schedules: the periodic jobs.
         queue: where their jobs go.
-        catch_up_s: on start, ticks this far in the past are still enqueued
-            (a tick missed while no worker ran). Keep it shorter than the result
-            retention: the dedupe by id lasts as long as the job's record.
-        since: check ticks after this time instead (for tests and backfills).
+        catch_up_s: ticks this far in the past are still enqueued (a tick missed
+            while no worker ran, or while the engine was away). Keep it shorter
+            than the result retention: the dedupe by id lasts as long as the
+            job's record.
+        since: check ticks after this time instead, however long ago, in the
+            first pass (for tests and backfills).
     """
 
     def __init__(
@@ -138,20 +143,50 @@ class PeriodicScheduler:
             raise InvalidJob(f"periodic names must be unique, got {names}")
         for schedule in schedules:
             # Refuse at start a schedule whose jobs the queue would refuse at every tick.
-            queue.check(parse_job(schedule.job(datetime.now(timezone.utc))))
+            job = schedule.job(datetime.now(timezone.utc))
+            queue.check(parse_job(job))
+            schedule_of(job["options"])
         self.schedules = list(schedules)
         self.queue = queue
+        self.catch_up_s = catch_up_s
         self._checked_until = since or datetime.now(timezone.utc) - timedelta(seconds=catch_up_s)
+        self._backfill = since is not None  # the first pass goes back to since, however far
 
     def run_due(self, now: datetime | None = None) -> list[Job]:
-        """Enqueue the jobs of the ticks since the last check; return them."""
+        """Enqueue the jobs of the ticks since the last check, oldest first; return them.
+
+        Ticks more than ``catch_up_s`` old are let go, as at start: a worker that
+        was cut off from the engine for hours does not enqueue every tick it
+        missed at once. A tick the queue refuses (its id taken by a job with
+        other data: a schedule changed across a restart) is logged and skipped,
+        so it holds up neither the later ticks nor the other schedules. An
+        unreachable engine ends the pass (EngineUnavailable): the next one
+        starts again at the first tick not enqueued.
+        """
         now = now or datetime.now(timezone.utc)
-        appended = [
-            self.queue.append(schedule.job(tick))
-            for schedule in self.schedules
-            for tick in schedule.ticks(self._checked_until, now)
-        ]
+        after = self._checked_until
+        if not self._backfill:
+            after = max(after, now - timedelta(seconds=self.catch_up_s))
+        due = sorted(
+            (
+                (tick, schedule.name, schedule)
+                for schedule in self.schedules
+                for tick in schedule.ticks(after, now)
+            ),
+            key=lambda entry: entry[:2],
+        )
+        appended = []
+        for n, (tick, _, schedule) in enumerate(due):
+            try:
+                appended.append(self.queue.append(schedule.job(tick)))
+            except EngineUnavailable:
+                raise
+            except DtqError as exc:
+                log.error("periodic %s: the job of the tick at %s was refused: %s", schedule.name, tick, exc)
+            if n + 1 == len(due) or due[n + 1][0] > tick:
+                self._checked_until = tick  # every schedule's job of this tick is done
         self._checked_until = max(self._checked_until, now)
+        self._backfill = False
         return appended
 
     def seconds_to_next_tick(self, now: datetime | None = None) -> float | None:

@@ -40,6 +40,7 @@ from dtq_core.job import (
     job_payload,
     new_job_ids,
     normalise_id,
+    optional_seconds,
     parse_job_payload,
     schedule_of,
 )
@@ -235,6 +236,7 @@ class Queue:
             ResultTimeout: it did not finish in time.
         """
         key = normalise_id(job_id)
+        timeout = optional_seconds("timeout", timeout)  # a NaN one waited forever
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         while True:
             # Every engine's wait reads the job first: no read of its own before it.
@@ -361,7 +363,9 @@ class Queue:
 
     def events(self, *, after: str | None = None, limit: int = 100, block_s: float = 0.0) -> list[Event]:
         """Job lifecycle events after the one with id ``after`` (see :meth:`Engine.events`)."""
-        return self.engine.events(after=after, limit=limit, block_s=block_s)
+        return self.engine.events(
+            after=after, limit=limit, block_s=optional_seconds("block_s", block_s) or 0.0
+        )
 
     def last_event_id(self) -> str | None:
         """The newest event's id, to follow only events recorded from now on."""

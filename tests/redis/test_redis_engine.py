@@ -704,3 +704,11 @@ def test_a_job_runs_over_a_unix_socket(tmp_path: Path) -> None:
                 assert queue.result(job.id, timeout=5) == {"action": "echo", "via": "unix"}
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("after", ["99999999999999999999-0", "0-18446744073709551616", "x-1"])
+def test_an_event_id_redis_cannot_take_is_refused_before_it_is_sent(queue: Queue, after: str) -> None:
+    # Twenty digits passed the format check, and Redis answered "Invalid stream ID".
+    with pytest.raises(ValueError, match="is not an event id of the Redis engine"):
+        queue.events(after=after)
+    assert queue.events(after="18446744073709551615-18446744073709551615") == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -106,3 +107,15 @@ def test_enum_options_and_plugin_names_become_plain_values() -> None:
     assert (type(job.plugin), type(job.priority), type(job.max_retries)) == (str, int, int)
     assert (job.plugin, job.priority, job.max_retries) == ("test_only", 5, 5)
     assert payload == '{"data":{"x":1},"plugin":"test_only"}'
+
+
+@pytest.mark.parametrize("bad", [math.nan, -1.0, math.inf])
+def test_waits_that_are_no_number_of_seconds_are_refused(bad: float) -> None:
+    # result(timeout=nan) waited forever (no time is past a NaN deadline);
+    # events(block_s=nan) raised ValueError from deep in the engine.
+    with Queue(["test_only"], "memory://waits") as queue:
+        queue.enqueue("test_only", {"action": "echo"}, id="w")
+        with pytest.raises(InvalidJob, match="timeout must be a number of seconds from 0 up"):
+            queue.result("w", timeout=bad)
+        with pytest.raises(InvalidJob, match="block_s must be a number of seconds from 0 up"):
+            queue.events(block_s=bad)

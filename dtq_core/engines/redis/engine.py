@@ -188,6 +188,11 @@ def _check_options(url: str, options: Mapping[str, Any]) -> None:
         )
 
 
+def _is_stream_id(text: str) -> bool:
+    """Whether ``text`` is a stream entry id Redis takes: ms-seq, each below 2^64."""
+    return _STREAM_ID.fullmatch(text) is not None and all(int(part) < 2**64 for part in text.split("-"))
+
+
 def _in_range(value: object, kind: type, least: float, least_allowed: bool) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return False
@@ -938,7 +943,7 @@ class RedisEngine(Engine):
 
     def events(self, *, after: str | None = None, limit: int = 100, block_s: float = 0.0) -> list[Event]:
         """Read the events stream after ``after`` (XREAD), blocking at most ``block_s`` at a time."""
-        if after is not None and not _STREAM_ID.fullmatch(after):
+        if after is not None and not _is_stream_id(after):
             raise ValueError(f"{after!r} is not an event id of the Redis engine (a stream id, ms-seq)")
         deadline = time.monotonic() + block_s
         with self._talking():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -75,3 +75,48 @@ def test_bad_schedules_are_refused_at_start(dtq_queue: Queue, dtq_url: str, dtq_
         PeriodicScheduler([Periodic("z", "* * * * *", "elsewhere")], allow_listed)
     with pytest.raises(UnknownPlugin, match="no plugin named 'elsewhere'"):
         PeriodicScheduler([Periodic("z", "* * * * *", "elsewhere")], dtq_queue)
+
+
+def test_a_refused_tick_holds_up_neither_later_ticks_nor_other_schedules(dtq_queue: Queue) -> None:
+    """A schedule changed across a restart: its tick's id is taken by the job the worker
+    before stored with the old data. That tick was retried at every check, and no job of
+    any schedule was enqueued again."""
+    other = Periodic("other", "*/5 * * * *", "test_only", {"action": "echo", "n": 2})
+    taken = "periodic:report@2026-01-01T00:05:00Z"
+    dtq_queue.append({"id": taken, "job": {"plugin": "test_only", "data": {"action": "echo", "old": True}}})
+    scheduler = PeriodicScheduler([EVERY_5, other], dtq_queue, since=START)
+    jobs = scheduler.run_due(now=datetime(2026, 1, 1, 0, 12, tzinfo=timezone.utc))
+    assert [job.id for job in jobs] == [
+        "periodic:other@2026-01-01T00:05:00Z",
+        "periodic:other@2026-01-01T00:10:00Z",
+        "periodic:report@2026-01-01T00:10:00Z",
+    ]
+    later = scheduler.run_due(now=datetime(2026, 1, 1, 0, 15, 30, tzinfo=timezone.utc))
+    assert [job.id for job in later] == [
+        "periodic:other@2026-01-01T00:15:00Z",
+        "periodic:report@2026-01-01T00:15:00Z",
+    ]
+
+
+def test_a_scheduler_back_after_a_long_outage_enqueues_only_the_ticks_it_may_catch_up(
+    dtq_queue: Queue,
+) -> None:
+    every_minute = Periodic("minutely", "* * * * *", "test_only", {"action": "echo"})
+    scheduler = PeriodicScheduler([every_minute], dtq_queue, catch_up_s=60)
+    six_hours_on = datetime.now(timezone.utc) + timedelta(hours=6)
+    assert len(scheduler.run_due(now=six_hours_on)) == 1  # not the 360 it missed
+
+
+def test_schedules_with_options_the_queue_would_refuse_are_refused_at_start(dtq_queue: Queue) -> None:
+    late = Periodic("late", "* * * * *", "test_only", {"action": "echo"}, {"delay_s": -5})
+    with pytest.raises(InvalidJob, match="delay_s must be a number of seconds from 0 up"):
+        PeriodicScheduler([late], dtq_queue)
+
+
+def test_a_worker_catches_up_no_further_back_than_its_records_last(
+    dtq_make_worker: Callable[..., Worker],
+) -> None:
+    """A tick's job is kept from a second enqueue only while its record lives."""
+    every_minute = Periodic("minutely", "* * * * *", "test_only", {"action": "echo"})
+    worker = dtq_make_worker(mode="thread", periodic=[every_minute], result_ttl_s=5)
+    assert worker.scheduler is not None and worker.scheduler.catch_up_s == 5
