@@ -770,7 +770,7 @@ class Worker:
                 job.id,
                 job.plugin,
                 job.attempts,
-                released,
+                released.value,  # "requeued", not "ReleaseOutcome.REQUEUED"
                 extra={"job_id": job.id, "plugin": job.plugin, "attempt": job.attempts, "status": "lost"},
             )
         status = {ReleaseOutcome.DEAD: JobStatus.DEAD, ReleaseOutcome.CANCELLED: JobStatus.CANCELLED}.get(
