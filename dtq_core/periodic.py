@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dtq.periodic")
 
+#: No check for this long (and longer than catch_up_s) is an outage, after which
+#: only catch_up_s of missed ticks are enqueued: longer than any normal lateness of
+#: a check (a busy dispatcher, a backoff while the engine is briefly away).
+_OUTAGE_S = 300.0
+
 
 @attrs.frozen
 class Periodic:
@@ -155,18 +160,28 @@ class PeriodicScheduler:
     def run_due(self, now: datetime | None = None) -> list[Job]:
         """Enqueue the jobs of the ticks since the last check, oldest first; return them.
 
-        Ticks more than ``catch_up_s`` old are let go, as at start: a worker that
-        was cut off from the engine for hours does not enqueue every tick it
-        missed at once. A tick the queue refuses (its id taken by a job with
-        other data: a schedule changed across a restart) is logged and skipped,
+        Every tick since the last check is enqueued, however late the check
+        (a busy worker may check some seconds late). But after an outage (no
+        check for over five minutes, and over ``catch_up_s``: the engine was
+        away, or the worker stalled), ticks more than ``catch_up_s`` old are
+        let go, as at start: it does not enqueue every tick it missed at once.
+        A tick the queue refuses (its id taken by a job with other data: a
+        schedule changed across a restart) is logged and skipped,
         so it holds up neither the later ticks nor the other schedules. An
         unreachable engine ends the pass (EngineUnavailable): the next one
         starts again at the first tick not enqueued.
         """
         now = now or datetime.now(timezone.utc)
         after = self._checked_until
-        if not self._backfill:
-            after = max(after, now - timedelta(seconds=self.catch_up_s))
+        unchecked_s = (now - after).total_seconds()
+        if not self._backfill and unchecked_s > max(self.catch_up_s, _OUTAGE_S):
+            log.warning(
+                "periodic jobs unchecked for %.0f s (the engine away, or this worker stalled): only "
+                "ticks of the last %.0f s are enqueued",
+                unchecked_s,
+                self.catch_up_s,
+            )
+            after = now - timedelta(seconds=self.catch_up_s)
         due = sorted(
             (
                 (tick, schedule.name, schedule)

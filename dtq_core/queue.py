@@ -236,7 +236,8 @@ class Queue:
             ResultTimeout: it did not finish in time.
         """
         key = normalise_id(job_id)
-        timeout = optional_seconds("timeout", timeout)  # a NaN one waited forever
+        if timeout != math.inf:  # inf: as long as it takes, as None
+            timeout = optional_seconds("timeout", timeout)  # a NaN one waited forever
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         while True:
             # Every engine's wait reads the job first: no read of its own before it.

@@ -202,9 +202,8 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # Follow-up jobs appended by plugins go through a queue on the same engine.
         self.queue = Queue(engine=self.engine, settings=s)
-        # A tick's job is kept from a second enqueue only while its record lives: no
-        # catching up on ticks older than that (60 s at most; 1 s at least, or a
-        # tick could pass between two checks unseen).
+        # A tick's job is kept from a second enqueue only while its record lives: at
+        # start (or after an outage), no catching up on ticks older than that.
         catch_up_s = max(1.0, min(60.0, self.result_ttl_s, self.failure_ttl_s))
         self.scheduler = PeriodicScheduler(periodic, self.queue, catch_up_s=catch_up_s) if periodic else None
         self._next_tick_s = 0.0  # time.monotonic() of the next periodic check

@@ -116,9 +116,11 @@ def job_page(
 def _live(queue: Queue, status: JobStatus, plugin: str | None, offset: int, count: int) -> list[Job]:
     if plugin is not None:
         return queue.browse(status, plugin, offset=offset, limit=count)
-    if offset + count > MERGED_DEPTH:
-        # Every queue's first offset + count jobs are read to merge them: deeper pages of
-        # all queues at once would have any visitor make the server read every job.
+    # Every queue's first offset + count jobs are read to merge them: deeper pages of all
+    # queues at once would have any visitor make the server read every job. The last
+    # page reads no further than the depth, so it offers no page past it.
+    count = min(count, MERGED_DEPTH - offset)
+    if count <= 0:
         raise ValueError(
             f"the list of all queues together goes {MERGED_DEPTH} jobs deep; pick a queue "
             "(queue=...) to page further"

@@ -107,6 +107,17 @@ def test_a_scheduler_back_after_a_long_outage_enqueues_only_the_ticks_it_may_cat
     assert len(scheduler.run_due(now=six_hours_on)) == 1  # not the 360 it missed
 
 
+def test_a_check_that_comes_late_still_enqueues_every_tick_since_the_last(dtq_queue: Queue) -> None:
+    """A busy worker may check some seconds after a tick: with a short catch-up (a short
+    retention) that tick was let go, and no worker enqueued it."""
+    every_minute = Periodic("minutely", "* * * * *", "test_only", {"action": "echo"})
+    scheduler = PeriodicScheduler([every_minute], dtq_queue, catch_up_s=1)
+    checked = datetime.now(timezone.utc)
+    scheduler.run_due(now=checked)
+    late = scheduler.run_due(now=checked + timedelta(seconds=65))  # one or two ticks fell in those 65 s
+    assert len(late) >= 1
+
+
 def test_schedules_with_options_the_queue_would_refuse_are_refused_at_start(dtq_queue: Queue) -> None:
     late = Periodic("late", "* * * * *", "test_only", {"action": "echo"}, {"delay_s": -5})
     with pytest.raises(InvalidJob, match="delay_s must be a number of seconds from 0 up"):
