@@ -306,9 +306,8 @@ class Worker:
                 self._shut_down(pool, grace)
             finally:
                 self._unregister()
-                self._waker = (
-                    None  # registered by its __enter__; forgotten here, even if a signal cut that short
-                )
+                # Registered by its __enter__; forgotten here, even if a signal cut that short.
+                self._waker = None
                 if pool.ended():
                     self._stopping.clear()  # a stopped worker can be run again
                 else:  # a slot lives on in a job's thread: it must lease nothing when that ends
