@@ -21,7 +21,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 import tomllib
@@ -247,9 +247,23 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
 }
 
 
+def in_bounds(
+    value: object, least: float, most: float, *, least_allowed: bool = True
+) -> TypeGuard[int | float]:
+    """Whether ``value`` is a finite number (not a bool) from ``least`` to ``most``.
+
+    The range is compared first: ``math.isfinite`` raises OverflowError on an int
+    beyond any float. NaN fails every comparison; an int is always finite.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    above = least <= value if least_allowed else least < value
+    return above and value <= most and (isinstance(value, int) or math.isfinite(value))
+
+
 def _in_range(name: str, value: int | float) -> int | float:
     least, most, least_allowed = _RANGES.get(name, (-math.inf, math.inf, True))
-    if math.isfinite(value) and (least <= value if least_allowed else least < value) and value <= most:
+    if in_bounds(value, least, most, least_allowed=least_allowed):
         return value
     lower = f"{'at least' if least_allowed else 'more than'} {least:.15g}"
     raise ValueError(f"expected a number {lower} and at most {most:.15g}")

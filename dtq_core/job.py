@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 import functools
 import json
-import math
 import os
 import threading
 import traceback
@@ -27,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from dtq_core.config import in_bounds
 from dtq_core.errors import InvalidJob
 
 MAX_ID_LENGTH = 256
@@ -441,13 +441,7 @@ def optional_seconds(name: str, value: object) -> float | None:
     """
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        # The range first: math.isfinite raises OverflowError on an int beyond any float.
-        or not 0 <= value <= MAX_SECONDS
-        or not math.isfinite(value)
-    ):
+    if not in_bounds(value, 0, MAX_SECONDS):
         raise InvalidJob(
             f"{name} must be a number of seconds from 0 up, at most {MAX_SECONDS:.0f}, got {value!r}"
         )

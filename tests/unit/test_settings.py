@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,18 @@ def test_queue_and_worker_take_settings_and_arguments_win(tmp_path: Path) -> Non
         assert worker.settings.source("concurrency") == "argument"
     finally:
         worker.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        ("DTQ_LEASE_S", "-1", "setting lease_s = '-1' (env DTQ_LEASE_S): expected a number more than 0"),
+        ("DTQ_GRACE_S", "nan", "setting grace_s = 'nan' (env DTQ_GRACE_S)"),
+        # An int beyond any float: the range check raised OverflowError (a traceback).
+        ("DTQ_CONCURRENCY", "1" + "0" * 400, "setting concurrency = '1000"),
+        ("DTQ_METRICS_PORT", "65536", "expected a number at least 0 and at most 65535"),
+    ],
+)
+def test_numbers_out_of_range_are_a_config_error(name: str, text: str, said: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        Settings.load(environ={name: text})

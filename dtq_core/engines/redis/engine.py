@@ -24,7 +24,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.sentinel import MasterNotFoundError
 
-from dtq_core.config import DEFAULT_FAILURE_TTL_S, DEFAULT_NAMESPACE, DEFAULT_PREFIX, mask_url
+from dtq_core.config import DEFAULT_FAILURE_TTL_S, DEFAULT_NAMESPACE, DEFAULT_PREFIX, in_bounds, mask_url
 from dtq_core.engine import (
     HISTORY_S,
     LOST_LEASE,
@@ -194,11 +194,9 @@ def _is_stream_id(text: str) -> bool:
 
 
 def _in_range(value: object, kind: type, least: float, least_allowed: bool) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not in_bounds(value, least, math.inf, least_allowed=least_allowed):
         return False
-    if kind is int and value != int(value):
-        return False
-    return value >= least if least_allowed else value > least
+    return kind is not int or value == int(value)
 
 
 class RedisEngine(Engine):
