@@ -229,8 +229,7 @@ class Dashboard:
         if refusal is not None:
             return self._refused(request, *refusal)
         if not matches(form.get("token"), self.token):
-            self.throttle.failed()
-            await asyncio.sleep(_FAILED_LOGIN_DELAY_S)
+            await self._wrong_token()
             return self.login_retry(request, next_path)
         session = self.sessions.create()
         session.flash("ok", "logged in: actions are enabled")
@@ -318,9 +317,13 @@ class Dashboard:
             return 429, _THROTTLED
         if matches(given, token):
             return None
+        await self._wrong_token()
+        return 401, "wrong token"
+
+    async def _wrong_token(self) -> None:
+        """Count a wrong token against the login limit, and answer it slowly."""
         self.throttle.failed()
         await asyncio.sleep(_FAILED_LOGIN_DELAY_S)
-        return 401, "wrong token"
 
     def _acted(self, request: Request, form: Mapping[str, str], message: str, status_code: int) -> Response:
         if _wants_json(request):
