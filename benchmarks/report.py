@@ -88,6 +88,7 @@ COST = (
     ("enq cmds", "enqueue.commands_per_job", "{:.1f}"),
     ("enq trips", "enqueue.round_trips_per_job", "{:.1f}"),
     ("enq redis µs", "enqueue.redis_cpu_us_per_job", "{:.0f}"),
+    ("enq client µs", "enqueue.client_cpu_us_per_job", "{:.0f}"),
     ("proc cmds", "processing_1.commands_per_job", "{:.1f}"),
     ("proc trips", "processing_1.round_trips_per_job", "{:.1f}"),
     ("proc redis µs", "processing_1.redis_cpu_us_per_job", "{:.0f}"),

@@ -105,7 +105,7 @@ def _check_options(client: redis.Redis, url: str) -> None:
 
 
 #: Query options meant for the engine, not for redis-py, with their types.
-ENGINE_OPTIONS = {"wait_replicas": int, "wait_timeout_s": float}
+ENGINE_OPTIONS = {"wait_replicas": int, "wait_timeout_s": float, "reply_spin_us": float}
 
 
 def engine_options(url: str) -> tuple[str, dict[str, Any]]:

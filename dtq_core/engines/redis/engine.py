@@ -15,7 +15,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -162,6 +162,7 @@ _OPTION_RANGES: dict[str, tuple[type, float, bool]] = {
     "wait_replicas": (int, 0, True),
     "wait_timeout_s": (float, 0, False),
     "events_max": (int, 0, True),
+    "reply_spin_us": (float, 0, True),  # 0: never poll for a reply
 }
 
 
@@ -222,6 +223,9 @@ class RedisEngine(Engine):
         wait_timeout_s: the longest wait for those replicas.
         events_max: about how many lifecycle events the namespace's stream
             keeps (``XADD MAXLEN ~``); 0 records none and adds no commands.
+        reply_spin_us: how long a single call (an append, say) polls for its
+            reply before it sleeps until the reply comes (:class:`.wire.Spin`);
+            0 never polls.
     """
 
     def __init__(
@@ -238,8 +242,10 @@ class RedisEngine(Engine):
         wait_replicas: int = 0,
         wait_timeout_s: float = 2.0,
         events_max: int = 10_000,
+        reply_spin_us: float = 100.0,
     ) -> None:
         self.client = client
+        self._cluster = isinstance(client, RedisCluster)  # asked per call, and costly to ask (a Protocol)
         self.url = url
         self.keys = Keys(prefix=prefix, namespace=namespace)
         self.signal_cap = signal_cap
@@ -259,7 +265,7 @@ class RedisEngine(Engine):
                 "socket_timeout in the URL (?socket_timeout=...)"
             )
         self._scripts = {name: client.register_script(_lua(name)) for name in _SCRIPTS}
-        self._wire = _wire(client)
+        self._wire = _wire(client, wire.Spin(reply_spin_us / 1e6))
         encoder = client.get_encoder()
         if encoder.encoding_errors not in _EXACT_DECODING:
             raise EngineError(
@@ -270,6 +276,7 @@ class RedisEngine(Engine):
             )
         self._decoding: tuple[str, str] = (encoder.encoding, encoder.encoding_errors)
         self._queue_keys: dict[str, list[str]] = {}
+        self._talk = _Talking(self._translated)
 
     @classmethod
     def from_url(
@@ -437,7 +444,7 @@ class RedisEngine(Engine):
         keys = [k.jobs, k.state, k.done(job_id), k.errors(job_id), k.succeeded, k.expiry, k.waiters, reply]
         args: list[str | int] = [job_id, token]
         with self._talking():
-            if isinstance(self.client, RedisCluster):
+            if self._cluster:
                 # A cluster's pipelines refuse scripts: two round trips there.
                 read = self._scripts["wait"](keys, args)
                 popped = self.client.blpop([reply], timeout=block_s)
@@ -612,7 +619,7 @@ class RedisEngine(Engine):
         out), so a job appended to an idle worker's queue reaches it with no
         round trip between the wake-up and the lease.
         """
-        if isinstance(self.client, RedisCluster):  # its pipelines refuse scripts: two round trips
+        if self._cluster:  # its pipelines refuse scripts: two round trips
             with self._talking():
                 self.client.execute_command(*self._worker_wait(plugins, worker_id, timeout_s))  # type: ignore[no-untyped-call]
             return self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
@@ -1002,7 +1009,7 @@ class RedisEngine(Engine):
         too few replicas raise :class:`EngineUnavailable` naming ``wait_what``.
         ``block``, a blocking pop, goes before the last call.
         """
-        if isinstance(self.client, RedisCluster):
+        if self._cluster:
             replies = []
             for i, (name, keys, args) in enumerate(calls):
                 if block is not None and i == len(calls) - 1:
@@ -1129,37 +1136,35 @@ class RedisEngine(Engine):
 
             return conn.retry.call_with_retry(attempt, failed)
 
-    @contextlib.contextmanager
-    def _talking(self) -> Iterator[None]:
-        try:
-            yield
-        except redis.AuthenticationError as exc:  # a ConnectionError to redis-py; no retry mends it
-            raise login_refused(self.url, exc) from exc
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise EngineUnavailable(self._unreachable(exc)) from exc
-        except _CLUSTER_IN_TRANSITION as exc:
-            if isinstance(exc, redis.exceptions.MasterDownError) and not isinstance(
-                self.client, RedisCluster
-            ):
-                raise self._role_changing(exc) from exc  # a replica cut off from its master
-            # A master down or failing over, or the slot on the move: passing, as an
-            # unreachable server is, so workers back off and retry rather than stop.
-            raise EngineUnavailable(
-                f"Redis Cluster at {mask_url(self.url)} does not serve the slot of namespace "
-                f"{self.keys.namespace!r} now ({exc}): a master is down or failing over, or the "
-                "slot is being moved. Retrying is safe; CLUSTER INFO and CLUSTER SHARDS show "
-                "the cluster's state"
-            ) from exc
-        except redis.exceptions.NoPermissionError as exc:
-            raise EngineError(
-                f"Redis at {mask_url(self.url)} refused a command: {exc}. The Redis user's ACL must "
-                f"allow keys under {self.keys.prefix}:* (~{self.keys.prefix}:*) and scripting, "
-                "or set dtq's prefix to one it allows"
-            ) from exc
-        except redis.RedisError as exc:
-            raise self._error_answer(exc) from exc
-        except redis.exceptions.RedisClusterException as exc:  # not a RedisError: every node gone
-            raise cluster_trouble(self.url, exc) from exc
+    def _talking(self) -> _Talking:
+        """``with self._talking():`` turns what redis-py raises into dtq's errors (:meth:`_translated`)."""
+        return self._talk
+
+    def _translated(self, exc: BaseException) -> BaseException | None:
+        """The dtq error that stands for ``exc``, raised by redis-py; None to let ``exc`` through."""
+        if isinstance(exc, redis.AuthenticationError):  # a ConnectionError to redis-py; no retry mends it
+            return login_refused(self.url, exc)
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            return EngineUnavailable(self._unreachable(exc))
+        if isinstance(exc, _CLUSTER_IN_TRANSITION):
+            return self._slot_unserved(exc)
+        if isinstance(exc, redis.RedisError):
+            return self._error_answer(exc)
+        if isinstance(exc, redis.exceptions.RedisClusterException):  # not a RedisError: every node gone
+            return cluster_trouble(self.url, exc)
+        return None
+
+    def _slot_unserved(self, exc: Exception) -> EngineUnavailable:
+        """A master down or failing over, or the slot on the move: passing, as an unreachable
+        server is, so workers back off and retry rather than stop."""
+        if isinstance(exc, redis.exceptions.MasterDownError) and not self._cluster:
+            return self._role_changing(exc)  # a replica cut off from its master
+        return EngineUnavailable(
+            f"Redis Cluster at {mask_url(self.url)} does not serve the slot of namespace "
+            f"{self.keys.namespace!r} now ({exc}): a master is down or failing over, or the "
+            "slot is being moved. Retrying is safe; CLUSTER INFO and CLUSTER SHARDS show "
+            "the cluster's state"
+        )
 
     def _unreachable(self, exc: redis.ConnectionError | redis.TimeoutError) -> str:
         """Why the server could not be reached, and what to check."""
@@ -1176,7 +1181,13 @@ class RedisEngine(Engine):
         )
 
     def _error_answer(self, exc: redis.RedisError) -> EngineError:
-        """What an error the server answered (none of those :meth:`_talking` names first) means."""
+        """What an error the server answered (none of those :meth:`_translated` names first) means."""
+        if isinstance(exc, redis.exceptions.NoPermissionError):
+            return EngineError(
+                f"Redis at {mask_url(self.url)} refused a command: {exc}. The Redis user's ACL must "
+                f"allow keys under {self.keys.prefix}:* (~{self.keys.prefix}:*) and scripting, "
+                "or set dtq's prefix to one it allows"
+            )
         if _changing_role(exc):
             return self._role_changing(exc)
         text = _error_text(exc)
@@ -1265,7 +1276,28 @@ def _state_members(job: Job) -> str:
     return "".join(f",{json.dumps(name)}:{json.dumps(value)}" for name, value in options.items())
 
 
-def _wire(client: Client) -> wire.Connections | None:
+class _Talking:
+    """The context manager of :meth:`RedisEngine._talking`.
+
+    A class rather than a generator: it wraps every call, and a generator-based
+    one costs about a microsecond to set up, a few percent of a one-job append.
+    """
+
+    __slots__ = ("_translate",)
+
+    def __init__(self, translate: Callable[[BaseException], BaseException | None]) -> None:
+        self._translate = translate
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _kind: object, exc: BaseException | None, _tb: object) -> None:
+        translated = None if exc is None else self._translate(exc)
+        if translated is not None:
+            raise translated from exc
+
+
+def _wire(client: Client, spin: wire.Spin) -> wire.Connections | None:
     """How to send packed commands to ``client``; None when they must go through redis-py.
 
     A cluster client routes each command itself; a single-connection client
@@ -1275,7 +1307,7 @@ def _wire(client: Client) -> wire.Connections | None:
         return None
     kwargs = client.connection_pool.connection_kwargs
     packer = wire.Packer(kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict"))
-    return wire.Connections(client.connection_pool, packer)
+    return wire.Connections(client.connection_pool, packer, spin)
 
 
 @functools.cache
