@@ -13,13 +13,16 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import pytest
 import redis
 from dtqtest import RedisServer
 
-from dtq_core import EngineError, Queue
+from dtq_core import AppendOutcome, EngineError, JobStatus, Queue
+from dtq_core.engine import Appending
 from dtq_core.engines.redis import RedisEngine, wire
+from dtq_core.job import job_payload
 
 # Busy-waits ARGV[1] microseconds of the server's clock, then answers 1.
 SLOW = """
@@ -118,3 +121,52 @@ def test_reply_spin_us_is_an_engine_option_from_the_url_and_checked(redis_server
         RedisEngine.from_url(f"{redis_server.url}?reply_spin_us=-5")
     with pytest.raises(EngineError, match="reply_spin_us must be a number, not 'soon'"):
         RedisEngine.from_url(f"{redis_server.url}?reply_spin_us=soon")
+
+
+# --- a one-job append's request, packed from parts made once ----------------------
+
+
+def _entries() -> list[Appending]:
+    plain, payload = job_payload("test_only", {"action": "echo"}, None, {})
+    tuned, tuned_payload = job_payload(
+        "test_only", {"text": "naïve ☃"}, "id-ü", {"priority": -7, "max_retries": 2, "timeout_s": 1.5}
+    )
+    other, other_payload = job_payload("other_plugin", {"n": 1}, 42, {"retry_backoff_s": 0.0})
+    return [
+        Appending(plain, payload, 0.0, None),
+        Appending(tuned, tuned_payload, 2.5, None),
+        Appending(other, other_payload, 0.0, datetime(2030, 1, 2, tzinfo=timezone.utc)),
+    ]
+
+
+def test_a_one_job_append_packs_the_bytes_the_general_call_would(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    engine = RedisEngine.from_url(redis_server.url, namespace=namespace, signal_cap=77)
+    try:
+        assert engine._wire is not None
+        for entry in _entries() * 2:  # the second time from the parts packed the first
+            keys, args = engine._appending(entry.job.plugin, [entry])
+            sha = engine._scripts["append"].sha
+            general = engine._wire.packer.command("EVALSHA", sha, len(keys), *keys, *args)
+            assert engine._append_request(entry) == general
+    finally:
+        engine.close()
+
+
+def test_a_one_job_append_after_the_server_lost_its_scripts_runs_once(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    engine = RedisEngine.from_url(redis_server.url, namespace=namespace)
+    try:
+        first, again = _entries()[0], _entries()[1]
+        assert engine.append(first.job, first.payload) is AppendOutcome.CREATED
+        redis_server.client.script_flush()
+        assert engine.append(again.job, again.payload, delay_s=again.delay_s) is AppendOutcome.CREATED
+        assert engine.append(again.job, again.payload, delay_s=again.delay_s) is AppendOutcome.EXISTS
+        stored = engine.get(again.job.id)
+        assert stored is not None and stored.data == again.job.data and stored.status is JobStatus.SCHEDULED
+        events = [e for e in engine.events() if e.job_id == again.job.id]
+        assert [e.type.value for e in events] == ["scheduled"]
+    finally:
+        engine.close()

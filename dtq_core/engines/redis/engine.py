@@ -276,6 +276,8 @@ class RedisEngine(Engine):
             )
         self._decoding: tuple[str, str] = (encoder.encoding, encoder.encoding_errors)
         self._queue_keys: dict[str, list[str]] = {}
+        # Per (plugin, script sha): a one-job append's packed head and caps (see _append_request).
+        self._append_shared: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._talk = _Talking(self._translated)
 
     @classmethod
@@ -319,10 +321,37 @@ class RedisEngine(Engine):
         self, job: Job, payload: str, *, delay_s: float = 0.0, eta: datetime | None = None
     ) -> AppendOutcome:
         """Queue or schedule ``job`` atomically unless its id exists (see ``append.lua``)."""
-        keys, args = self._appending(job.plugin, [Appending(job, payload, delay_s, eta)])
+        entry = Appending(job, payload, delay_s, eta)
         with self._talking():
+            if self._wire is not None and not self.wait_replicas:
+                # The producer's hot path: one packed request, straight down a kept connection.
+                reply = self._exchange_one(self._append_request(entry))
+                if not isinstance(reply, redis.exceptions.NoScriptError):
+                    return _APPENDED[_raised([reply])[0]]
+                # The server lost its scripts (a restart, SCRIPT FLUSH), so nothing ran: the
+                # path below loads them and sends the call again.
+            keys, args = self._appending(job.plugin, [entry])
             [code] = self._write("append", keys, args, f"job {job.id!r} was stored on the master")
         return _APPENDED[code]
+
+    def _append_request(self, entry: Appending) -> bytes:
+        """:meth:`_appending`'s call for one job, packed; the parts every one-job call of its
+        plugin shares (the script, its queue keys, the caps) are packed once."""
+        assert self._wire is not None  # see append
+        plugin, sha = entry.job.plugin, self._scripts["append"].sha
+        bulk = self._wire.packer.bulk
+        shared = self._append_shared.get((plugin, sha))
+        if shared is None:
+            keys = self._append_keys(plugin)
+            caps: list[str | int] = [self.signal_cap, plugin, self.events_max]
+            parts = 3 + len(keys) + 1 + len(caps) + _APPEND_ARGS  # EVALSHA sha numkeys, keys, done key, ARGV
+            shared = self._append_shared[(plugin, sha)] = (
+                b"*%d\r\n" % parts + bulk("EVALSHA", sha, len(keys) + 1, *keys),
+                bulk(*caps),
+            )
+        head, caps_packed = shared
+        done = bulk(self.keys.done(entry.job.id))
+        return b"".join((head, done, caps_packed, bulk(*_append_args(entry, _state_members(entry.job)))))
 
     def append_many(self, entries: Sequence[Appending]) -> list[AppendOutcome]:
         """Append the entries with ``append.lua``: one call per plugin and chunk, one round trip per chunk.
@@ -346,21 +375,14 @@ class RedisEngine(Engine):
         args: list[str | int] = [self.signal_cap, plugin, self.events_max]
         encoded: dict[tuple[object, ...], str] = {}  # the jobs of a batch mostly share their options
         for entry in entries:
-            job, eta = entry.job, entry.eta
+            job = entry.job
             # Keyed by identity too: 0.0 == -0.0, but they are written apart.
             chosen = (job.max_retries, job.retry_backoff_s, job.timeout_s)
             key = (*chosen, *map(id, chosen))
             options = encoded.get(key)
             if options is None:
                 options = encoded[key] = _state_members(job)
-            args += [
-                job.id,
-                entry.payload,
-                job.priority,
-                options,
-                int(entry.delay_s * 1000),
-                0 if eta is None else max(1, int(eta.timestamp() * 1000)),
-            ]
+            args += _append_args(entry, options)
         return keys, args
 
     def _append_keys(self, plugin: str) -> list[str]:
@@ -1267,6 +1289,23 @@ def _socket_timeout_s(client: Client) -> float | None:
         kwargs = client.connection_pool.connection_kwargs
     value = kwargs.get("socket_timeout")
     return None if value is None else float(value)
+
+
+#: append.lua's ARGV per job (see _append_args).
+_APPEND_ARGS = 6
+
+
+def _append_args(entry: Appending, options: str) -> list[str | int]:
+    """append.lua's six ARGV of one job; ``options`` is :func:`_state_members` of it."""
+    job, eta = entry.job, entry.eta
+    return [
+        job.id,
+        entry.payload,
+        job.priority,
+        options,
+        int(entry.delay_s * 1000),
+        0 if eta is None else max(1, int(eta.timestamp() * 1000)),
+    ]
 
 
 def _state_members(job: Job) -> str:

@@ -95,6 +95,11 @@ class Packer:
 
     def command(self, *parts: str | int | float | bytes) -> bytes:
         """One command: a RESP array of bulk strings."""
+        return b"*%d\r\n" % len(parts) + self.bulk(*parts)
+
+    def bulk(self, *parts: str | int | float | bytes) -> bytes:
+        """``parts`` as RESP bulk strings end to end: a command's body, or a run of one
+        (a command of N parts is ``b"*N\\r\\n"`` and the runs of its parts in order)."""
         texts: list[str] = []
         for part in parts:
             kind = type(part)
@@ -103,7 +108,7 @@ class Packer:
             elif kind is int or kind is float:
                 texts.append(repr(part))
             elif kind is bytes or not self._as_text:
-                return pack([self.encode(part) for part in parts])
+                return _bulk([self.encode(part) for part in parts])
             else:
                 texts.append(self.text(part))
         encoding, errors = self.encoding, self.errors
@@ -111,7 +116,7 @@ class Packer:
             body = "".join([f"${len(t)}\r\n{t}\r\n" for t in texts])
         else:
             body = "".join([f"${len(t.encode(encoding, errors))}\r\n{t}\r\n" for t in texts])
-        return f"*{len(texts)}\r\n{body}".encode(encoding, errors)
+        return body.encode(encoding, errors)
 
     def encode(self, value: str | int | float | bytes) -> bytes:
         """An argument as redis-py's Encoder makes it."""
@@ -131,9 +136,8 @@ class Packer:
         return int.__repr__(value) if isinstance(value, int) else float.__repr__(value)
 
 
-def pack(parts: Sequence[bytes]) -> bytes:
-    """A RESP array of the bulk strings ``parts``."""
-    return b"".join([b"*%d\r\n" % len(parts), *[b"$%d\r\n%b\r\n" % (len(p), p) for p in parts]])
+def _bulk(parts: Sequence[bytes]) -> bytes:
+    return b"".join([b"$%d\r\n%b\r\n" % (len(p), p) for p in parts])
 
 
 def converse(
