@@ -19,7 +19,7 @@ import pytest
 import redis
 from dtqtest import RedisServer
 
-from dtq_core import AppendOutcome, EngineError, JobStatus, Queue
+from dtq_core import AppendOutcome, Completion, EngineError, JobStatus, Outcome, Queue
 from dtq_core.engine import Appending
 from dtq_core.engines.redis import RedisEngine, wire
 from dtq_core.job import job_payload
@@ -47,11 +47,11 @@ def connections(redis_server: RedisServer) -> Iterator[wire.Connections]:
 
 
 def slow(kept: wire.Connections) -> object:
-    return kept.once(kept.packer.command("EVAL", SLOW, 0, SLOW_US))
+    return kept.once(kept.packer.command("EVAL", SLOW, 0, SLOW_US), spin=True)
 
 
 def ping(kept: wire.Connections) -> object:
-    return kept.once(kept.packer.command("PING"))
+    return kept.once(kept.packer.command("PING"), spin=True)
 
 
 def test_a_reply_within_the_budget_clears_the_late_ones_before_it(connections: wire.Connections) -> None:
@@ -168,5 +168,31 @@ def test_a_one_job_append_after_the_server_lost_its_scripts_runs_once(
         assert stored is not None and stored.data == again.job.data and stored.status is JobStatus.SCHEDULED
         events = [e for e in engine.events() if e.job_id == again.job.id]
         assert [e.type.value for e in events] == ["scheduled"]
+    finally:
+        engine.close()
+
+
+def test_a_workers_calls_never_poll(redis_server: RedisServer, namespace: str) -> None:
+    """Only a producer's append polls: a worker's lone completion, behind a busy server,
+    sleeps in recv at once (no miss counted)."""
+    engine = RedisEngine.from_url(redis_server.url, namespace=namespace)
+    try:
+        assert engine._wire is not None
+        spin = engine._wire.spin
+        spin.budget_s = BUDGET_S
+        entry = _entries()[0]
+        engine.append(entry.job, entry.payload)
+        [lease] = engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases
+        busy = threading.Thread(target=lambda: redis_server.client.eval(SLOW, 0, 3 * SLOW_US))
+        busy.start()
+        try:
+            time.sleep(0.05)
+            completion = Completion(lease, Outcome(JobStatus.SUCCEEDED, result_json="1"), 60)
+            assert engine.complete_many([completion]) == [True]
+        finally:
+            busy.join()
+        assert (spin.misses, spin.resting) == (0, 0)
+        stored = engine.get(entry.job.id)
+        assert stored is not None and stored.status is JobStatus.SUCCEEDED
     finally:
         engine.close()

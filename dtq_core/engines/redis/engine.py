@@ -223,9 +223,9 @@ class RedisEngine(Engine):
         wait_timeout_s: the longest wait for those replicas.
         events_max: about how many lifecycle events the namespace's stream
             keeps (``XADD MAXLEN ~``); 0 records none and adds no commands.
-        reply_spin_us: how long a single call (an append, say) polls for its
-            reply before it sleeps until the reply comes (:class:`.wire.Spin`);
-            0 never polls.
+        reply_spin_us: how long an append of one job polls for its reply
+            before it sleeps until the reply comes (:class:`.wire.Spin`); 0
+            never polls.
     """
 
     def __init__(
@@ -325,7 +325,7 @@ class RedisEngine(Engine):
         with self._talking():
             if self._wire is not None and not self.wait_replicas:
                 # The producer's hot path: one packed request, straight down a kept connection.
-                reply = self._exchange_one(self._append_request(entry))
+                reply = self._exchange_one(self._append_request(entry), spin=True)
                 if not isinstance(reply, redis.exceptions.NoScriptError):
                     return _APPENDED[_raised([reply])[0]]
                 # The server lost its scripts (a restart, SCRIPT FLUSH), so nothing ran: the
@@ -1112,10 +1112,10 @@ class RedisEngine(Engine):
         # Cached: a retry that starts again from the first request packs none twice.
         return self._exchange(count, functools.cache(lambda i: pack(*command(i))), resume=resume)
 
-    def _exchange_one(self, request: bytes) -> Any:
+    def _exchange_one(self, request: bytes, *, spin: bool = False) -> Any:
         """One request's reply: first tried on a kept connection alone (:meth:`.wire.Connections.once`)."""
         assert self._wire is not None  # see _send
-        reply = self._wire.once(request)
+        reply = self._wire.once(request, spin=spin)
         if isinstance(reply, wire.NoReply):
             [reply] = self._exchange(1, lambda _i: request, resume=True, failed_first=reply.error)
         return reply
