@@ -233,7 +233,9 @@ def _notes(results: Result) -> list[str]:
         "trips = requests the server read (total_reads_processed), both less the harness's own; CPU per job",
         "over the same window; MB per 100k scaled from the measure's own size. Latency: one job at a time",
         "on the idle 1-process worker, after 5 untimed warm-up jobs. Bulk: the median of up to 3 calls",
-        "(while they take under 3 s in all), each of the whole bulk size, on an emptied server.",
+        "(while they take under 3 s in all), each of the whole bulk size, on an emptied server. Enqueue",
+        "one by one: 3 rounds, every system in turn in each, on an emptied server; the median round's",
+        "figures (every round's rate is in latest.json, rounds_per_s).",
         "error / n/a: details in latest.json.",
     ]
     return lines
