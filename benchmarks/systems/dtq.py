@@ -25,7 +25,7 @@ class Dtq(System):
         "job": 'test_only {"action": "echo"} (returns its data)',
         "worker": "dtq worker --plugins test_only --concurrency 1 --quiet --mode <variant> --prefetch 64",
         "defaults kept": (
-            "lease 30 s, result kept 1 day, lifecycle events on, reply_spin_us 100 (a one-job call "
+            "lease 30 s, result kept 1 day, lifecycle events on, reply_spin_us 100 (a one-job append "
             "polls its socket up to 100 µs for the reply before it sleeps: see enq client µs)"
         ),
         "result wait": (

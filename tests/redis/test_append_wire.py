@@ -1,4 +1,5 @@
-"""Waiting for a reply by polling first (wire.Spin), against a real redis-server.
+"""A one-job append on the wire, against a real redis-server: waiting for its reply
+by polling first (wire.Spin), and its request packed from parts made once.
 
 The server is slowed with a script that busy-waits, so a reply comes surely
 later than the budget; a fast reply (PING) comes surely sooner than a budget of
