@@ -73,6 +73,7 @@ _SCRIPTS = (
     "sweep",
     "wait",
     "unwait",
+    "prune",
 )
 #: A script's name, KEYS and ARGV.
 _ScriptCall = tuple[str, list[str], list[str | int]]
@@ -151,18 +152,21 @@ _PASSING_REFUSALS = {
 #: The options RedisEngine.from_url takes (the engine settings, DTQ_ENGINE__*): for each,
 #: its type and its least value, and whether that least value itself is allowed. A
 #: bad one was taken as given: a text signal_cap failed each append after its writes.
-_OPTION_RANGES: dict[str, tuple[type, float, bool]] = {
-    "socket_timeout_s": (float, 0, False),
-    "connect_timeout_s": (float, 0, False),
-    "retries": (int, 0, True),
-    "signal_cap": (int, 1, True),
-    "block_s": (float, 0, False),
-    "index_cap": (int, 0, True),  # 0: no dead or failed index
-    "errors_kept": (int, 1, True),
-    "wait_replicas": (int, 0, True),
-    "wait_timeout_s": (float, 0, False),
-    "events_max": (int, 0, True),
-    "reply_spin_us": (float, 0, True),  # 0: never poll for a reply
+#: Each engine option's kind, least value, whether the least is allowed, and most value.
+_OPTION_RANGES: dict[str, tuple[type, float, bool, float]] = {
+    "socket_timeout_s": (float, 0, False, math.inf),
+    "connect_timeout_s": (float, 0, False, math.inf),
+    "retries": (int, 0, True, math.inf),
+    "signal_cap": (int, 1, True, math.inf),
+    "block_s": (float, 0, False, math.inf),
+    "index_cap": (int, 0, True, math.inf),  # 0: no dead or failed index
+    "errors_kept": (int, 1, True, math.inf),
+    "wait_replicas": (int, 0, True, math.inf),
+    "wait_timeout_s": (float, 0, False, math.inf),
+    "events_max": (int, 0, True, math.inf),
+    # 0: never poll for a reply. Past a few hundred µs polling only burns CPU, and a poll
+    # longer than the socket timeout would outlast the wait that notices a stalled server.
+    "reply_spin_us": (float, 0, True, 10_000),
 }
 
 
@@ -178,11 +182,13 @@ def _check_options(url: str, options: Mapping[str, Any]) -> None:
         if name not in _OPTION_RANGES:
             known = ", ".join(sorted(_OPTION_RANGES))
             raise EngineError(f"unknown Redis engine option {name!r} (for {mask_url(url)}); known: {known}")
-        kind, least, least_allowed = _OPTION_RANGES[name]
-        if _in_range(value, kind, least, least_allowed):
+        kind, least, least_allowed, most = _OPTION_RANGES[name]
+        if _in_range(value, kind, least, least_allowed, most):
             continue
         what = "a whole number" if kind is int else "a number"
         wanted = f"{what} {'from' if least_allowed else 'above'} {least:g}"
+        if most < math.inf:
+            wanted += f" to {most:g}"
         raise EngineError(
             f"Redis engine option {name} = {value!r}: expected {wanted} (engine options come from "
             f"engine_options=, [engine] in the config file, or DTQ_ENGINE__{name.upper()})"
@@ -194,8 +200,8 @@ def _is_stream_id(text: str) -> bool:
     return _STREAM_ID.fullmatch(text) is not None and all(int(part) < 2**64 for part in text.split("-"))
 
 
-def _in_range(value: object, kind: type, least: float, least_allowed: bool) -> bool:
-    if not in_bounds(value, least, math.inf, least_allowed=least_allowed):
+def _in_range(value: object, kind: type, least: float, least_allowed: bool, most: float) -> bool:
+    if not in_bounds(value, least, most, least_allowed=least_allowed):
         return False
     return kind is not int or value == int(value)
 
@@ -276,9 +282,8 @@ class RedisEngine(Engine):
             )
         self._decoding: tuple[str, str] = (encoder.encoding, encoder.encoding_errors)
         self._queue_keys: dict[str, list[str]] = {}
-        # Per (plugin, script sha): a one-job append's packed head and caps (see _append_request).
-        self._append_shared: dict[tuple[str, str], tuple[bytes, bytes]] = {}
-        self._talk = _Talking(self._translated)
+        # A one-job append's packed head and caps, per what they are made of (see _append_request).
+        self._append_shared: dict[tuple[str, str, int, int], tuple[bytes, bytes]] = {}
 
     @classmethod
     def from_url(
@@ -340,12 +345,14 @@ class RedisEngine(Engine):
         assert self._wire is not None  # see append
         plugin, sha = entry.job.plugin, self._scripts["append"].sha
         bulk = self._wire.packer.bulk
-        shared = self._append_shared.get((plugin, sha))
+        # The caps are attributes a caller may change: keyed by them, a change is packed anew.
+        made_of = (plugin, sha, self.signal_cap, self.events_max)
+        shared = self._append_shared.get(made_of)
         if shared is None:
             keys = self._append_keys(plugin)
             caps: list[str | int] = [self.signal_cap, plugin, self.events_max]
             parts = 3 + len(keys) + 1 + len(caps) + _APPEND_ARGS  # EVALSHA sha numkeys, keys, done key, ARGV
-            shared = self._append_shared[(plugin, sha)] = (
+            shared = self._append_shared[made_of] = (
                 b"*%d\r\n" % parts + bulk("EVALSHA", sha, len(keys) + 1, *keys),
                 bulk(*caps),
             )
@@ -908,9 +915,14 @@ class RedisEngine(Engine):
         return [dict(info, id=worker_id) for worker_id, info in zip(ids, infos, strict=True) if info]
 
     def stats(self) -> Stats:
-        """Counts per plugin queue and of dead and failed jobs, read in one round trip."""
+        """Counts per plugin queue and of dead and failed jobs, read in one transaction.
+
+        The dead and failed indexes are pruned first (:meth:`_prune_stale`, two
+        round trips more), so their counts leave out jobs whose records expired.
+        """
         k = self.keys
         with self._talking():
+            self._prune_stale()
             plugins = sorted(str(p) for p in self.client.smembers(k.plugins))
             pipe = self.client.pipeline(transaction=True)
             for plugin in plugins:
@@ -953,18 +965,54 @@ class RedisEngine(Engine):
             return bool(self._scripts["requeue"](keys, args))
 
     def purge(self, status: JobStatus) -> int:
-        """Delete the records of every job in the status's index, in batches of transactions."""
+        """Delete the records of every job in the status's index, 500 at a time (``prune.lua``).
+
+        Only records of that status go: an entry whose record expired, or whose
+        id a later job took and ended otherwise, is dropped without deleting
+        anything. Returns how many records were deleted.
+        """
         _check_indexed(status)
         index = self.keys.index(status.value)
         purged = 0
         with self._talking():
-            while ids := [str(job_id) for job_id in self.client.zrange(index, 0, 499)]:
-                pipe = self.client.pipeline(transaction=True)
-                for job_id in ids:
-                    pipe.delete(self.keys.done(job_id), self.keys.errors(job_id))
-                pipe.zrem(index, *ids)
-                purged += int(pipe.execute()[-1])
+            while ids := [str(job_id) for job_id in self.client.zrange(index, 0, _PRUNE_BATCH - 1)]:
+                [(_dropped, deleted)] = self._run_scripts([self._pruning(status, ids, purge=True)])
+                purged += int(deleted)
         return purged
+
+    def _prune_stale(self) -> None:
+        """Drop the oldest entries of the dead and failed indexes that stand for no job of
+        their status any more (``prune.lua``), until one that does, or :data:`_PRUNE_MOST`.
+
+        complete.lua prunes an index by age only when it adds to it, so without
+        this an entry whose record expired would be counted until the next job
+        of its status. Records expire in about the order their jobs ended, so the
+        stale entries are the oldest.
+        """
+        statuses = [JobStatus.DEAD, JobStatus.FAILED]
+        looked = 0
+        while statuses and looked < _PRUNE_MOST:
+            pipe = self.client.pipeline(transaction=False)
+            for status in statuses:
+                pipe.zrange(self.keys.index(status.value), 0, _STALE_BATCH - 1)
+            found = zip(statuses, pipe.execute(), strict=True)
+            batches = [(status, [str(job_id) for job_id in ids]) for status, ids in found if ids]
+            if not batches:
+                return
+            replies = self._run_scripts([self._pruning(status, ids, purge=False) for status, ids in batches])
+            # An index is looked at further only while a whole batch of it was stale.
+            statuses = [
+                status
+                for (status, ids), (dropped, _deleted) in zip(batches, replies, strict=True)
+                if int(dropped) == len(ids)
+            ]
+            looked += _STALE_BATCH
+
+    def _pruning(self, status: JobStatus, ids: list[str], *, purge: bool) -> _ScriptCall:
+        """prune.lua's call for ``ids`` of the status's index."""
+        k = self.keys
+        keys = [k.index(status.value), *map(k.done, ids), *map(k.errors, ids)]
+        return ("prune", keys, [status.value, "1" if purge else "", *ids])
 
     # --- events and history ----------------------------------------------------
 
@@ -1160,7 +1208,9 @@ class RedisEngine(Engine):
 
     def _talking(self) -> _Talking:
         """``with self._talking():`` turns what redis-py raises into dtq's errors (:meth:`_translated`)."""
-        return self._talk
+        # Made per call: one kept on the engine would hold the engine in a reference cycle,
+        # and an engine dropped without close() would keep its sockets until a full collection.
+        return _Talking(self._translated)
 
     def _translated(self, exc: BaseException) -> BaseException | None:
         """The dtq error that stands for ``exc``, raised by redis-py; None to let ``exc`` through."""
@@ -1291,6 +1341,12 @@ def _socket_timeout_s(client: Client) -> float | None:
     return None if value is None else float(value)
 
 
+#: Index entries prune.lua is given per call, at most.
+_PRUNE_BATCH = 500
+#: Index entries a stats read looks at per index and round trip, and at most in all.
+_STALE_BATCH = 100
+_PRUNE_MOST = 2000
+
 #: append.lua's ARGV per job (see _append_args).
 _APPEND_ARGS = 6
 
@@ -1332,8 +1388,14 @@ class _Talking:
 
     def __exit__(self, _kind: object, exc: BaseException | None, _tb: object) -> None:
         translated = None if exc is None else self._translate(exc)
-        if translated is not None:
+        if translated is None:
+            return
+        try:
             raise translated from exc
+        finally:
+            # This frame is in the raised error's traceback: holding the error too, it would
+            # make a cycle that keeps the error, the engine and its sockets until a full collection.
+            del translated
 
 
 def _wire(client: Client, spin: wire.Spin) -> wire.Connections | None:
@@ -1443,11 +1505,19 @@ def _event(entry_id: str, fields: Mapping[str, str]) -> Event:
 
 
 def _minute_counts(fields: Mapping[str, str]) -> dict[str, dict[str, int]]:
-    """``{plugin: {status: n}}`` from a minute hash's ``<plugin>|<status>`` fields."""
+    """``{plugin: {status: n}}`` from a minute hash's ``<plugin>|<status>`` fields.
+
+    A field whose value is no whole number was not written by dtq (HINCRBY) and
+    is left out, rather than failing every read of the history.
+    """
     counts: dict[str, dict[str, int]] = {}
     for field, n in fields.items():
         plugin, _, status = field.rpartition("|")
-        counts.setdefault(plugin, {})[status] = int(n)
+        try:
+            number = int(n)
+        except ValueError:
+            continue
+        counts.setdefault(plugin, {})[status] = number
     return counts
 
 

@@ -59,7 +59,7 @@ class Spin:
         """Return once ``conn`` has a reply to read or the budget is spent (then recv waits)."""
         if self.budget_s <= 0.0:
             return
-        if self.resting:
+        if self.resting > 0:  # not just truthy: a count gone below 0 in a race must not stop polling
             self.resting -= 1
             return
         sock = conn._sock
