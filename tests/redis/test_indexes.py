@@ -88,3 +88,24 @@ def test_a_per_minute_count_that_is_no_number_is_left_out_of_the_history(
     assert counted, "the failure's minute is in the history"
     assert all(m.counts.get("test_only", {}).get("succeeded") is None for m in counted)
     assert sum(m.counts.get("test_only", {}).get("failed", 0) for m in counted) == 1
+
+
+def test_a_read_only_user_still_reads_the_counts(
+    queue: Queue, make_worker: MakeWorker, redis_server: RedisServer, namespace: str
+) -> None:
+    """Pruning writes; a monitoring user that may only read gets the counts as they stand."""
+    _ended(queue, make_worker, {"f1": "fail"}, "failed")
+    user = f"reader-{namespace}"
+    redis_server.client.acl_setuser(
+        user,
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        commands=["+@read", "+@connection", "+@transaction", "+time", "+client"],
+    )
+    try:
+        url = redis_server.url.replace("redis://", f"redis://{user}:pw@")
+        with Queue(["test_only"], url, namespace=namespace) as reader:
+            assert reader.stats().failed == 1
+    finally:
+        redis_server.client.acl_deluser(user)

@@ -922,7 +922,11 @@ class RedisEngine(Engine):
         """
         k = self.keys
         with self._talking():
-            self._prune_stale()
+            try:
+                self._prune_stale()
+            except redis.ResponseError as exc:
+                # A read-only user or a replica may read the counts it cannot prune.
+                log.debug("could not prune the dead and failed indexes: %s", exc)
             plugins = sorted(str(p) for p in self.client.smembers(k.plugins))
             pipe = self.client.pipeline(transaction=True)
             for plugin in plugins:
