@@ -15,8 +15,8 @@ ARGV[1] the status: 'dead' or 'failed'
 ARGV[2] '1' to purge: delete the records of this status and drop their entries too
 ARGV[2 + i] the i-th id, i = 1..n
 
-Returns {dropped, deleted}: entries dropped from the index (all, with purge),
-and records deleted.
+Returns {dropped, deleted}: entries dropped from the index (all, with purge;
+without, those before the first entry that stands), and records deleted.
 ]]
 local status = ARGV[1]
 local purging = ARGV[2] == '1'
@@ -35,6 +35,10 @@ for i = 1, n do
   end
   if purging or other then
     dropped = dropped + redis.call('ZREM', KEYS[1], id)
+  elseif not purging then
+    -- Pruning stops at the first entry that stands: the ids come oldest first, and the
+    -- newer ones' records expire later. A stats read then decodes one record per index.
+    break
   end
 end
 return {dropped, deleted}
