@@ -350,7 +350,7 @@ class RedisEngine(Engine):
         shared = self._append_shared.get(made_of)
         if shared is None:
             keys = self._append_keys(plugin)
-            caps: list[str | int] = [self.signal_cap, plugin, self.events_max]
+            caps = self._append_caps(plugin)
             parts = 3 + len(keys) + 1 + len(caps) + _APPEND_ARGS  # EVALSHA sha numkeys, keys, done key, ARGV
             shared = self._append_shared[made_of] = (
                 b"*%d\r\n" % parts + bulk("EVALSHA", sha, len(keys) + 1, *keys),
@@ -379,7 +379,7 @@ class RedisEngine(Engine):
         """append.lua's KEYS and ARGV for entries of one plugin."""
         keys = self._queue_keys.get(plugin) or self._queue_keys.setdefault(plugin, self._append_keys(plugin))
         keys = keys + [self.keys.done(entry.job.id) for entry in entries]
-        args: list[str | int] = [self.signal_cap, plugin, self.events_max]
+        args = self._append_caps(plugin)
         encoded: dict[tuple[object, ...], str] = {}  # the jobs of a batch mostly share their options
         for entry in entries:
             job = entry.job
@@ -391,6 +391,10 @@ class RedisEngine(Engine):
                 options = encoded[key] = _state_members(job)
             args += _append_args(entry, options)
         return keys, args
+
+    def _append_caps(self, plugin: str) -> list[str | int]:
+        """append.lua's ARGV before those of each job."""
+        return [self.signal_cap, plugin, self.events_max]
 
     def _append_keys(self, plugin: str) -> list[str]:
         """append.lua's KEYS for ``plugin``, before those of each job."""
