@@ -58,6 +58,23 @@ class ReleaseOutcome(enum.Enum):
     NOT_HELD = "not held"
 
 
+class Recorded(enum.IntEnum):
+    """What :meth:`Engine.complete` made of an attempt's outcome; false only when refused.
+
+    An int, so that a custom engine's plain ``True``/``False`` (the answer before
+    this type) reads as STORED/REFUSED.
+    """
+
+    #: The lease no longer holds (it expired and the job went to another worker, or the
+    #: job is gone): nothing was written.
+    REFUSED = 0
+    #: Stored as given (also when this very attempt was stored already: a repeated call).
+    STORED = 1
+    #: A retry stored as the job's cancellation instead: the cancel was asked for during
+    #: the attempt, so the job ends cancelled rather than running again.
+    CANCELLED = 2
+
+
 @attrs.frozen
 class Lease:
     """A job handed to one worker, and the fencing token that proves it holds it."""
@@ -119,6 +136,15 @@ class Completion:
     lease: Lease
     outcome: Outcome
     ttl_s: float
+
+
+def recorded_again(status: str, outcome: Outcome) -> Recorded:
+    """The answer to an attempt's completion sent again (a client retrying after a dropped
+    connection), from the status the first one left: a retry that ended the job cancelled
+    is told so again."""
+    if outcome.status is JobStatus.SCHEDULED and status == JobStatus.CANCELLED.value:
+        return Recorded.CANCELLED
+    return Recorded.STORED
 
 
 @attrs.frozen
@@ -414,8 +440,12 @@ class Engine(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
-        """Record an attempt's outcome if ``lease`` still holds; False (nothing written) otherwise."""
+    def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> Recorded:
+        """Record an attempt's outcome if ``lease`` still holds; REFUSED (nothing written) otherwise.
+
+        A retry of a job whose cancel was asked for during the attempt ends the
+        job cancelled instead (CANCELLED), as the caller asked.
+        """
 
     def complete_and_fetch(
         self,
@@ -426,7 +456,7 @@ class Engine(abc.ABC):
         lease_s: float,
         worker_id: str,
         wait_s: float = 0.0,
-    ) -> tuple[list[bool], Batch]:
+    ) -> tuple[list[Recorded], Batch]:
         """:meth:`complete_many`, then :meth:`fetch`: a worker's "done with these, what next".
 
         The completions are recorded before the fetch runs. With ``wait_s`` (a
@@ -438,7 +468,7 @@ class Engine(abc.ABC):
             self.wait_for_jobs(plugins, wait_s)
         return stored, self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
 
-    def complete_many(self, completions: Sequence[Completion]) -> list[bool]:
+    def complete_many(self, completions: Sequence[Completion]) -> list[Recorded]:
         """Record several outcomes as :meth:`complete` does, one answer per completion, in order.
 
         Each completion is atomic on its own, not the batch. Engines override

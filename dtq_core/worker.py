@@ -40,7 +40,16 @@ import attrs
 
 from dtq_core.caller import Control
 from dtq_core.config import Settings, mask_url
-from dtq_core.engine import Batch, Completion, Engine, Lease, Outcome, ReleaseOutcome, resolve_engine
+from dtq_core.engine import (
+    Batch,
+    Completion,
+    Engine,
+    Lease,
+    Outcome,
+    Recorded,
+    ReleaseOutcome,
+    resolve_engine,
+)
 from dtq_core.errors import DtqError, EngineUnavailable, JobProcessError, PluginError
 from dtq_core.job import ErrorInfo, Job, JobStatus
 from dtq_core.periodic import Periodic, PeriodicScheduler
@@ -746,14 +755,18 @@ class Worker:
         stored = self.engine.complete_many([e.completion for e in ended])
         return self._reported(ended, stored, finished=finished)
 
-    def _reported(self, ended: Sequence[Ended], stored: Sequence[bool], *, finished: bool) -> list[Job]:
-        """Log and report stored outcomes; the jobs as they ended, if ``finished``."""
-        for one, held in zip(ended, stored, strict=True):
-            job, outcome = one.completion.lease.job, one.completion.outcome
-            _log_outcome(job, outcome, held, one.duration_s)
-            if held:
+    def _reported(self, ended: Sequence[Ended], stored: Sequence[Recorded], *, finished: bool) -> list[Job]:
+        """Log and report outcomes as the engine stored them; the jobs as they ended, if ``finished``."""
+        jobs: list[Job] = []
+        for one, answer in zip(ended, stored, strict=True):
+            job = one.completion.lease.job
+            outcome = _as_stored(one.completion.outcome, Recorded(int(answer)))  # int: a custom engine's bool
+            _log_outcome(job, outcome, bool(answer), one.duration_s)
+            if answer:
                 self._tell_ended(job, outcome.status, one.duration_s)
-        return [_finished(one) for one in ended] if finished else []
+            if finished:
+                jobs.append(_finished(job, outcome))
+        return jobs
 
     def _lost(self, lease: Lease) -> Job:
         job = lease.job
@@ -857,9 +870,16 @@ def _backoff_s(failures: int) -> float:
     return min(_MAX_BACKOFF_S, 0.1 * 2.0**failures)
 
 
-def _finished(ended: Ended) -> Job:
+def _as_stored(outcome: Outcome, recorded: Recorded) -> Outcome:
+    """``outcome`` as the engine stored it: a retry it turned into the job's cancellation
+    (asked for during the attempt) is reported, counted and logged as that."""
+    if recorded is Recorded.CANCELLED:
+        return attrs.evolve(outcome, status=JobStatus.CANCELLED, retry_in_s=0.0)
+    return outcome
+
+
+def _finished(job: Job, outcome: Outcome) -> Job:
     """The job as its attempt left it."""
-    job, outcome = ended.completion.lease.job, ended.completion.outcome
     result = None if outcome.result_json is None else json.loads(outcome.result_json)
     return attrs.evolve(job, status=outcome.status, result=result, error=outcome.error)
 

@@ -39,6 +39,7 @@ from dtq_core.engine import (
     MinuteCounts,
     Outcome,
     QueueStats,
+    Recorded,
     ReleaseOutcome,
     Renewal,
     Stats,
@@ -48,6 +49,7 @@ from dtq_core.engine import (
     dead_after_lost_leases,
     delivery_token,
     history_minutes,
+    recorded_again,
     short_message,
     uncount_attempt,
 )
@@ -277,16 +279,16 @@ class MemoryEngine(Engine):
             self._woken.add(worker_id)
             self._store.lock.notify_all()
 
-    def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
+    def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> Recorded:
         """Record an outcome under the lease's token (as ``complete.lua``)."""
         job = lease.job
         with self._store.lock:
             space = self._space
             record = space.records.get(job.id)
             if record is None or record.state.get("token") != lease.token:
-                return False
+                return Recorded.REFUSED
             if record.state["status"] != "running":
-                return True  # this attempt was already recorded
+                return recorded_again(record.state["status"], outcome)
             space.active.get(job.plugin, {}).pop(job.id, None)
             if outcome.error is not None:
                 self._add_error(space, job.id, json.dumps(outcome.error.to_dict()))
@@ -299,11 +301,11 @@ class MemoryEngine(Engine):
                 space.scheduled.setdefault(job.plugin, {})[job.id] = record.state["due"]
                 self._count(space, job.plugin, EventType.RETRYING.value)
                 self._event(space, EventType.RETRYING, job.id, record, outcome.error, delay_ms)
-                return True
+                return Recorded.STORED
             record.result = outcome.result_json
             record.error = None if outcome.error is None else json.dumps(outcome.error.to_dict())
             self._finish(space, job.id, record, status.value, ttl_s, outcome.error)
-            return True
+            return Recorded.CANCELLED if status is not outcome.status else Recorded.STORED
 
     def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:
         """Extend held leases; report lost ones and cancellation requests."""

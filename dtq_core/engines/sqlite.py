@@ -58,6 +58,7 @@ from dtq_core.engine import (
     MinuteCounts,
     Outcome,
     QueueStats,
+    Recorded,
     ReleaseOutcome,
     Renewal,
     Stats,
@@ -67,6 +68,7 @@ from dtq_core.engine import (
     dead_after_lost_leases,
     delivery_token,
     history_minutes,
+    recorded_again,
     short_message,
     uncount_attempt,
 )
@@ -341,14 +343,14 @@ class SqliteEngine(Engine):
                     return
             time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
 
-    def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
+    def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> Recorded:
         """Record an outcome under the lease's token."""
         with self._tx() as db:
             row = self._row(db, lease.job.id)
             if row is None or row["token"] != lease.token:
-                return False
+                return Recorded.REFUSED
             if row["status"] != "running":
-                return True  # this attempt was already recorded
+                return recorded_again(row["status"], outcome)
             row["deadline_ms"] = None
             error = None if outcome.error is None else json.dumps(outcome.error.to_dict())
             if error is not None:
@@ -362,10 +364,10 @@ class SqliteEngine(Engine):
                 self._save(db, row)
                 self._count(db, row["plugin"], EventType.RETRYING.value)
                 self._event(db, EventType.RETRYING, row, outcome.error, delay_ms)
-                return True
+                return Recorded.STORED
             row.update(result=outcome.result_json, error=error)
             self._finish(db, row, status.value, ttl_s, outcome.error)
-            return True
+            return Recorded.CANCELLED if status is not outcome.status else Recorded.STORED
 
     def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:
         """Extend held leases; report lost ones and cancellation requests."""

@@ -22,7 +22,7 @@ import pytest
 import redis
 from dtqtest import RedisServer
 
-from dtq_core import AppendOutcome, Completion, EngineError, JobStatus, Outcome, Queue
+from dtq_core import AppendOutcome, Completion, EngineError, JobStatus, Outcome, Queue, Recorded
 from dtq_core.engine import Appending
 from dtq_core.engines.redis import RedisEngine, wire
 from dtq_core.job import job_payload
@@ -212,7 +212,7 @@ def test_a_workers_calls_never_poll(redis_server: RedisServer, namespace: str) -
         try:
             time.sleep(0.05)
             completion = Completion(lease, Outcome(JobStatus.SUCCEEDED, result_json="1"), 60)
-            assert engine.complete_many([completion]) == [True]
+            assert engine.complete_many([completion]) == [Recorded.STORED]
         finally:
             busy.join()
         assert (spin.misses, spin.resting) == (0, 0)

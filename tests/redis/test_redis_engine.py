@@ -23,6 +23,7 @@ from dtq_core import (
     JobStatus,
     Outcome,
     Queue,
+    Recorded,
     ResultTimeout,
     Worker,
 )
@@ -395,7 +396,7 @@ def test_a_producer_hears_of_an_end_while_the_worker_still_waits_for_its_next_jo
         )
         ended["worker"] = time.monotonic()
     producer.join(20)
-    assert stored == [True] and batch.leases == []
+    assert stored == [Recorded.STORED] and batch.leases == []
     assert ended["worker"] - ended["producer"] > 1.0, ended  # told well before the wait ended
 
 
@@ -565,7 +566,7 @@ def test_a_completion_refuses_a_state_that_json_cannot_write_back_and_writes_not
     spoiled = spoiled if found else "{" + garbage + "," + state[1:]
     client.hset(keys.state, "inf", spoiled)
     outcome = Outcome(status=JobStatus.SUCCEEDED, result_json='{"ok":1}')
-    assert queue.engine.complete(lease, outcome, ttl_s=60) is False
+    assert queue.engine.complete(lease, outcome, ttl_s=60) is Recorded.REFUSED
     assert client.hget(keys.state, "inf") == spoiled
     assert client.zscore(keys.active("test_only"), "inf") is not None
     assert not client.hexists(keys.succeeded, "inf")

@@ -41,6 +41,7 @@ from dtq_core.engine import (
     MinuteCounts,
     Outcome,
     QueueStats,
+    Recorded,
     ReleaseOutcome,
     Renewal,
     Stats,
@@ -528,7 +529,7 @@ class RedisEngine(Engine):
         lease_s: float,
         worker_id: str,
         wait_s: float = 0.0,
-    ) -> tuple[list[bool], Batch]:
+    ) -> tuple[list[Recorded], Batch]:
         """``complete.lua`` for the completions, then ``fetch.lua``, in one pipelined round trip.
 
         With ``wait_s``, a ``BLPOP`` on the plugins' signal lists goes between
@@ -552,7 +553,7 @@ class RedisEngine(Engine):
         batch = self._fetched(flat)
         if batch is None:  # only malformed records, now buried: look again
             batch = self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
-        return _in_order(len(completions), groups, replies, bool), batch
+        return _in_order(len(completions), groups, replies, Recorded), batch
 
     def _fetching(self, plugins: Sequence[str], count: int, lease_s: float, worker_id: str) -> _ScriptCall:
         k = self.keys
@@ -695,14 +696,14 @@ class RedisEngine(Engine):
             pipe.pexpire(key, _WAKE_KEPT_MS)
             pipe.execute()
 
-    def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> bool:
+    def complete(self, lease: Lease, outcome: Outcome, *, ttl_s: float) -> Recorded:
         """Record the outcome under the lease's fencing token (see ``complete.lua``)."""
         keys, args = self._completing(lease.job.plugin, [Completion(lease, outcome, ttl_s)])
         with self._talking():
             [code] = self._write("complete", keys, args, f"the outcome of job {lease.job.id!r} was stored")
-        return bool(code)
+        return Recorded(code)
 
-    def complete_many(self, completions: Sequence[Completion]) -> list[bool]:
+    def complete_many(self, completions: Sequence[Completion]) -> list[Recorded]:
         """Record the outcomes with ``complete.lua``, one call per plugin, all in one round trip.
 
         A job named twice (a stale attempt and a new one) goes into separate
@@ -712,7 +713,7 @@ class RedisEngine(Engine):
         calls = [self._completion_call(completions, group) for group in groups]
         with self._talking():
             replies = self._run_scripts(calls, wait_what="the outcomes were stored")
-        return _in_order(len(completions), groups, replies, bool)
+        return _in_order(len(completions), groups, replies, Recorded)
 
     def _completion_call(self, completions: Sequence[Completion], group: Sequence[int]) -> _ScriptCall:
         plugin = completions[group[0]].lease.job.plugin

@@ -20,6 +20,7 @@ from dtq_core import (
     Lease,
     Outcome,
     Queue,
+    Recorded,
     ValidationError,
     Worker,
 )
@@ -141,7 +142,7 @@ def test_complete_and_fetch_with_a_wait_records_first_then_leases_a_job_appended
         wait_s=4.0,
     )
     appender.join()
-    assert stored == [True]
+    assert stored == [Recorded.STORED]
     one = seen["one"]
     assert one is not None and one.status is JobStatus.SUCCEEDED  # recorded while the call still waited
     # Fetched after the wait, however the engine waits (a wake-up, or the whole wait_s).
@@ -161,13 +162,13 @@ def test_complete_and_fetch_records_outcomes_then_leases_the_next_jobs(dtq_engin
         lease_s=30,
         worker_id="w",
     )
-    assert stored == [True, False]  # a completion without the lease's token is refused
+    assert stored == [Recorded.STORED, Recorded.REFUSED]  # a completion without the lease's token is refused
     assert [lease.job.id for lease in batch.leases] == ["three"]
     one, two = dtq_engine.get("one"), dtq_engine.get("two")
     assert one is not None and one.status is JobStatus.SUCCEEDED and one.result == "ok"
     assert two is not None and two.status is JobStatus.RUNNING
     # Repeating a recorded completion (a retry after a lost reply) is answered as recorded.
-    assert dtq_engine.complete_many([Completion(first[0], done, 60)]) == [True]
+    assert dtq_engine.complete_many([Completion(first[0], done, 60)]) == [Recorded.STORED]
     stored, batch = dtq_engine.complete_and_fetch([], ["test_only"], count=5, lease_s=30, worker_id="w")
     assert stored == [] and batch.leases == []
 

@@ -10,6 +10,7 @@ import pytest
 
 from dtq_core import (
     AppendOutcome,
+    Completion,
     Engine,
     ErrorInfo,
     Job,
@@ -17,6 +18,7 @@ from dtq_core import (
     Lease,
     Outcome,
     Queue,
+    Recorded,
     ReleaseOutcome,
     Worker,
 )
@@ -278,7 +280,9 @@ def test_a_failed_attempt_of_a_job_cancelled_meanwhile_is_not_retried(
     dtq_queue.cancel("asked-off")
     error = ErrorInfo("RuntimeError", "failed on purpose")
     retry = Outcome(JobStatus.SCHEDULED, error=error, retry_in_s=0.0)
-    assert dtq_engine.complete(lease, retry, ttl_s=60)
+    assert dtq_engine.complete(lease, retry, ttl_s=60) is Recorded.CANCELLED  # told, for its reports
+    # Sent again (a retry after a lost reply): answered as the first time.
+    assert dtq_engine.complete_many([Completion(lease, retry, 60)]) == [Recorded.CANCELLED]
     ended = dtq_queue.get("asked-off")
     assert ended is not None and (ended.status, ended.attempts) == (JobStatus.CANCELLED, 1)
     assert ended.errors == (error,)

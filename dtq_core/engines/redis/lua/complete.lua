@@ -44,10 +44,11 @@ ARGV[7 + 9(i-1) ..] nine per completion i:
         the event's error type or ''; the event's error message (short) or ''
 
 Returns one code per completion: 1 recorded (also when this very attempt was
-recorded already: a client retrying after a dropped connection); 0 when the
-lease is no longer the caller's (it expired and the job went to another
-worker, or the job is gone) or the record is malformed: then nothing is
-written for it.
+recorded already: a client retrying after a dropped connection); 2 recorded,
+but a retry ended the job cancelled instead (its cancel was asked for during
+the attempt), also when repeated; 0 when the lease is no longer the caller's
+(it expired and the job went to another worker, or the job is gone) or the
+record is malformed: then nothing is written for it.
 ]]
 --#include tell
 --#include sweep
@@ -73,8 +74,8 @@ local counts = {}
 local indexes = {dead = KEYS[8], failed = KEYS[9]}
 local indexed = {}
 
--- The token of a record already final: this attempt's own completion repeated?
-local function final_token(i)
+-- The state of a record already final (this attempt's own completion repeated?), or nil.
+local function final_state(i)
   local record = redis.call('HGET', KEYS[5], ids[i])
   local raw
   if record then
@@ -84,7 +85,12 @@ local function final_token(i)
     raw = redis.call('HGET', KEYS[10 + 2 * i], 'state')
   end
   local ok, final = pcall(cjson.decode, raw or '')
-  return ok and type(final) == 'table' and final.token or nil
+  return ok and type(final) == 'table' and final or nil
+end
+
+-- The code of a completion: 2 when the retry asked for (ARGV[a + 2]) ended the job cancelled.
+local function stored(a, status)
+  return (ARGV[a + 2] == 'retry' and status == 'cancelled') and 2 or 1
 end
 
 local function event(kind, id, state, a, ...)
@@ -156,7 +162,8 @@ for i = 1, n do
   local a = 7 + 9 * (i - 1)
   local ok, state = pcall(cjson.decode, states[i] or '')
   if not ok or type(state) ~= 'table' then
-    codes[i] = final_token(i) == ARGV[a + 1] and 1 or 0
+    local final = final_state(i)
+    codes[i] = (final and final.token == ARGV[a + 1]) and stored(a, final.status) or 0
   elseif state.token ~= ARGV[a + 1] then
     codes[i] = 0
   elseif state.status ~= 'running' then
@@ -172,7 +179,7 @@ for i = 1, n do
     local outcome = ARGV[a + 2]
     if outcome == 'retry' and state.cancel then outcome = 'cancelled' end
     local encoded = ended(state, a, outcome)
-    codes[i] = encoded and 1 or 0
+    codes[i] = encoded and stored(a, outcome) or 0
     if encoded then
       unleased[#unleased + 1] = ids[i]
       if ARGV[a + 4] ~= '' then
