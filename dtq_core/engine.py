@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import math
 import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -18,8 +19,8 @@ from typing import Any
 
 import attrs
 
-from dtq_core.config import mask_url, url_from_env
-from dtq_core.errors import NotSupported, UnknownEngine, UnknownPlugin
+from dtq_core.config import in_bounds, mask_url, url_from_env
+from dtq_core.errors import EngineError, NotSupported, UnknownEngine, UnknownPlugin
 from dtq_core.job import ErrorInfo, Job, JobStatus
 from dtq_core.plugin import ENGINE_GROUP, load_entry_point
 
@@ -56,6 +57,56 @@ class ReleaseOutcome(enum.Enum):
     CANCELLED = "cancelled"
     #: The caller no longer held the lease; nothing changed.
     NOT_HELD = "not held"
+
+
+#: The final statuses whose jobs are listed (and counted, and purged) by status.
+INDEXED = (JobStatus.DEAD, JobStatus.FAILED)
+
+
+def check_indexed(status: JobStatus) -> None:
+    """Refuse a status that :meth:`Engine.final_ids` and :meth:`Engine.purge` do not take.
+
+    Raises:
+        ValueError: ``status`` is not dead or failed.
+    """
+    if status not in INDEXED:
+        raise ValueError(f"only {', '.join(s.value for s in INDEXED)} jobs are indexed, not {status.value}")
+
+
+#: An engine option's kind (int or float), least value, whether the least is allowed, and most value.
+OptionRange = tuple[type, float, bool, float]
+
+
+def check_engine_options(
+    engine: str, url: str, options: Mapping[str, Any], ranges: Mapping[str, OptionRange]
+) -> None:
+    """Refuse an engine option that is unknown, or not a number in its range (``prefix`` and
+    ``namespace`` are checked where they are used).
+
+    Raises:
+        EngineError: says which option, what it is and what it must be.
+    """
+    for name, value in options.items():
+        if name in ("prefix", "namespace"):
+            continue
+        if name not in ranges:
+            known = ", ".join(sorted(ranges))
+            raise EngineError(
+                f"unknown {engine} engine option {name!r} (for {mask_url(url)}); known: {known}"
+            )
+        kind, least, least_allowed, most = ranges[name]
+        if in_bounds(value, least, most, least_allowed=least_allowed) and (
+            kind is not int or value == int(value)
+        ):
+            continue
+        what = "a whole number" if kind is int else "a number"
+        wanted = f"{what} {'from' if least_allowed else 'above'} {least:g}"
+        if most < math.inf:
+            wanted += f" to {most:g}"
+        raise EngineError(
+            f"{engine} engine option {name} = {value!r}: expected {wanted} (engine options come from "
+            f"engine_options=, [engine] in the config file, or DTQ_ENGINE__{name.upper()})"
+        )
 
 
 class Recorded(enum.IntEnum):
@@ -533,7 +584,11 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def purge(self, status: JobStatus) -> int:
-        """Delete every dead (or failed) job's record; return how many."""
+        """Delete every dead (or failed) job's record; return how many (none already expired).
+
+        Raises:
+            ValueError: ``status`` is neither dead nor failed (see :func:`check_indexed`).
+        """
 
     def delete(self, job_id: str) -> bool:
         """Delete one final job's record (succeeded, failed, dead or cancelled) and its attempt errors.

@@ -27,6 +27,7 @@ import attrs
 from dtq_core.config import DEFAULT_NAMESPACE
 from dtq_core.engine import (
     HISTORY_S,
+    INDEXED,
     LOST_LEASE,
     MINUTE_MS,
     AppendOutcome,
@@ -44,6 +45,7 @@ from dtq_core.engine import (
     Renewal,
     Stats,
     check_browsable,
+    check_indexed,
     counter_event_id,
     counter_event_seq,
     dead_after_lost_leases,
@@ -55,8 +57,6 @@ from dtq_core.engine import (
 )
 from dtq_core.job import ErrorInfo, Job, JobStatus
 from dtq_core.record import job_from_state
-
-_INDEXED = (JobStatus.DEAD, JobStatus.FAILED)
 
 
 def _now_ms() -> int:
@@ -404,13 +404,14 @@ class MemoryEngine(Engine):
                 )
                 for plugin in sorted(space.plugins)
             ]
-            dead, failed = (len(space.index.get(s.value, {})) for s in _INDEXED)
+            dead, failed = (len(space.index.get(s.value, {})) for s in INDEXED)
             return Stats(queues=queues, dead=dead, failed=failed)
 
     # --- final jobs --------------------------------------------------------------
 
     def final_ids(self, status: JobStatus, *, limit: int = 100, offset: int = 0) -> list[str]:
         """Ids in the status's index, newest first."""
+        check_indexed(status)
         with self._store.lock:
             self._expire(self._space)
             index = self._space.index.get(status.value, {})
@@ -444,14 +445,19 @@ class MemoryEngine(Engine):
             return True
 
     def purge(self, status: JobStatus) -> int:
-        """Delete every job in the status's index."""
+        """Delete every job in the status's index that still has that status; return how many."""
+        check_indexed(status)
         with self._store.lock:
             space = self._space
-            index = space.index.pop(status.value, {})
-            for job_id in index:
-                space.records.pop(job_id, None)
-                space.errors.pop(job_id, None)
-            return len(index)
+            self._expire(space)
+            purged = 0
+            for job_id in space.index.pop(status.value, {}):
+                record = space.records.get(job_id)
+                if record is not None and record.state["status"] == status.value:
+                    del space.records[job_id]
+                    space.errors.pop(job_id, None)
+                    purged += 1
+            return purged
 
     def delete(self, job_id: str) -> bool:
         """Delete one final job's record; False when it is live or gone."""
@@ -590,7 +596,7 @@ class MemoryEngine(Engine):
         record.state.update(status=status, finished=now)
         record.expires_ms = now + int(ttl_s * 1000)
         heapq.heappush(space.expiring, (record.expires_ms, job_id))
-        if status in (s.value for s in _INDEXED):
+        if status in (s.value for s in INDEXED):
             index = space.index.setdefault(status, {})
             index[job_id] = now
             while len(index) > self.index_cap:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -46,6 +47,7 @@ from typing import Any
 from dtq_core.config import DEFAULT_FAILURE_TTL_S, DEFAULT_NAMESPACE
 from dtq_core.engine import (
     HISTORY_S,
+    INDEXED,
     LOST_LEASE,
     MINUTE_MS,
     AppendOutcome,
@@ -56,6 +58,7 @@ from dtq_core.engine import (
     EventType,
     Lease,
     MinuteCounts,
+    OptionRange,
     Outcome,
     QueueStats,
     Recorded,
@@ -63,6 +66,8 @@ from dtq_core.engine import (
     Renewal,
     Stats,
     check_browsable,
+    check_engine_options,
+    check_indexed,
     counter_event_id,
     counter_event_seq,
     dead_after_lost_leases,
@@ -133,7 +138,13 @@ CREATE TABLE IF NOT EXISTS dtq_rates (
 """
 
 _LIVE = ("queued", "scheduled", "running")
-_INDEXED = (JobStatus.DEAD.value, JobStatus.FAILED.value)
+#: Each engine option's range; see check_engine_options.
+_OPTION_RANGES: dict[str, OptionRange] = {
+    "busy_timeout_s": (float, 0, False, math.inf),
+    "errors_kept": (int, 1, True, math.inf),
+    "index_cap": (int, 0, True, math.inf),  # 0: no dead or failed job is listed
+    "events_max": (int, 0, True, math.inf),
+}
 _POLL_S = 0.02
 
 
@@ -192,6 +203,7 @@ class SqliteEngine(Engine):
             raise EngineError(
                 f"SQLite URL {url!r} names no file; use sqlite:///dtq.db or sqlite:////abs/dtq.db"
             )
+        check_engine_options("SQLite", url, options, _OPTION_RANGES)
         return cls(path, url=url, **options)
 
     # --- producers -------------------------------------------------------------
@@ -490,18 +502,22 @@ class SqliteEngine(Engine):
             )
             for plugin, c in sorted(counts.items())
         ]
-        totals = {status: sum(c.get(status, 0) for c in counts.values()) for status in _INDEXED}
-        return Stats(queues=queues, dead=totals["dead"], failed=totals["failed"])
+        # As the Redis engine's indexes, which keep the newest index_cap ids.
+        dead, failed = (min(self.index_cap, sum(c.get(s.value, 0) for c in counts.values())) for s in INDEXED)
+        return Stats(queues=queues, dead=dead, failed=failed)
 
     # --- final jobs --------------------------------------------------------------
 
     def final_ids(self, status: JobStatus, *, limit: int = 100, offset: int = 0) -> list[str]:
-        """Ids of jobs with ``status`` (dead or failed), newest first."""
+        """Ids of jobs with ``status`` (dead or failed), newest first: the newest ``index_cap``
+        of them, as the Redis engine's index keeps (the others can still be read by id)."""
+        check_indexed(status)
+        listed = max(0, min(limit, self.index_cap - offset))
         with self._tx(write=False) as db:
             rows = db.execute(
                 "SELECT id FROM dtq_jobs WHERE namespace = ? AND status = ? AND expires_ms > ? "
-                "ORDER BY finished_ms DESC LIMIT ? OFFSET ?",
-                (self.namespace, status.value, _now_ms(), limit, offset),
+                "ORDER BY finished_ms DESC, id LIMIT ? OFFSET ?",
+                (self.namespace, status.value, _now_ms(), listed, offset),
             ).fetchall()
         return [job_id for (job_id,) in rows]
 
@@ -522,12 +538,13 @@ class SqliteEngine(Engine):
             return True
 
     def purge(self, status: JobStatus) -> int:
-        """Delete every job with ``status`` (dead or failed)."""
+        """Delete every job with ``status`` (dead or failed); return how many had not expired."""
+        check_indexed(status)
+        delete = "DELETE FROM dtq_jobs WHERE namespace = ? AND status = ? AND expires_ms "
         with self._tx() as db:
-            cursor = db.execute(
-                "DELETE FROM dtq_jobs WHERE namespace = ? AND status = ?", (self.namespace, status.value)
-            )
-            return int(cursor.rowcount)
+            given = (self.namespace, status.value, _now_ms())
+            db.execute(delete + "<= ?", given)  # gone already for every read: not counted
+            return int(db.execute(delete + "> ?", given).rowcount)
 
     def delete(self, job_id: str) -> bool:
         """Delete one final job's row; False when it is live or gone."""
@@ -618,13 +635,17 @@ class SqliteEngine(Engine):
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield db
             db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
+        except BaseException as exc:
             if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise EngineUnavailable(f"SQLite database {self.path}: {exc}") from exc
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # a damaged file may refuse this too
+                    db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise EngineUnavailable(f"SQLite database {self.path}: {exc}") from exc
+            if type(exc) is sqlite3.DatabaseError:  # not a subclass: those are dtq's own mistakes
+                raise EngineUnavailable(
+                    f"SQLite database {self.path} is damaged ({exc}); restore it from a backup, or "
+                    f"recover what it holds with: sqlite3 {self.path} .recover | sqlite3 new.db"
+                ) from exc
             raise
 
     def _connection(self) -> sqlite3.Connection:
@@ -783,14 +804,6 @@ class SqliteEngine(Engine):
         self._save(db, row)
         self._count(db, row["plugin"], status)
         self._event(db, EventType(status), row, error)
-        if status in _INDEXED:
-            # Keep at most index_cap jobs of this status: the oldest go first.
-            db.execute(
-                "DELETE FROM dtq_jobs WHERE namespace = ? AND status = ? AND id NOT IN "
-                "(SELECT id FROM dtq_jobs WHERE namespace = ? AND status = ? "
-                "ORDER BY finished_ms DESC LIMIT ?)",
-                (self.namespace, status, self.namespace, status, self.index_cap),
-            )
 
     def _add_error(self, row: dict[str, Any], error_json: str) -> None:
         row["errors"] = [*row["errors"], error_json][-self.errors_kept :]

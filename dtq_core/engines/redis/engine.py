@@ -24,7 +24,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.sentinel import MasterNotFoundError
 
-from dtq_core.config import DEFAULT_FAILURE_TTL_S, DEFAULT_NAMESPACE, DEFAULT_PREFIX, in_bounds, mask_url
+from dtq_core.config import DEFAULT_FAILURE_TTL_S, DEFAULT_NAMESPACE, DEFAULT_PREFIX, mask_url
 from dtq_core.engine import (
     HISTORY_S,
     LOST_LEASE,
@@ -39,12 +39,15 @@ from dtq_core.engine import (
     EventType,
     Lease,
     MinuteCounts,
+    OptionRange,
     Outcome,
     QueueStats,
     Recorded,
     ReleaseOutcome,
     Renewal,
     Stats,
+    check_engine_options,
+    check_indexed,
     dead_after_lost_leases,
     history_minutes,
     short_message,
@@ -95,7 +98,6 @@ class _Burial:
 
 
 #: Final statuses whose ids are kept in an index, for listing and requeueing.
-INDEXED = (JobStatus.DEAD, JobStatus.FAILED)
 _RELEASED = {
     0: ReleaseOutcome.NOT_HELD,
     1: ReleaseOutcome.REQUEUED,
@@ -153,8 +155,7 @@ _PASSING_REFUSALS = {
 #: The options RedisEngine.from_url takes (the engine settings, DTQ_ENGINE__*): for each,
 #: its type and its least value, and whether that least value itself is allowed. A
 #: bad one was taken as given: a text signal_cap failed each append after its writes.
-#: Each engine option's kind, least value, whether the least is allowed, and most value.
-_OPTION_RANGES: dict[str, tuple[type, float, bool, float]] = {
+_OPTION_RANGES: dict[str, OptionRange] = {
     "socket_timeout_s": (float, 0, False, math.inf),
     "connect_timeout_s": (float, 0, False, math.inf),
     "retries": (int, 0, True, math.inf),
@@ -171,40 +172,9 @@ _OPTION_RANGES: dict[str, tuple[type, float, bool, float]] = {
 }
 
 
-def _check_options(url: str, options: Mapping[str, Any]) -> None:
-    """Refuse an engine option that is unknown, or not a number in its range.
-
-    Raises:
-        EngineError: says which option, what it is and what it must be.
-    """
-    for name, value in options.items():
-        if name in ("prefix", "namespace"):
-            continue  # checked by Keys
-        if name not in _OPTION_RANGES:
-            known = ", ".join(sorted(_OPTION_RANGES))
-            raise EngineError(f"unknown Redis engine option {name!r} (for {mask_url(url)}); known: {known}")
-        kind, least, least_allowed, most = _OPTION_RANGES[name]
-        if _in_range(value, kind, least, least_allowed, most):
-            continue
-        what = "a whole number" if kind is int else "a number"
-        wanted = f"{what} {'from' if least_allowed else 'above'} {least:g}"
-        if most < math.inf:
-            wanted += f" to {most:g}"
-        raise EngineError(
-            f"Redis engine option {name} = {value!r}: expected {wanted} (engine options come from "
-            f"engine_options=, [engine] in the config file, or DTQ_ENGINE__{name.upper()})"
-        )
-
-
 def _is_stream_id(text: str) -> bool:
     """Whether ``text`` is a stream entry id Redis takes: ms-seq, each below 2^64."""
     return _STREAM_ID.fullmatch(text) is not None and all(int(part) < 2**64 for part in text.split("-"))
-
-
-def _in_range(value: object, kind: type, least: float, least_allowed: bool, most: float) -> bool:
-    if not in_bounds(value, least, most, least_allowed=least_allowed):
-        return False
-    return kind is not int or value == int(value)
 
 
 class RedisEngine(Engine):
@@ -309,7 +279,7 @@ class RedisEngine(Engine):
             "connect_timeout_s": connect_timeout_s,
             "retries": retries,
         }
-        _check_options(url, {**given, **from_query, **options})
+        check_engine_options("Redis", url, {**given, **from_query, **options}, _OPTION_RANGES)
         client = connect(
             redis_url, socket_timeout_s=socket_timeout_s, connect_timeout_s=connect_timeout_s, retries=retries
         )
@@ -951,7 +921,7 @@ class RedisEngine(Engine):
 
     def final_ids(self, status: JobStatus, *, limit: int = 100, offset: int = 0) -> list[str]:
         """Ids in the status's index, newest first."""
-        _check_indexed(status)
+        check_indexed(status)
         with self._talking():
             ids = self.client.zrevrange(self.keys.index(status.value), offset, offset + limit - 1)
         return [str(job_id) for job_id in ids]
@@ -980,7 +950,7 @@ class RedisEngine(Engine):
         id a later job took and ended otherwise, is dropped without deleting
         anything. Returns how many records were deleted.
         """
-        _check_indexed(status)
+        check_indexed(status)
         index = self.keys.index(status.value)
         purged = 0
         with self._talking():
@@ -1466,11 +1436,6 @@ def _in_order(
         for position, code in zip(group, codes, strict=True):
             answers[position] = answer(code)
     return [answers[position] for position in range(total)]
-
-
-def _check_indexed(status: JobStatus) -> None:
-    if status not in INDEXED:
-        raise ValueError(f"only {', '.join(s.value for s in INDEXED)} jobs are indexed, not {status.value}")
 
 
 def _minute() -> int:

@@ -13,7 +13,17 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from dtq_core import CancelOutcome, JobFailed, JobNotFound, JobStatus, Queue, Worker
+from dtq_core import (
+    CancelOutcome,
+    Engine,
+    ErrorInfo,
+    JobFailed,
+    JobNotFound,
+    JobStatus,
+    Outcome,
+    Queue,
+    Worker,
+)
 from dtq_core.testing import running, wait_for
 
 MakeWorker = Callable[..., Worker]
@@ -221,6 +231,44 @@ def test_results_expire_after_their_retention(dtq_queue: Queue, dtq_make_worker:
     thread_worker(dtq_make_worker, result_ttl_s=1).get_jobs()
     assert dtq_queue.get("brief") is not None
     wait_for(lambda: dtq_queue.get("brief") is None, timeout=5)
+
+
+def _failed(dtq_queue: Queue, dtq_engine: Engine, job_id: str, ttl_s: float = 60) -> None:
+    """A job of ``job_id`` ended failed, its record kept ``ttl_s``."""
+    dtq_queue.enqueue("test_only", {"action": "permanent"}, id=job_id)
+    [lease] = dtq_engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases
+    outcome = Outcome(JobStatus.FAILED, error=ErrorInfo("Permanent", "failed for good"))
+    assert dtq_engine.complete(lease, outcome, ttl_s=ttl_s)
+
+
+def test_the_index_cap_trims_the_listing_not_the_records(dtq_queue: Queue, dtq_engine: Engine) -> None:
+    dtq_engine.index_cap = 1  # type: ignore[attr-defined]  # every engine dtq ships has one
+    _failed(dtq_queue, dtq_engine, "older")
+    time.sleep(0.01)  # indexes order by the finish time in ms
+    _failed(dtq_queue, dtq_engine, "newer")
+    assert dtq_engine.final_ids(JobStatus.FAILED) == ["newer"]
+    assert dtq_engine.stats().failed == 1
+    older = dtq_queue.get("older")  # kept for its retention, listed or not
+    assert older is not None and older.status is JobStatus.FAILED
+
+
+def test_a_purge_counts_only_records_that_had_not_expired(dtq_queue: Queue, dtq_engine: Engine) -> None:
+    _failed(dtq_queue, dtq_engine, "brief", ttl_s=1)
+    _failed(dtq_queue, dtq_engine, "kept")
+    wait_for(lambda: dtq_queue.get("brief") is None, timeout=10)
+    assert dtq_engine.purge(JobStatus.FAILED) == 1
+    assert dtq_queue.get("kept") is None and dtq_engine.final_ids(JobStatus.FAILED) == []
+
+
+def test_a_purge_of_a_status_that_is_not_indexed_is_refused(dtq_queue: Queue, dtq_engine: Engine) -> None:
+    dtq_queue.enqueue("test_only", {"action": "echo"}, id="live")
+    for status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SCHEDULED, JobStatus.SUCCEEDED):
+        with pytest.raises(ValueError, match="only dead, failed jobs are indexed"):
+            dtq_engine.purge(status)
+        with pytest.raises(ValueError, match="only dead, failed jobs are indexed"):
+            dtq_engine.final_ids(status)
+    live = dtq_queue.get("live")
+    assert live is not None and live.status is JobStatus.QUEUED
 
 
 # --- progress, caller, async, concurrency ------------------------------------------
