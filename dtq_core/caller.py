@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from dtq_core.errors import Cancelled
+from dtq_core.job import is_utf8
 
 if TYPE_CHECKING:
     from dtq_core.engine import Engine, Lease
@@ -53,6 +54,32 @@ class Caller(abc.ABC):
         """Raise :class:`dtq_core.Cancelled` if the job should stop; call it between steps."""
         if self.cancelled:
             raise Cancelled(f"job {self.job.id!r} was cancelled or ran out of time")
+
+
+def checked_progress(fraction: object, message: object) -> tuple[float | None, str | None]:
+    """:meth:`Caller.progress`'s arguments as the engine stores them.
+
+    Raises:
+        TypeError, ValueError: ``fraction`` is not a number, or ``message`` not text that
+            UTF-8 can carry (a lone surrogate would spoil the job's stored record).
+    """
+    if fraction is not None:
+        wrong = TypeError(f"caller.progress(fraction=...) takes a number from 0 to 1, got {fraction!r}")
+        if isinstance(fraction, (bool, str, bytes)):  # float() would take "0.5" and True
+            raise wrong
+        try:
+            fraction = float(fraction)  # type: ignore[arg-type]  # any number: Decimal, numpy's
+        except (TypeError, ValueError, OverflowError):
+            raise wrong from None
+    if message is not None:
+        if not isinstance(message, str):
+            raise TypeError(f"caller.progress(message=...) takes text or None, got {type(message).__name__}")
+        if not is_utf8(message):
+            raise ValueError(
+                "caller.progress(message=...) holds text that is not valid Unicode (a lone surrogate "
+                "such as '\\ud800'), which the job's record cannot carry"
+            )
+    return fraction, message
 
 
 class Flag:
@@ -98,6 +125,7 @@ class LocalCaller(Caller):
 
     def progress(self, fraction: float | None = None, message: str | None = None) -> None:
         """Record progress in the engine (under the job's lease)."""
+        fraction, message = checked_progress(fraction, message)
         _held, cancel = self._engine.progress(self._control.lease, fraction, message)
         if cancel:
             self._control.cancel.set()

@@ -138,8 +138,12 @@ class ErrorInfo:
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
         """Capture ``exc`` (with its traceback) as plain strings."""
-        formatted = "".join(traceback.format_exception(exc))
-        return cls(type=type(exc).__qualname__, message=str(exc), traceback=formatted)
+        formatted = "".join(traceback.format_exception(exc))  # safe: it stands in for a str() that fails
+        try:
+            message = str(exc)
+        except Exception as failed:  # the plugin's exception class is at fault: still, its job fails
+            message = f"<str() of the exception failed: {type(failed).__qualname__}>"
+        return cls(type=type(exc).__qualname__, message=message, traceback=formatted)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ErrorInfo:

@@ -276,11 +276,14 @@ class Queue:
         """Failed jobs, newest first."""
         return self._final(JobStatus.FAILED, limit, offset)
 
-    def requeue(self, job_id: str | int) -> Job:
+    def requeue(self, job_id: str | int, *, only: JobStatus | None = None) -> Job:
         """Queue a dead, failed or cancelled job again for a fresh set of attempts.
 
+        Args:
+            only: requeue the job only if it has this status (``dtq dead requeue``: dead).
+
         Raises:
-            JobNotFound: no such job, or it is not final.
+            JobNotFound: no such job, it is not final, or not ``only``.
             InvalidJob: the job was buried because its stored record was malformed:
                 there is no data to run again.
         """
@@ -288,6 +291,11 @@ class Queue:
         if not job.status.is_final or job.status is JobStatus.SUCCEEDED:
             raise JobNotFound(
                 f"job {job.id!r} is {job.status.value}; only dead, failed or cancelled jobs requeue"
+            )
+        if only is not None and job.status is not only:
+            raise JobNotFound(
+                f"job {job.id!r} is {job.status.value}, not {only.value}; requeue it with "
+                "`dtq retry` (Queue.requeue) if it should run again"
             )
         if job.error is not None and job.error.type == MALFORMED:
             raise InvalidJob(

@@ -38,9 +38,21 @@ from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from dtq_core.caller import Caller, Control, LocalCaller
+from dtq_core.caller import Caller, Control, LocalCaller, checked_progress
 from dtq_core.channel import Channel
-from dtq_core.errors import DtqError, JobProcessError, PluginError
+from dtq_core.errors import (
+    DtqError,
+    DuplicateJob,
+    EngineError,
+    EngineUnavailable,
+    InvalidJob,
+    JobProcessError,
+    PayloadTooLarge,
+    PluginError,
+    PluginNotAllowed,
+    UnknownPlugin,
+    ValidationError,
+)
 from dtq_core.job import ErrorInfo, Job, json_encoder
 from dtq_core.plugin import Plugin, PluginRegistry
 from dtq_core.retry import Attempt, Ending
@@ -232,7 +244,7 @@ class ProcessRunner:
                 return None
             if message is None:
                 continue
-            if message["op"] == "done":
+            if message.get("op") == "done":
                 return _settled(Attempt.from_dict(message["attempt"]), control, limit_s)
             conn.send([self._answer(control, message)])
 
@@ -336,13 +348,21 @@ class ProcessRunner:
             if message is None and time.monotonic() <= deadline:
                 continue
             process = self._process
+            code = None  # it died (not stopped by abort, below, for its silence): its exit code
             if message is not None and process is not None:
                 process.join(5)  # its pipe closed as it exits: let it, for its exit code
+                code = process.exitcode
             self.abort()
+            if code is not None and code < 0:
+                # Stopped from outside: it had no error of its own to write, and its code is not the cause.
+                name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+                raise self._start_failed(
+                    f"a job process was killed by {name} as it started (the kernel's out-of-memory "
+                    "killer, or someone's kill); check the machine's memory and its log (dmesg)"
+                )
             if message is None:
                 problem = f"did not say it was ready within {_START_TIMEOUT_S:g} s"
             else:
-                code = None if process is None else process.exitcode
                 problem = (
                     f"failed as it started (exit code {code}); its error is in the worker's output above"
                 )
@@ -357,27 +377,30 @@ class ProcessRunner:
         return JobProcessError(message, in_a_row=self._failed_starts)
 
     def _answer(self, control: Control, message: dict[str, Any]) -> dict[str, Any]:
-        """The reply to a request of the running job: progress, poll or append."""
-        op = message["op"]
-        if op == "progress":
-            return self._on_progress(control, message)
-        if op == "poll":
+        """The reply to a request of the running job: progress, poll or append.
+
+        A request that fails (the engine away, a job refused) is answered with its
+        error, which the job's call raises there, as in thread mode: the job's
+        process is not to blame, and must not be stopped as if it had died.
+        """
+        op = message.get("op")
+        if op not in ("progress", "poll", "append"):
+            raise ValueError(f"a job process sent an unknown request {op!r}")  # run() kills it
+        try:
+            if op == "progress":
+                return self._on_progress(control, message)
+            if op == "append":
+                return {"job": self.queue.append(message["job"]).to_dict()}
             return {"cancel": control.should_stop}
-        if op == "append":
-            return self._on_append(message)
-        raise ValueError(f"a job process sent an unknown request {op!r}")  # run() kills it
+        except Exception as exc:  # a bug here too: the job fails with it, its process lives on
+            return _failed_request(exc)
 
     def _on_progress(self, control: Control, message: dict[str, Any]) -> dict[str, Any]:
-        _held, cancel = self.engine.progress(control.lease, message.get("fraction"), message.get("message"))
+        fraction, text = checked_progress(message.get("fraction"), message.get("message"))
+        _held, cancel = self.engine.progress(control.lease, fraction, text)
         if cancel:
             control.cancel.set()
         return {"cancel": control.should_stop}
-
-    def _on_append(self, message: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return {"job": self.queue.append(message["job"]).to_dict()}
-        except DtqError as exc:
-            return {"error": str(exc)}
 
 
 _DIED = object()
@@ -401,6 +424,46 @@ def _settled(attempt: Attempt, control: Control, limit_s: float | None) -> Attem
     if control.cancel.is_set() and attempt.ending is not Ending.OK:
         return stopped_by_cancel()
     return _over_limit(control, limit_s) or attempt
+
+
+#: The errors a job's request may end with, raised in its process as its worker raised them
+#: (so that ``except DuplicateJob`` works as in thread mode); others as their nearest base here.
+_REQUEST_ERRORS: dict[str, type[DtqError]] = {
+    cls.__name__: cls
+    for cls in (
+        DtqError,
+        InvalidJob,
+        ValidationError,
+        PayloadTooLarge,
+        DuplicateJob,
+        PluginError,
+        PluginNotAllowed,
+        UnknownPlugin,
+        EngineError,
+        EngineUnavailable,
+    )
+}
+
+
+def _failed_request(exc: Exception) -> dict[str, Any]:
+    """The reply to a request the worker could not serve: the error, to raise in the job's process."""
+    kind = next((cls.__name__ for cls in type(exc).__mro__ if cls.__name__ in _REQUEST_ERRORS), None)
+    message = str(exc) if kind is not None else f"the worker could not serve the request: {exc!r}"
+    reply = {"error": message, "error_type": kind or DtqError.__name__}
+    for detail in ("job_id", "plugin"):  # DuplicateJob's and PluginError's
+        if isinstance(getattr(exc, detail, None), str):
+            reply[detail] = getattr(exc, detail)
+    return reply
+
+
+def _request_error(reply: Mapping[str, Any]) -> DtqError:
+    """:func:`_failed_request`'s error, rebuilt in the job's process."""
+    cls, message = _REQUEST_ERRORS.get(str(reply.get("error_type")), DtqError), str(reply["error"])
+    if issubclass(cls, DuplicateJob):
+        return cls(message, job_id=str(reply.get("job_id", "")))
+    if issubclass(cls, PluginError):
+        return cls(message, plugin=str(reply.get("plugin", "")))
+    return cls(message)
 
 
 def _send_jobs(conn: Channel, leases: list[Lease]) -> None:
@@ -446,6 +509,7 @@ class ChildCaller(Caller):
 
     def progress(self, fraction: float | None = None, message: str | None = None) -> None:
         """Send progress to the worker, which records it."""
+        fraction, message = checked_progress(fraction, message)  # the job's own mistake: raised here
         self._ask({"op": "progress", "fraction": fraction, "message": message})
 
     @property
@@ -455,18 +519,23 @@ class ChildCaller(Caller):
 
     def append(self, job: Mapping[str, Any]) -> Job:
         """Have the worker append a follow-up job."""
-        reply = self._ask({"op": "append", "job": dict(job)})
-        if "error" in reply:
-            raise DtqError(reply["error"])
-        return Job.from_dict(reply["job"])
+        return Job.from_dict(self._ask({"op": "append", "job": dict(job)})["job"])
 
     def _ask(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """The worker's reply; the error it answered with, raised.
+
+        Raises:
+            DtqError: the worker could not serve the request (see :func:`_failed_request`).
+        """
         self._conn.send([message])
         while True:
             reply: dict[str, Any] = self._conn.receive()
-            if reply.get("op") != "run":
-                return reply
-            self._pending.append(reply)  # the next job, sent ahead: it runs after this one
+            if reply.get("op") == "run":
+                self._pending.append(reply)  # the next job, sent ahead: it runs after this one
+                continue
+            if "error" in reply:
+                raise _request_error(reply)
+            return reply
 
 
 def child_main(

@@ -113,3 +113,39 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: st
         # Piped output is read by tools like grep and awk: one line per row, however wide.
         console = Console(width=1000)
     console.print(table)
+
+
+#: Each job of a command on several, with its outcome or the error it failed with.
+Done = list[tuple[str, str | DtqError]]
+
+
+def each_job(job_ids: Sequence[str], act: Callable[[str], str]) -> Done:
+    """``act`` on each job in turn: its outcome, or the error it failed with. Going on past
+    a job's error, so that what was done is all reported; at an unreachable engine the
+    rest fail with it, unasked."""
+    done: Done = []
+    for n, job_id in enumerate(job_ids):
+        try:
+            done.append((job_id, act(job_id)))
+        except EngineUnavailable as exc:
+            done += [(rest, exc) for rest in job_ids[n:]]
+            break
+        except DtqError as exc:
+            done.append((job_id, exc))
+    return done
+
+
+def report_each(done: Done, shape: Callable[[Done], Any] | None, verb: str) -> None:
+    """Print each job's outcome (as JSON shaped by ``shape``, or as text when None);
+    then, if any job failed, say how many and exit with the first failure's code."""
+    if shape is not None:
+        print_json(shape(done))
+    else:
+        click.echo("\n".join(f"{job_id}: {_said(outcome, verb)}" for job_id, outcome in done))
+    errors = [outcome for _, outcome in done if isinstance(outcome, DtqError)]
+    if errors:
+        fail(f"{len(errors)} of {len(done)} job(s) not {verb}: {errors[0]}", exit_code(errors[0]))
+
+
+def _said(outcome: str | DtqError, verb: str) -> str:
+    return f"not {verb}: {outcome}" if isinstance(outcome, DtqError) else outcome

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -14,16 +14,18 @@ from rich.progress import Progress
 from dtq_core.cli.app import main
 from dtq_core.cli.common import (
     EXIT_NOT_READY,
+    Done,
+    each_job,
     engine_options,
-    exit_code,
     fail,
     friendly,
     json_option,
     plugin_list,
     print_json,
+    report_each,
     settings,
 )
-from dtq_core.errors import DtqError, EngineUnavailable
+from dtq_core.errors import DtqError
 from dtq_core.job import Job, parse_job, schedule_of
 from dtq_core.queue import Queue
 
@@ -292,8 +294,8 @@ def cancel(job_ids: tuple[str, ...], as_json: bool, url: str | None, namespace: 
       dtq cancel job-1 job-2
     """
     with Queue(settings=settings(url=url, namespace=namespace)) as queue:
-        done = _each(job_ids, lambda job_id: queue.cancel(job_id).value)
-    _report_each(done, _by_id if as_json else None, "cancelled")
+        done = each_job(job_ids, lambda job_id: queue.cancel(job_id).value)
+    report_each(done, _by_id if as_json else None, "cancelled")
 
 
 @main.command()
@@ -316,8 +318,8 @@ def retry(
         fail("name the jobs to retry, or pass --all-failed")
     with Queue(settings=settings(url=url, namespace=namespace)) as queue:
         ids = list(job_ids) or [job.id for job in queue.failed(limit=10_000)]
-        done = _each(ids, lambda job_id: queue.requeue(job_id).status.value)
-    _report_each(done, _listed if as_json else None, "retried")
+        done = each_job(ids, lambda job_id: queue.requeue(job_id).status.value)
+    report_each(done, _listed if as_json else None, "retried")
 
 
 def _by_id(done: Done) -> dict[str, Any]:
@@ -328,39 +330,3 @@ def _by_id(done: Done) -> dict[str, Any]:
 def _listed(done: Done) -> list[dict[str, str]]:
     """``[{"id", "status"}]``, an error as ``{"id", "error"}`` (``dtq retry --json``)."""
     return [{"id": job_id, "error" if isinstance(o, DtqError) else "status": str(o)} for job_id, o in done]
-
-
-#: Each job of a command on several, with its outcome or the error it failed with.
-Done = list[tuple[str, str | DtqError]]
-
-
-def _each(job_ids: Sequence[str], act: Callable[[str], str]) -> Done:
-    """``act`` on each job in turn: its outcome, or the error it failed with. Going on past
-    a job's error, so that what was done is all reported; at an unreachable engine the
-    rest fail with it, unasked."""
-    done: Done = []
-    for n, job_id in enumerate(job_ids):
-        try:
-            done.append((job_id, act(job_id)))
-        except EngineUnavailable as exc:
-            done += [(rest, exc) for rest in job_ids[n:]]
-            break
-        except DtqError as exc:
-            done.append((job_id, exc))
-    return done
-
-
-def _report_each(done: Done, shape: Callable[[Done], Any] | None, verb: str) -> None:
-    """Print each job's outcome (as JSON shaped by ``shape``, or as text when None);
-    then, if any job failed, say how many and exit with the first failure's code."""
-    if shape is not None:
-        print_json(shape(done))
-    else:
-        click.echo("\n".join(f"{job_id}: {_said(outcome, verb)}" for job_id, outcome in done))
-    errors = [outcome for _, outcome in done if isinstance(outcome, DtqError)]
-    if errors:
-        fail(f"{len(errors)} of {len(done)} job(s) not {verb}: {errors[0]}", exit_code(errors[0]))
-
-
-def _said(outcome: str | DtqError, verb: str) -> str:
-    return f"not {verb}: {outcome}" if isinstance(outcome, DtqError) else outcome

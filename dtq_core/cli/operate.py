@@ -13,6 +13,7 @@ import click
 from dtq_core.cli.app import main
 from dtq_core.cli.common import (
     EXIT_UNHEALTHY,
+    each_job,
     engine_options,
     fail,
     friendly,
@@ -20,6 +21,7 @@ from dtq_core.cli.common import (
     plugin_list,
     print_json,
     print_table,
+    report_each,
     settings,
 )
 from dtq_core.engine import Event
@@ -287,15 +289,19 @@ def dead_requeue(job_ids: tuple[str, ...], everything: bool, url: str | None, na
         fail("name the jobs to requeue, or pass --all")
     with Queue(settings=settings(url=url, namespace=namespace)) as queue:
         if job_ids:
-            for job_id in job_ids:
-                queue.requeue(job_id)
-                click.echo(f"{job_id}: requeued")
+            # Dead ones only, as named: a cancelled job requeued here would run after all.
+            report_each(each_job(job_ids, lambda job_id: _requeue_dead(queue, job_id)), None, "requeued")
             return
         requeued, skipped = queue.requeue_all(JobStatus.DEAD)
     for job_id in requeued:
         click.echo(f"{job_id}: requeued")
     for job_id, reason in skipped.items():  # a buried malformed record, say: reported, the rest requeued
         click.echo(f"{job_id}: skipped: {reason}", err=True)
+
+
+def _requeue_dead(queue: Queue, job_id: str) -> str:
+    queue.requeue(job_id, only=JobStatus.DEAD)
+    return "requeued"
 
 
 @dead.command("purge")

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from dtqtest import FakeSite, assert_clean_error, dtq_command, free_port, unique_module
 
+from dtq_core import JobStatus, Queue
+
 RunDtq = Callable[..., subprocess.CompletedProcess[str]]
 SEED_DATA = '{"text": "To be processed!", "action": "duplicate_text"}'
 
@@ -195,6 +197,23 @@ def test_dead_letters_from_the_cli(run_dtq: RunDtq) -> None:
     nothing = run_dtq("dead", "requeue")
     assert_clean_error(nothing, 1, "name the jobs to requeue, or pass --all")
     assert run_dtq("dead", "purge", "--yes").stdout.strip() == "purged 0 dead job(s)"
+
+
+def test_dead_requeue_takes_only_dead_jobs_and_goes_on_past_the_others(run_dtq: RunDtq, queue: Queue) -> None:
+    queue.enqueue("test_only", {"action": "echo"}, id="called-off", delay_s=3600)
+    queue.cancel("called-off")  # an operator's decision: `dead requeue` must not undo it
+    queue.enqueue("test_only", {"action": "echo"}, id="gone", priority=100)
+    [lease] = queue.engine.fetch(["test_only"], count=1, lease_s=60, worker_id="lost").leases
+    queue.engine.release(lease, lost=True, max_lost_leases=1, ttl_s=60)  # its worker died: dead
+    done = run_dtq("dead", "requeue", "called-off", "nope", "gone")
+    assert done.returncode == 5, done.stderr  # JobNotFound's code
+    assert "called-off: not requeued: job 'called-off' is cancelled, not dead" in done.stdout
+    assert "nope: not requeued: no job with id 'nope'" in done.stdout
+    assert "gone: requeued" in done.stdout
+    assert "2 of 3 job(s) not requeued" in done.stderr and "Traceback" not in done.stderr
+    cancelled, requeued = queue.get("called-off"), queue.get("gone")
+    assert cancelled is not None and cancelled.status is JobStatus.CANCELLED
+    assert requeued is not None and requeued.status is JobStatus.QUEUED
 
 
 def test_cancel_from_the_cli(run_dtq: RunDtq) -> None:
