@@ -351,6 +351,8 @@ def mask_url(url: str) -> str:
         return _mask_by_pattern(url)
     if not parts.netloc and "@" in url:  # ':pw@host/0' splits as a path: go by the pattern
         return _mask_by_pattern(url)
+    if password_cut_short(url):
+        return _mask_by_pattern(url)
     userinfo, at, hosts = parts.netloc.rpartition("@")
     netloc = parts.netloc
     if at and ":" in userinfo:
@@ -367,8 +369,19 @@ def mask_url(url: str) -> str:
     return f"{scheme}//{netloc}{parts.path}{'?' if query else ''}{query}"
 
 
+def password_cut_short(url: str) -> bool:
+    """Whether ``url``'s user part holds a '#', '?' or '/' as it is: ``urllib`` (and redis-py)
+    end the host part there, so the password would be shown, or read as a host or a port."""
+    try:
+        netloc = urllib.parse.urlsplit(url).netloc
+    except ValueError:
+        return False
+    return "@" not in netloc and "@" in url.partition("//")[2]
+
+
 def _mask_by_pattern(url: str) -> str:
-    """:func:`mask_url` for a URL that cannot be split: the user part's password, and the
-    values of query options that could be secrets (whatever their spelling), masked."""
-    masked = re.sub(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?(?://)?[^/@:]*:)[^@]*@", r"\1***@", url)
+    """:func:`mask_url` for a URL that cannot be split: the user part's password (up to the
+    last '@': a password may hold '#', '?' or '/'), and the values of query options that
+    could be secrets (whatever their spelling), masked."""
+    masked = re.sub(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?(?://)?[^/@:]*:).*@", r"\1***@", url)
     return re.sub(r"([?&][^=&]*=)[^&]*", r"\1***", masked)

@@ -33,6 +33,11 @@ from dtq_core.engines.redis.connect import connect, engine_options
         ("redis://host:6379/0?pass%77ord=s3cret", "redis://host:6379/0?pass%77ord=***"),
         ("redis://:s3cret@[::1:1/0", "redis://:***@[::1:1/0"),
         ("unix:///run/redis.sock?password=s3cret", "unix:///run/redis.sock?password=***"),
+        # A password holding '#', '?' or '/' as it is, which ends urllib's host part early.
+        ("redis://:s3cret#x@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://app:s3c?ret@host:6379/0", "redis://app:***@host:6379/0"),
+        ("redis://:s3/cret@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://:s3#c@ret@host:6379/0", "redis://:***@host:6379/0"),
     ],
 )
 def test_mask_url_hides_every_password(url: str, masked: str) -> None:
@@ -88,3 +93,14 @@ def test_a_bad_value_in_the_query_is_refused_when_connecting() -> None:
     with pytest.raises(EngineError, match="bad Redis URL 'redis://:\\*\\*\\*@h:1/0\\?protocol=4'") as caught:
         connect("redis://:pw@h:1/0?protocol=4", socket_timeout_s=1, connect_timeout_s=1, retries=0)
     assert "pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:Tr0ub4dor#3xyz@127.0.0.1:6390/0", "redis://app:s3cr?etpw@127.0.0.1:6390/0"]
+)
+def test_a_password_that_needs_percent_encoding_is_named_and_never_shown(url: str) -> None:
+    with pytest.raises(EngineError) as caught:
+        connect(url, socket_timeout_s=1, connect_timeout_s=1, retries=0)
+    said = str(caught.value)
+    assert "must be percent-encoded (%23, %3F, %2F, %40)" in said
+    assert not any(piece in said for piece in ("Tr0ub", "4dor", "3xyz", "s3cr", "etpw")), said

@@ -26,7 +26,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from dtq_core.config import mask_url
+from dtq_core.config import mask_url, password_cut_short
 from dtq_core.errors import EngineError, EngineUnavailable
 
 #: A client for one server (or a Sentinel-managed master), or a cluster client.
@@ -72,7 +72,13 @@ def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, retr
                 **common,
             )
     except (ValueError, TypeError) as exc:
-        raise EngineError(f"bad Redis URL {mask_url(url)!r}: {exc}") from exc
+        # The client's own words would quote a piece of such a password ("as 'Tr0ub'").
+        said = (
+            "a password holding '#', '?', '/' or '@' must be percent-encoded (%23, %3F, %2F, %40)"
+            if password_cut_short(url)
+            else str(exc)
+        )
+        raise EngineError(f"bad Redis URL {mask_url(url)!r}: {said}") from exc
     except redis.exceptions.RedisClusterException as exc:
         # A Cluster client learns the slots as it is made: no node answering is
         # an unreachable server, as a plain client finds on its first command.
