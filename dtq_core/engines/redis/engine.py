@@ -848,7 +848,7 @@ class RedisEngine(Engine):
         k = self.keys
         p = job.plugin
         keys = [k.jobs, k.state, k.ready(p), k.scheduled(p), k.done(job.id), k.events, k.rate(_minute())]
-        keys.append(k.waiters)
+        keys += [k.waiters, k.succeeded, k.expiry]
         args: list[str | int] = [
             job.id,
             max(1, int(ttl_s)),

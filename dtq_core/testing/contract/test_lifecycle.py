@@ -195,6 +195,18 @@ def test_cancelled_queued_and_scheduled_jobs_never_run(dtq_queue: Queue, dtq_mak
         dtq_queue.cancel("no-such-job")
 
 
+def test_cancelling_a_job_that_ended_says_so_whatever_its_end(
+    dtq_queue: Queue, dtq_make_worker: MakeWorker
+) -> None:
+    dtq_queue.enqueue("test_only", {"action": "echo"}, id="done")
+    dtq_queue.enqueue("test_only", {"action": "permanent"}, id="broken")
+    thread_worker(dtq_make_worker).get_jobs()
+    for job_id, status in (("done", JobStatus.SUCCEEDED), ("broken", JobStatus.FAILED)):
+        assert dtq_queue.cancel(job_id) is CancelOutcome.ALREADY_FINAL  # a succeeded one was "not found"
+        job = dtq_queue.get(job_id)
+        assert job is not None and job.status is status
+
+
 def test_running_job_in_process_mode_is_stopped_when_cancelled(
     dtq_queue: Queue, dtq_make_worker: MakeWorker
 ) -> None:

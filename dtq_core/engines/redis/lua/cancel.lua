@@ -10,6 +10,8 @@ KEYS[5] done       hash    this id's final record
 KEYS[6] events     stream  the namespace's lifecycle events
 KEYS[7] rate       hash    outcomes counted in the current minute (client's clock)
 KEYS[8] waiters    hash    id -> tokens of the producers waiting for it (see wait.lua)
+KEYS[9] succeeded  hash    id -> final record of a succeeded job (see complete.lua)
+KEYS[10] expiry    zset    id -> when its `succeeded` record expires (ms)
 ARGV[1] id
 ARGV[2] retention in seconds of the final record
 ARGV[3] reply prefix: a waiter's reply list is this followed by its token
@@ -22,12 +24,16 @@ Returns 1 cancelled, 2 cancellation requested (running), 0 already final,
 ]]
 --#include tell
 local id = ARGV[1]
-local ok, state = pcall(cjson.decode, redis.call('HGET', KEYS[2], id) or '')
-if not ok or type(state) ~= 'table' then
-  return redis.call('EXISTS', KEYS[5]) == 1 and 0 or -1
-end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local ok, state = pcall(cjson.decode, redis.call('HGET', KEYS[2], id) or '')
+if not ok or type(state) ~= 'table' then
+  if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
+  -- A succeeded job's record is a field of its own hash, until its expiry (swept or not).
+  local expires = tonumber(redis.call('ZSCORE', KEYS[10], id))
+  local kept = redis.call('HEXISTS', KEYS[9], id) == 1 and (expires == nil or expires > now)
+  return kept and 0 or -1
+end
 
 -- Record the lifecycle event unless events are off.
 local function event(kind)
