@@ -423,6 +423,18 @@ class Engine(abc.ABC):
     def from_url(cls, url: str, **options: Any) -> Engine:
         """Create the engine for ``url``; ``options`` are engine attributes to override."""
 
+    @classmethod
+    def check_options(cls, url: str, options: Mapping[str, Any]) -> None:
+        """Refuse engine options ``from_url`` would refuse, without connecting (``dtq config``).
+
+        The default takes any; an engine with options overrides it (see
+        :func:`check_engine_options`) and calls it from ``from_url``.
+
+        Raises:
+            EngineError: an option is unknown or out of its range.
+        """
+        return None  # an engine that takes no options need not say so
+
     # --- producers ---------------------------------------------------------
 
     @abc.abstractmethod
@@ -709,6 +721,15 @@ def open_engine(url: str, **options: Any) -> Engine:
     Raises:
         UnknownEngine: no engine is registered for the scheme.
     """
+    return engine_class(url).from_url(url, **options)
+
+
+def engine_class(url: str) -> type[Engine]:
+    """The engine class registered in ``dtq.engines`` for ``url``'s scheme.
+
+    Raises:
+        UnknownEngine: no engine is registered for the scheme.
+    """
     try:
         scheme = urllib.parse.urlsplit(url).scheme
     except ValueError as exc:  # an unclosed IPv6 bracket, say
@@ -723,7 +744,7 @@ def open_engine(url: str, **options: Any) -> Engine:
         raise UnknownEngine(f"{exc}; check the URL's scheme or install the engine's distribution") from exc
     if not (isinstance(cls, type) and issubclass(cls, Engine)):
         raise UnknownEngine(f"engine {scheme!r} does not derive from dtq_core.Engine")
-    return cls.from_url(url, **options)
+    return cls
 
 
 def resolve_engine(engine: Engine | type[Engine] | None, url: str | None, **options: Any) -> Engine:

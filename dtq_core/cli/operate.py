@@ -24,7 +24,7 @@ from dtq_core.cli.common import (
     report_each,
     settings,
 )
-from dtq_core.engine import Event
+from dtq_core.engine import Event, engine_class
 from dtq_core.job import JobStatus
 from dtq_core.logs import configure_logging
 from dtq_core.periodic import load_schedules
@@ -240,7 +240,10 @@ def config_command(as_json: bool, url: str | None, namespace: str | None) -> Non
       dtq config
       DTQ_CONCURRENCY=4 dtq --config prod.toml config --json
     """
-    rows = settings(url=url, namespace=namespace).describe()
+    chosen = settings(url=url, namespace=namespace)
+    # As a queue or worker would refuse them, though nothing connects here.
+    engine_class(chosen.url).check_options(chosen.url, chosen.engine)
+    rows = chosen.describe()
     if as_json:
         print_json(rows)
     else:

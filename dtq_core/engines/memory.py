@@ -15,6 +15,7 @@ import collections
 import heapq
 import itertools
 import json
+import math
 import threading
 import time
 import urllib.parse
@@ -38,6 +39,7 @@ from dtq_core.engine import (
     EventType,
     Lease,
     MinuteCounts,
+    OptionRange,
     Outcome,
     QueueStats,
     Recorded,
@@ -45,6 +47,7 @@ from dtq_core.engine import (
     Renewal,
     Stats,
     check_browsable,
+    check_engine_options,
     check_indexed,
     counter_event_id,
     counter_event_seq,
@@ -115,6 +118,14 @@ _STORES: dict[str, _Store] = {}
 _STORES_LOCK = threading.Lock()
 
 
+#: Each engine option's range; see check_engine_options.
+_OPTION_RANGES: dict[str, OptionRange] = {
+    "errors_kept": (int, 1, True, math.inf),
+    "index_cap": (int, 0, True, math.inf),  # 0: no dead or failed job is listed
+    "events_max": (int, 0, True, math.inf),
+}
+
+
 class MemoryEngine(Engine):
     """Jobs kept in this process's memory; see the module documentation.
 
@@ -151,7 +162,13 @@ class MemoryEngine(Engine):
         name = urllib.parse.urlsplit(url).netloc or "default"
         with _STORES_LOCK:
             store = _STORES.setdefault(name, _Store())
+        cls.check_options(url, options)
         return cls(store, url=url, **options)
+
+    @classmethod
+    def check_options(cls, url: str, options: Mapping[str, Any]) -> None:
+        """Refuse an unknown or out-of-range option (see ``from_url``)."""
+        check_engine_options("memory", url, options, _OPTION_RANGES)
 
     @property
     def _space(self) -> _Space:

@@ -203,8 +203,13 @@ class SqliteEngine(Engine):
             raise EngineError(
                 f"SQLite URL {url!r} names no file; use sqlite:///dtq.db or sqlite:////abs/dtq.db"
             )
-        check_engine_options("SQLite", url, options, _OPTION_RANGES)
+        cls.check_options(url, options)
         return cls(path, url=url, **options)
+
+    @classmethod
+    def check_options(cls, url: str, options: Mapping[str, Any]) -> None:
+        """Refuse an unknown or out-of-range option (see ``from_url``)."""
+        check_engine_options("SQLite", url, options, _OPTION_RANGES)
 
     # --- producers -------------------------------------------------------------
 

@@ -86,6 +86,22 @@ def test_a_bad_setting_is_one_line_naming_it(
     assert proc.returncode == 1 and "setting mode = 'fibers' (env DTQ_MODE)" in proc.stderr
 
 
+def test_config_refuses_engine_options_the_engine_would_refuse(
+    run_dtq: RunDtq, dtq_env: dict[str, str], tmp_path: Path
+) -> None:
+    """As the engine refuses them at first use: `dtq config` is where one checks a setup."""
+    spin = run_dtq("config", env=dict(dtq_env, DTQ_ENGINE__REPLY_SPIN_US="99999999"))
+    assert spin.returncode == 1 and "Traceback" not in spin.stderr
+    assert "Redis engine option reply_spin_us = 99999999: expected a number from 0 to 10000" in spin.stderr
+    (tmp_path / "dtq.toml").write_text("[engine]\nno_such = 1\n")
+    unknown = run_dtq("config")
+    assert unknown.returncode == 1 and "unknown Redis engine option 'no_such'" in unknown.stderr
+    sqlite = run_dtq("config", env=dict(dtq_env, DTQ_URL=f"sqlite:///{tmp_path / 'q.db'}"))
+    assert sqlite.returncode == 1 and "unknown SQLite engine option 'no_such'" in sqlite.stderr
+    (tmp_path / "dtq.toml").write_text("[engine]\nevents_max = 5\n")
+    assert run_dtq("config").returncode == 0
+
+
 def test_the_worker_takes_its_settings_from_the_config_file(run_dtq: RunDtq, tmp_path: Path) -> None:
     (tmp_path / "dtq.toml").write_text('plugins = ["test_only"]\nmode = "thread"\nconcurrency = 3\n')
     run_dtq("enqueue", "test_only", "--id", "j", "--data", '{"action": "echo"}')

@@ -273,13 +273,13 @@ class RedisEngine(Engine):
         restart is ridden out instead of surfacing as an error; workers add their
         own backoff on top. ``options`` go to :class:`RedisEngine`.
         """
-        redis_url, from_query = engine_options(url)
         given = {
             "socket_timeout_s": socket_timeout_s,
             "connect_timeout_s": connect_timeout_s,
             "retries": retries,
         }
-        check_engine_options("Redis", url, {**given, **from_query, **options}, _OPTION_RANGES)
+        cls.check_options(url, {**given, **options})
+        redis_url, from_query = engine_options(url)
         client = connect(
             redis_url, socket_timeout_s=socket_timeout_s, connect_timeout_s=connect_timeout_s, retries=retries
         )
@@ -290,6 +290,12 @@ class RedisEngine(Engine):
         except EngineError:
             client.close()
             raise
+
+    @classmethod
+    def check_options(cls, url: str, options: Mapping[str, Any]) -> None:
+        """Refuse an unknown or out-of-range option, given or in the URL's query (see ``from_url``)."""
+        _redis_url, from_query = engine_options(url)
+        check_engine_options("Redis", url, {**from_query, **options}, _OPTION_RANGES)
 
     # --- producer side ---------------------------------------------------------
 
