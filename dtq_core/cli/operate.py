@@ -24,6 +24,7 @@ from dtq_core.cli.common import (
     report_each,
     settings,
 )
+from dtq_core.dashboard.data import worker_rows
 from dtq_core.engine import Event, engine_class
 from dtq_core.job import JobStatus
 from dtq_core.logs import configure_logging
@@ -176,14 +177,20 @@ def workers(as_json: bool, url: str | None, namespace: str | None) -> None:
       dtq workers --json
     """
     with Queue(settings=settings(url=url, namespace=namespace)) as queue:
-        rows = queue.workers()
+        rows = worker_rows(queue.workers())
     if as_json:
-        print_json(rows)
+        print_json([row.to_dict() for row in rows])  # numbers and lists, as stats --json gives
         return
     print_table(
         ["worker", "plugins", "concurrency", "mode", "in hand"],
         (
-            [r["id"], r.get("plugins"), r.get("concurrency"), r.get("mode"), r.get("in_hand") or "-"]
+            [
+                r.id,
+                ",".join(r.plugins),
+                "" if r.concurrency is None else r.concurrency,
+                r.mode,
+                ",".join(r.in_hand) or "-",
+            ]
             for r in rows
         ),
     )

@@ -160,16 +160,16 @@ class WorkerRow:
 
     id: str
     host: str
-    pid: str
+    pid: int | None
     plugins: list[str]
-    concurrency: str
+    concurrency: int | None
     mode: str
     in_hand: list[str]
     #: seconds since its last heartbeat, when the engine says
     heartbeat_age_s: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``/api/workers`` shape of one worker."""
+        """The ``/api/workers`` (and ``dtq workers --json``) shape of one worker."""
         return attrs.asdict(self)
 
 
@@ -177,7 +177,7 @@ def worker_rows(workers: Sequence[Mapping[str, str]], now_s: float | None = None
     """The registry's descriptions (:meth:`Queue.workers`) as rows, sorted by host and pid."""
     now_ms = (time.time() if now_s is None else now_s) * 1000
     rows = [_worker_row(info, now_ms) for info in workers]
-    return sorted(rows, key=lambda row: (row.host, row.pid, row.id))
+    return sorted(rows, key=lambda row: (row.host, row.pid or 0, row.id))
 
 
 def _worker_row(info: Mapping[str, str], now_ms: float) -> WorkerRow:
@@ -185,9 +185,9 @@ def _worker_row(info: Mapping[str, str], now_ms: float) -> WorkerRow:
     return WorkerRow(
         id=info.get("id", "?"),
         host=info.get("host", ""),
-        pid=info.get("pid", ""),
+        pid=_whole(info.get("pid", "")),
         plugins=_split(info.get("plugins", "")),
-        concurrency=info.get("concurrency", ""),
+        concurrency=_whole(info.get("concurrency", "")),
         mode=info.get("mode", ""),
         in_hand=_split(info.get("in_hand", "")),
         heartbeat_age_s=max(0.0, (now_ms - int(last_seen)) / 1000) if last_seen.isdigit() else None,
@@ -196,6 +196,11 @@ def _worker_row(info: Mapping[str, str], now_ms: float) -> WorkerRow:
 
 def _split(text: str) -> list[str]:
     return [item for item in text.split(",") if item]
+
+
+def _whole(text: str) -> int | None:
+    """A registry field's number (the registry keeps text), or None if it holds none."""
+    return int(text) if text.isdigit() else None
 
 
 @attrs.frozen

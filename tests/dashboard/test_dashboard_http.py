@@ -176,9 +176,10 @@ def test_workers_and_plugins_pages_list_what_serves_what(
     info = {"host": "web-3", "pid": "4121", "plugins": "test_only", "concurrency": "2", "mode": "thread"}
     dash_queue.engine.heartbeat("web-3:4121:abc", {**info, "in_hand": "j7,j8"}, ttl_s=30)
     [worker] = client.get("/api/workers").json()
-    assert (worker["host"], worker["pid"], worker["plugins"], worker["in_hand"]) == (
+    assert (worker["host"], worker["pid"], worker["concurrency"], worker["plugins"], worker["in_hand"]) == (
         "web-3",
-        "4121",
+        4121,  # numbers, though the registry keeps text
+        2,
         ["test_only"],
         ["j7", "j8"],
     )

@@ -243,17 +243,21 @@ def test_workers_lists_a_running_worker(run_dtq: RunDtq, dtq_env: dict[str, str]
         stderr=subprocess.DEVNULL,
     )
     try:
-        rows: list[dict[str, str]] = []
+        rows: list[dict[str, object]] = []
         for _ in range(100):
             rows = json.loads(run_dtq("workers", "--json").stdout)
             if rows:
                 break
         assert len(rows) == 1
-        assert (rows[0]["pid"], rows[0]["plugins"], rows[0]["concurrency"]) == (
-            str(worker.pid),
-            "test_only",
-            "2",
+        # Numbers and lists, as `stats --json` gives them (they were the registry's text).
+        assert (rows[0]["pid"], rows[0]["plugins"], rows[0]["concurrency"], rows[0]["in_hand"]) == (
+            worker.pid,
+            ["test_only"],
+            2,
+            [],
         )
+        age = rows[0]["heartbeat_age_s"]
+        assert isinstance(age, float) and 0 <= age < 60
     finally:
         worker.terminate()
         assert worker.wait(20) == 0
