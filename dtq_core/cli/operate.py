@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 
 import click
@@ -165,6 +165,11 @@ def stats(as_json: bool, url: str | None, namespace: str | None) -> None:
     click.echo(f"dead: {numbers.dead}  failed: {numbers.failed}")
 
 
+#: The most a --limit takes (a larger one reached Redis as is, which refused it without a word
+#: on which option or why).
+_MOST = 1_000_000
+
+
 @main.command()
 @json_option
 @engine_options
@@ -263,7 +268,7 @@ def dead() -> None:
 
 
 @dead.command("list")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=_MOST), default=50, show_default=True)
 @json_option
 @engine_options
 @friendly
@@ -352,7 +357,9 @@ def _purge(status: JobStatus, yes: bool, url: str | None, namespace: str | None)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until interrupted.")
 @click.option("--plugin", "plugins", multiple=True, help="Only events of this plugin (repeatable).")
 @click.option("--job", "job_ids", multiple=True, help="Only events of this job id (repeatable).")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Without --follow.")
+@click.option(
+    "--limit", type=click.IntRange(min=1, max=_MOST), default=100, show_default=True, help="Without --follow."
+)
 @json_option
 @engine_options
 @friendly
@@ -379,9 +386,8 @@ def events(
     wanted = _event_filter(plugins, job_ids)
     with Queue(settings=settings(url=url, namespace=namespace)) as queue:
         if not follow:
-            for event in queue.events(limit=limit):
-                if wanted(event):
-                    _print_event(event, as_json)
+            for event in _kept_events(queue, wanted, limit):
+                _print_event(event, as_json)
             return
         try:
             _follow(queue, wanted, as_json)
@@ -394,6 +400,23 @@ def _event_filter(plugins: tuple[str, ...], job_ids: tuple[str, ...]) -> Callabl
         return (not plugins or event.plugin in plugins) and (not job_ids or event.job_id in job_ids)
 
     return wanted
+
+
+def _kept_events(queue: Queue, wanted: Callable[[Event], bool], limit: int) -> Iterator[Event]:
+    """The oldest ``limit`` kept events that are ``wanted``: read page by page, so that a
+    job's events later in the stream are found (the first ``limit`` events were looked at
+    only, and a filter that matched none of them printed nothing)."""
+    after: str | None = None
+    while limit > 0 and (page := queue.events(after=after, limit=_EVENTS_PAGE)):
+        for event in page:
+            if wanted(event) and limit > 0:
+                limit -= 1
+                yield event
+        after = page[-1].id
+
+
+#: Events read per round trip by `dtq events`.
+_EVENTS_PAGE = 1000
 
 
 def _follow(queue: Queue, wanted: Callable[[Event], bool], as_json: bool) -> None:

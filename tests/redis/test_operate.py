@@ -321,6 +321,20 @@ def test_events_are_followed_while_jobs_run_and_filtered(
     assert "failed" in text.stdout and "RuntimeError" in text.stdout
 
 
+def test_events_of_a_job_are_found_past_the_first_limit_of_events(run_dtq: RunDtq, queue: Queue) -> None:
+    queue.enqueue_many("test_only", [{"action": "echo"}] * 1500)  # more than a page of events
+    queue.enqueue("test_only", {"action": "echo"}, id="late", priority=5)
+    queue.enqueue("test_only", {"action": "echo"}, id="later", priority=5)
+    found = run_dtq("events", "--job", "late", "--job", "later", "--json")
+    assert found.returncode == 0, found.stderr
+    assert [json.loads(line)["job_id"] for line in found.stdout.splitlines()] == ["late", "later"]
+    first = run_dtq("events", "--job", "late", "--job", "later", "--limit", "1")
+    assert len(first.stdout.splitlines()) == 1 and "late" in first.stdout
+    assert len(run_dtq("events", "--limit", "1600").stdout.splitlines()) == 1502
+    huge = run_dtq("events", "--limit", str(2**64))
+    assert huge.returncode == 2 and "--limit" in huge.stderr and "Traceback" not in huge.stderr
+
+
 def test_bulk_enqueue_shows_progress_only_on_a_terminal(
     run_dtq: RunDtq, dtq_env: dict[str, str], tmp_path: Path
 ) -> None:
