@@ -102,7 +102,8 @@ class MalformedRecord(EngineError):
     def __init__(self, job_id: str, reason: str) -> None:
         super().__init__(
             f"job {job_id!r} has a malformed record: {reason}; dtq did not write it so (something else "
-            "wrote into dtq's storage, or it is corrupted), and a worker that takes the job buries it as dead"
+            "wrote into dtq's storage, or it is corrupted). A worker that takes such a job buries it as "
+            "dead; one that has ended can be deleted (Queue.delete, or the dashboard's delete button)"
         )
         self.job_id = job_id
         self.reason = reason

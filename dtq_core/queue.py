@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +29,7 @@ from dtq_core.errors import (
     InvalidJob,
     JobFailed,
     JobNotFound,
+    MalformedRecord,
     PayloadTooLarge,
     ResultTimeout,
 )
@@ -51,6 +53,8 @@ from dtq_core.record import MALFORMED
 _WAIT_SLICE_S = 30.0
 #: Ids generated at once for enqueue_many (one read of randomness).
 _IDS_AT_ONCE = 512
+
+log = logging.getLogger("dtq.queue")
 
 
 class Queue:
@@ -319,12 +323,12 @@ class Queue:
         """
         requeued: list[str] = []
         skipped: dict[str, str] = {}
-        for job in self._final(status, 10_000, 0):
+        for job_id in self.engine.final_ids(status, limit=10_000):
             try:
-                self.requeue(job.id)
-                requeued.append(job.id)
-            except (InvalidJob, JobNotFound) as exc:
-                skipped[job.id] = str(exc)
+                self.requeue(job_id, only=status)
+                requeued.append(job_id)
+            except (InvalidJob, JobNotFound, MalformedRecord) as exc:  # one bad record stops no others
+                skipped[job_id] = str(exc)
         return requeued, skipped
 
     def delete(self, job_id: str | int) -> None:
@@ -335,7 +339,14 @@ class Queue:
                 it was requeued meanwhile.
             NotSupported: the engine cannot delete one job.
         """
-        job = self._existing(job_id)
+        try:
+            job = self._existing(job_id)
+        except MalformedRecord:
+            # Unreadable, but an ended job's record can still go: the engine deletes final
+            # records only, so a live one (which a worker buries) stays, and this is raised.
+            if not self.engine.delete(normalise_id(job_id)):
+                raise
+            return
         if not job.status.is_final:
             raise JobNotFound(
                 f"job {job.id!r} is {job.status.value}; only final jobs can be deleted (cancel it first)"
@@ -406,9 +417,17 @@ class Queue:
 
     def _final(self, status: JobStatus, limit: int, offset: int) -> list[Job]:
         jobs = (
-            self.engine.get(job_id) for job_id in self.engine.final_ids(status, limit=limit, offset=offset)
+            self._readable(job_id) for job_id in self.engine.final_ids(status, limit=limit, offset=offset)
         )
         return [job for job in jobs if job is not None and job.status is status]
+
+    def _readable(self, job_id: str) -> Job | None:
+        """The job's record, or None if it is gone or malformed (logged: the others are still listed)."""
+        try:
+            return self.engine.get(job_id)
+        except MalformedRecord as exc:
+            log.warning("%s", exc)
+            return None
 
     def check(self, job: Job) -> str:
         """Refuse ``job`` as :meth:`append` would, without appending it; return its encoded payload.

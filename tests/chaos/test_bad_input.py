@@ -991,3 +991,29 @@ def assert_one_line_error(proc: Any, *fragments: str) -> None:
     assert "Traceback" not in proc.stderr + proc.stdout
     for fragment in fragments:
         assert fragment in proc.stderr, proc.stderr
+
+
+def test_a_damaged_final_record_is_named_and_holds_up_no_other_job(
+    run_dtq: Callable[..., Any], queue: Queue, keys: Keys, redis_server: RedisServer
+) -> None:
+    for job_id in ("good1", "good2"):  # dead: its one delivery's worker died
+        queue.enqueue("test_only", {"action": "echo"}, id=job_id)
+        [lease] = queue.engine.fetch(["test_only"], count=1, lease_s=60, worker_id="lost").leases
+        queue.engine.release(lease, lost=True, max_lost_leases=1, ttl_s=60)
+    client = redis_server.client
+    # A final record with no payload, listed among the dead: written by something else.
+    client.hset(keys.done("nopayload"), "state", json.dumps({"status": "dead", "attempts": 1, "created": 1}))
+    client.zadd(keys.index("dead"), {"nopayload": time.time() * 1000})
+    status = run_dtq("status", "nopayload")
+    assert status.returncode == 1 and "Traceback" not in status.stderr, status.stderr  # was a KeyError
+    assert "job 'nopayload' has a malformed record" in status.stderr and "can be deleted" in status.stderr
+    listed = run_dtq("dead", "list", "--json")
+    assert listed.returncode == 0, listed.stderr  # one bad record listed no dead job at all
+    assert sorted(job["id"] for job in json.loads(listed.stdout)) == ["good1", "good2"]
+    assert "job 'nopayload' has a malformed record" in listed.stderr
+    requeued = run_dtq("dead", "requeue", "--all")
+    assert requeued.returncode == 0, requeued.stderr
+    assert sorted(requeued.stdout.split()) == ["good1:", "good2:", "requeued", "requeued"]
+    assert "nopayload: skipped: job 'nopayload' has a malformed record" in requeued.stderr
+    queue.delete("nopayload")  # as the message says: an ended job's record can be deleted
+    assert client.exists(keys.done("nopayload")) == 0

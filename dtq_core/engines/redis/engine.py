@@ -1533,7 +1533,10 @@ def _found(
     if payload is not None or state is not None:
         return _job(job_id, payload, state, errors=errors)
     if done:
-        return _job(job_id, done["payload"], done["state"], done.get("result"), done.get("error"), errors)
+        # .get: a final record that lacks a part is malformed (raised by _job), not a KeyError.
+        return _job(
+            job_id, done.get("payload"), done.get("state"), done.get("result"), done.get("error"), errors
+        )
     # Expiry by this client's clock (a cluster pipeline refuses TIME): a skewed
     # clock shows a record that long past, or short of, its retention.
     if succeeded is not None and (expiry is None or float(expiry) > time.time() * 1000):
