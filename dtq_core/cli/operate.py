@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -26,6 +27,7 @@ from dtq_core.cli.common import (
 )
 from dtq_core.dashboard.data import worker_rows
 from dtq_core.engine import Event, engine_class
+from dtq_core.errors import UnknownEngine
 from dtq_core.job import JobStatus
 from dtq_core.logs import configure_logging
 from dtq_core.periodic import load_schedules
@@ -253,8 +255,10 @@ def config_command(as_json: bool, url: str | None, namespace: str | None) -> Non
       DTQ_CONCURRENCY=4 dtq --config prod.toml config --json
     """
     chosen = settings(url=url, namespace=namespace)
-    # As a queue or worker would refuse them, though nothing connects here.
-    engine_class(chosen.url).check_options(chosen.url, chosen.engine)
+    # As a queue or worker would refuse them, though nothing connects here. A URL no engine
+    # takes is shown as it is (the settings are what this prints); other commands name its fault.
+    with contextlib.suppress(UnknownEngine):
+        engine_class(chosen.url).check_options(chosen.url, chosen.engine)
     rows = chosen.describe()
     if as_json:
         print_json(rows)
