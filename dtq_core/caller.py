@@ -8,6 +8,7 @@ keeps working unchanged.
 from __future__ import annotations
 
 import abc
+import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,8 @@ def checked_progress(fraction: object, message: object) -> tuple[float | None, s
             fraction = float(fraction)  # type: ignore[arg-type]  # any number: Decimal, numpy's
         except (TypeError, ValueError, OverflowError):
             raise wrong from None
+        if not math.isfinite(fraction):  # JSON has no NaN: the job's record could not be read back
+            raise ValueError(f"caller.progress(fraction=...) must be a finite number, got {fraction!r}")
     if message is not None:
         if not isinstance(message, str):
             raise TypeError(f"caller.progress(message=...) takes text or None, got {type(message).__name__}")

@@ -351,11 +351,15 @@ def mask_url(url: str) -> str:
         return _mask_by_pattern(url)
     if not parts.netloc and "@" in url:  # ':pw@host/0' splits as a path: go by the pattern
         return _mask_by_pattern(url)
-    if password_cut_short(url):
-        return _mask_by_pattern(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
+    at = _userinfo_end(url)
+    if at is not None:  # the user part runs on past where urllib ended it: up to `at`
+        start = url.index("//") + 2
+        user, colon, _password = url[start:at].partition(":")
+        shown = f"{user}:***" if colon else "***"
+        return mask_url(f"{url[:start]}{shown}{url[at:]}")  # its query's secrets masked too
+    userinfo, at_sign, hosts = parts.netloc.rpartition("@")
     netloc = parts.netloc
-    if at and ":" in userinfo:
+    if at_sign and ":" in userinfo:
         netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
     query = "&".join(
         # Names as the client decodes them: pass%77ord is a password too.
@@ -372,16 +376,30 @@ def mask_url(url: str) -> str:
 def password_cut_short(url: str) -> bool:
     """Whether ``url``'s user part holds a '#', '?' or '/' as it is: ``urllib`` (and redis-py)
     end the host part there, so the password would be shown, or read as a host or a port."""
+    return _userinfo_end(url) is not None
+
+
+def _userinfo_end(url: str) -> int | None:
+    """Where the '@' that ends ``url``'s user part is, when it comes after the end of the host
+    part as ``urllib`` finds it (a '#', '?' or '/' in the password); else None. An '@' in a
+    query option's value (``?client_name=ops@example.com``) ends no user part."""
     try:
         netloc = urllib.parse.urlsplit(url).netloc
     except ValueError:
-        return False
-    return "@" not in netloc and "@" in url.partition("//")[2]
+        return None
+    start = url.find("//")
+    if start < 0 or not netloc:
+        return None
+    after = start + 2 + len(netloc)
+    at = url.find("@", after)
+    if at < 0:
+        return None
+    _path, question, query = url[after:at].partition("?")
+    return None if question and "=" in query else at
 
 
 def _mask_by_pattern(url: str) -> str:
-    """:func:`mask_url` for a URL that cannot be split: the user part's password (up to the
-    last '@': a password may hold '#', '?' or '/'), and the values of query options that
-    could be secrets (whatever their spelling), masked."""
-    masked = re.sub(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?(?://)?[^/@:]*:).*@", r"\1***@", url)
+    """:func:`mask_url` for a URL that cannot be split: the user part's password, and the
+    values of query options that could be secrets (whatever their spelling), masked."""
+    masked = re.sub(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?(?://)?[^/@:]*:)[^@]*@", r"\1***@", url)
     return re.sub(r"([?&][^=&]*=)[^&]*", r"\1***", masked)

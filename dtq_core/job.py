@@ -127,6 +127,14 @@ class JobStatus(str, enum.Enum):
 _FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED})
 
 
+def exception_message(exc: BaseException) -> str:
+    """``str(exc)``, or what stands in for it when the exception's class fails to give one."""
+    try:
+        return str(exc)
+    except Exception as failed:  # the plugin's exception class is at fault: still, its job fails
+        return f"<str() of the exception failed: {type(failed).__qualname__}>"
+
+
 @attrs.frozen
 class ErrorInfo:
     """Why an attempt failed: exception type, message and formatted traceback."""
@@ -139,11 +147,7 @@ class ErrorInfo:
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
         """Capture ``exc`` (with its traceback) as plain strings."""
         formatted = "".join(traceback.format_exception(exc))  # safe: it stands in for a str() that fails
-        try:
-            message = str(exc)
-        except Exception as failed:  # the plugin's exception class is at fault: still, its job fails
-            message = f"<str() of the exception failed: {type(failed).__qualname__}>"
-        return cls(type=type(exc).__qualname__, message=message, traceback=formatted)
+        return cls(type=type(exc).__qualname__, message=exception_message(exc), traceback=formatted)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ErrorInfo:

@@ -26,6 +26,7 @@ always know which job a message is about.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import ctypes
 import inspect
@@ -53,7 +54,7 @@ from dtq_core.errors import (
     UnknownPlugin,
     ValidationError,
 )
-from dtq_core.job import ErrorInfo, Job, json_encoder
+from dtq_core.job import ErrorInfo, Job, exception_message, json_encoder
 from dtq_core.plugin import Plugin, PluginRegistry
 from dtq_core.retry import Attempt, Ending
 
@@ -427,8 +428,9 @@ def _settled(attempt: Attempt, control: Control, limit_s: float | None) -> Attem
 
 
 #: The errors a job's request may end with, raised in its process as its worker raised them
-#: (so that ``except DuplicateJob`` works as in thread mode); others as their nearest base here.
-_REQUEST_ERRORS: dict[str, type[DtqError]] = {
+#: (so that ``except DuplicateJob`` works as in thread mode); others as their nearest base here,
+#: or as the built-in exception they are (a plugin's validate may raise ValueError).
+_REQUEST_ERRORS: dict[str, type[Exception]] = {
     cls.__name__: cls
     for cls in (
         DtqError,
@@ -447,23 +449,38 @@ _REQUEST_ERRORS: dict[str, type[DtqError]] = {
 
 def _failed_request(exc: Exception) -> dict[str, Any]:
     """The reply to a request the worker could not serve: the error, to raise in the job's process."""
-    kind = next((cls.__name__ for cls in type(exc).__mro__ if cls.__name__ in _REQUEST_ERRORS), None)
-    message = str(exc) if kind is not None else f"the worker could not serve the request: {exc!r}"
-    reply = {"error": message, "error_type": kind or DtqError.__name__}
+    message = exception_message(exc)
+    # Its own class if the job's process can make it, else the nearest base it can (a
+    # JSONDecodeError as a ValueError), named in the message.
+    base = next(cls for cls in type(exc).__mro__ if _rebuilt(cls))
+    if base is not type(exc):
+        message = f"{type(exc).__qualname__}: {message}"
+    reply = {"error": message, "error_type": base.__name__}
     for detail in ("job_id", "plugin"):  # DuplicateJob's and PluginError's
         if isinstance(getattr(exc, detail, None), str):
             reply[detail] = getattr(exc, detail)
     return reply
 
 
-def _request_error(reply: Mapping[str, Any]) -> DtqError:
+def _rebuilt(cls: type) -> bool:
+    """Whether the job's process makes errors of this class again: dtq's or Python's own."""
+    return _REQUEST_ERRORS.get(cls.__name__) is cls or getattr(builtins, cls.__name__, None) is cls
+
+
+def _request_error(reply: Mapping[str, Any]) -> Exception:
     """:func:`_failed_request`'s error, rebuilt in the job's process."""
-    cls, message = _REQUEST_ERRORS.get(str(reply.get("error_type")), DtqError), str(reply["error"])
+    name, message = str(reply.get("error_type")), str(reply["error"])
+    cls = _REQUEST_ERRORS.get(name) or getattr(builtins, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        cls = DtqError
     if issubclass(cls, DuplicateJob):
         return cls(message, job_id=str(reply.get("job_id", "")))
     if issubclass(cls, PluginError):
         return cls(message, plugin=str(reply.get("plugin", "")))
-    return cls(message)
+    try:
+        return cls(message)
+    except Exception:  # a built-in that takes other arguments (UnicodeDecodeError, say)
+        return DtqError(f"{name}: {message}")
 
 
 def _send_jobs(conn: Channel, leases: list[Lease]) -> None:

@@ -865,6 +865,56 @@ class Worker:
         }
 
 
+@attrs.frozen
+class WorkerRow:
+    """One live worker as the registry describes it (:meth:`Worker.describe`), with numbers and lists
+    for its text: what ``dtq workers`` and the dashboard show."""
+
+    id: str
+    host: str
+    pid: int | None
+    plugins: list[str]
+    concurrency: int | None
+    mode: str
+    in_hand: list[str]
+    #: seconds since its last heartbeat, when the engine says
+    heartbeat_age_s: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``/api/workers`` (and ``dtq workers --json``) shape of one worker."""
+        return attrs.asdict(self)
+
+
+def worker_rows(workers: Sequence[Mapping[str, str]], now_s: float | None = None) -> list[WorkerRow]:
+    """The registry's descriptions (:meth:`Queue.workers`) as rows, sorted by host and pid."""
+    now_ms = (time.time() if now_s is None else now_s) * 1000
+    rows = [_worker_row(info, now_ms) for info in workers]
+    return sorted(rows, key=lambda row: (row.host, row.pid or 0, row.id))
+
+
+def _worker_row(info: Mapping[str, str], now_ms: float) -> WorkerRow:
+    last_seen = info.get("last_seen", "")
+    return WorkerRow(
+        id=info.get("id", "?"),
+        host=info.get("host", ""),
+        pid=_whole(info.get("pid", "")),
+        plugins=_split(info.get("plugins", "")),
+        concurrency=_whole(info.get("concurrency", "")),
+        mode=info.get("mode", ""),
+        in_hand=_split(info.get("in_hand", "")),
+        heartbeat_age_s=max(0.0, (now_ms - int(last_seen)) / 1000) if last_seen.isdigit() else None,
+    )
+
+
+def _split(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
+def _whole(text: str) -> int | None:
+    """A registry field's number (the registry keeps text), or None if it holds none."""
+    return int(text) if text.isdigit() else None
+
+
 def _backoff_s(failures: int) -> float:
     """The pause after ``failures`` failed tries in a row: doubling from 0.2 s, at most _MAX_BACKOFF_S."""
     return min(_MAX_BACKOFF_S, 0.1 * 2.0**failures)

@@ -25,14 +25,13 @@ from dtq_core.cli.common import (
     report_each,
     settings,
 )
-from dtq_core.dashboard.data import worker_rows
 from dtq_core.engine import Event, engine_class
 from dtq_core.errors import UnknownEngine
 from dtq_core.job import JobStatus
 from dtq_core.logs import configure_logging
 from dtq_core.periodic import load_schedules
 from dtq_core.queue import Queue
-from dtq_core.worker import Worker
+from dtq_core.worker import Worker, worker_rows
 
 
 @main.command()

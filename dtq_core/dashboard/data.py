@@ -8,8 +8,7 @@ dead list`` and ``dtq plugins``.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -18,6 +17,8 @@ from dtq_core.engine import BROWSABLE, FINISHED, Event, MinuteCounts, Stats
 from dtq_core.job import Job, JobStatus
 from dtq_core.plugin import PluginStatus
 from dtq_core.queue import Queue
+from dtq_core.worker import WorkerRow as WorkerRow  # noqa: PLC0414  # what the workers page shows
+from dtq_core.worker import worker_rows as worker_rows  # noqa: PLC0414
 
 #: Jobs on one page of the jobs list.
 PAGE_SIZE = 50
@@ -152,55 +153,6 @@ def timeline(queue: Queue, job_id: str) -> list[Event]:
             break
         after = batch[-1].id
     return found
-
-
-@attrs.frozen
-class WorkerRow:
-    """One live worker as the workers page shows it."""
-
-    id: str
-    host: str
-    pid: int | None
-    plugins: list[str]
-    concurrency: int | None
-    mode: str
-    in_hand: list[str]
-    #: seconds since its last heartbeat, when the engine says
-    heartbeat_age_s: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``/api/workers`` (and ``dtq workers --json``) shape of one worker."""
-        return attrs.asdict(self)
-
-
-def worker_rows(workers: Sequence[Mapping[str, str]], now_s: float | None = None) -> list[WorkerRow]:
-    """The registry's descriptions (:meth:`Queue.workers`) as rows, sorted by host and pid."""
-    now_ms = (time.time() if now_s is None else now_s) * 1000
-    rows = [_worker_row(info, now_ms) for info in workers]
-    return sorted(rows, key=lambda row: (row.host, row.pid or 0, row.id))
-
-
-def _worker_row(info: Mapping[str, str], now_ms: float) -> WorkerRow:
-    last_seen = info.get("last_seen", "")
-    return WorkerRow(
-        id=info.get("id", "?"),
-        host=info.get("host", ""),
-        pid=_whole(info.get("pid", "")),
-        plugins=_split(info.get("plugins", "")),
-        concurrency=_whole(info.get("concurrency", "")),
-        mode=info.get("mode", ""),
-        in_hand=_split(info.get("in_hand", "")),
-        heartbeat_age_s=max(0.0, (now_ms - int(last_seen)) / 1000) if last_seen.isdigit() else None,
-    )
-
-
-def _split(text: str) -> list[str]:
-    return [item for item in text.split(",") if item]
-
-
-def _whole(text: str) -> int | None:
-    """A registry field's number (the registry keeps text), or None if it holds none."""
-    return int(text) if text.isdigit() else None
 
 
 @attrs.frozen

@@ -462,19 +462,19 @@ class MemoryEngine(Engine):
             return True
 
     def purge(self, status: JobStatus) -> int:
-        """Delete every job in the status's index that still has that status; return how many."""
+        """Delete every job with ``status``, listed in its index or past its cap; return how many."""
         check_indexed(status)
         with self._store.lock:
             space = self._space
             self._expire(space)
-            purged = 0
-            for job_id in space.index.pop(status.value, {}):
-                record = space.records.get(job_id)
-                if record is not None and record.state["status"] == status.value:
-                    del space.records[job_id]
-                    space.errors.pop(job_id, None)
-                    purged += 1
-            return purged
+            space.index.pop(status.value, None)
+            gone = [
+                job_id for job_id, record in space.records.items() if record.state["status"] == status.value
+            ]
+            for job_id in gone:
+                del space.records[job_id]
+                space.errors.pop(job_id, None)
+            return len(gone)
 
     def delete(self, job_id: str) -> bool:
         """Delete one final job's record; False when it is live or gone."""

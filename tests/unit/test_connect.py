@@ -38,6 +38,18 @@ from dtq_core.engines.redis.connect import connect, engine_options
         ("redis://app:s3c?ret@host:6379/0", "redis://app:***@host:6379/0"),
         ("redis://:s3/cret@host:6379/0", "redis://:***@host:6379/0"),
         ("redis://:s3#c@ret@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://u:s3c@ret/x@host:6379/0", "redis://u:***@host:6379/0"),  # an '@' and a '/'
+        ("redis://:s3cret#@host:6379/0?client_name=a@b", "redis://:***@host:6379/0?client_name=a@b"),
+        # An '@' in a query option's value is no user part's end: shown as it is.
+        (
+            "redis://host:6379/0?client_name=ops@example.com",
+            "redis://host:6379/0?client_name=ops@example.com",
+        ),
+        ("redis://[::1]:6379/0?client_name=a@b", "redis://[::1]:6379/0?client_name=a@b"),
+        (
+            "redis+sentinel://s1:26379,s2:26379/main?client_name=a@b&sentinel_password=s3cret",
+            "redis+sentinel://s1:26379,s2:26379/main?client_name=a@b&sentinel_password=***",
+        ),
     ],
 )
 def test_mask_url_hides_every_password(url: str, masked: str) -> None:
@@ -96,11 +108,17 @@ def test_a_bad_value_in_the_query_is_refused_when_connecting() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://:Tr0ub4dor#3xyz@127.0.0.1:6390/0", "redis://app:s3cr?etpw@127.0.0.1:6390/0"]
+    "url",
+    [
+        "redis://:Tr0ub4dor#3xyz@127.0.0.1:6390/0",
+        "redis://app:s3cr?etpw@127.0.0.1:6390/0",
+        "redis://:#3xyzTr0ub@127.0.0.1:6390/0",  # accepted before, as a URL of no host
+        "redis://:2024/3xyz@127.0.0.1:6390/0",  # accepted before, as port 2024
+    ],
 )
 def test_a_password_that_needs_percent_encoding_is_named_and_never_shown(url: str) -> None:
     with pytest.raises(EngineError) as caught:
         connect(url, socket_timeout_s=1, connect_timeout_s=1, retries=0)
     said = str(caught.value)
     assert "must be percent-encoded (%23, %3F, %2F, %40)" in said
-    assert not any(piece in said for piece in ("Tr0ub", "4dor", "3xyz", "s3cr", "etpw")), said
+    assert not any(piece in said for piece in ("Tr0ub", "4dor", "3xyz", "s3cr", "etpw", "2024")), said

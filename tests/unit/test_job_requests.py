@@ -18,10 +18,21 @@ class Unprintable(Exception):
         raise TypeError("no str for you")
 
 class Misuse(Plugin):
+    def validate(self, job):
+        if job.data.get("what") == "picky":
+            raise ValueError("misuse refuses picky jobs")  # not a ValidationError: as some plugins do
+
     def process(self, job, caller):
         what = job.data["what"]
         if what == "fraction":
             caller.progress("half")
+        elif what == "nan":
+            caller.progress(float("nan"))
+        elif what == "refused":
+            try:
+                caller.enqueue("misuse", {"what": "picky"})
+            except ValueError as exc:  # its class kept across the pipe, in either mode
+                return {"refused": str(exc)}
         elif what == "surrogate":
             caller.progress(0.5, "bad \\ud800 text")
         elif what == "unprintable":
@@ -36,26 +47,31 @@ class Misuse(Plugin):
 """
 
 
+WHATS = ("fraction", "surrogate", "unprintable", "twice", "nan", "refused")
+
+
 @pytest.mark.parametrize("mode", ["thread", "process"])
 def test_a_job_that_misuses_its_caller_fails_once_with_its_own_error(fake_site: FakeSite, mode: str) -> None:
     module = unique_module("misuse")
     fake_site.add("dtq-plugin-misuse", "1.0", {"misuse": f"{module}:Misuse"}, {module: SOURCE})
     url = f"memory://{uuid.uuid4().hex}"
     with Queue(["misuse"], url) as queue:
-        for what in ("fraction", "surrogate", "unprintable", "twice"):
+        for what in WHATS:
             queue.enqueue("misuse", {"what": what}, id=what)
         worker = Worker(["misuse"], url, mode=mode, lease_s=5)
         try:
             worker.get_jobs()
         finally:
             worker.close()
-        jobs = {what: queue.get(what) for what in ("fraction", "surrogate", "unprintable", "twice")}
+        jobs = {what: queue.get(what) for what in WHATS}
     ended = {what: (job.status, job.attempts, job.lost_leases) for what, job in jobs.items() if job}
     assert ended == {
         "fraction": (JobStatus.FAILED, 1, 0),
         "surrogate": (JobStatus.FAILED, 1, 0),  # its record still reads
         "unprintable": (JobStatus.FAILED, 1, 0),
         "twice": (JobStatus.SUCCEEDED, 1, 0),
+        "nan": (JobStatus.FAILED, 1, 0),  # its record still reads (JSON has no NaN)
+        "refused": (JobStatus.SUCCEEDED, 1, 0),
     }
     errors = {what: job.error for what, job in jobs.items() if job and job.error}
     assert (
@@ -65,3 +81,5 @@ def test_a_job_that_misuses_its_caller_fails_once_with_its_own_error(fake_site: 
     assert errors["unprintable"].type == "Unprintable"
     assert errors["unprintable"].message == "<str() of the exception failed: TypeError>"
     assert jobs["twice"] is not None and jobs["twice"].result == {"duplicate": "twice-kid"}
+    assert errors["nan"].type == "ValueError" and "must be a finite number" in errors["nan"].message
+    assert jobs["refused"] is not None and jobs["refused"].result == {"refused": "misuse refuses picky jobs"}

@@ -56,6 +56,13 @@ def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, retr
         "socket_keepalive": True,
         "retry": Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries),
     }
+    if password_cut_short(url):
+        # Refused, not guessed at: the client would take a piece of the password for the
+        # host or port (and say so in its error, quoting it), or connect elsewhere.
+        raise EngineError(
+            f"bad Redis URL {mask_url(url)!r}: a password holding '#', '?', '/' or '@' must be "
+            "percent-encoded (%23, %3F, %2F, %40)"
+        )
     scheme = urllib.parse.urlsplit(url).scheme
     try:
         if scheme.endswith("+cluster"):
@@ -72,13 +79,7 @@ def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, retr
                 **common,
             )
     except (ValueError, TypeError) as exc:
-        # The client's own words would quote a piece of such a password ("as 'Tr0ub'").
-        said = (
-            "a password holding '#', '?', '/' or '@' must be percent-encoded (%23, %3F, %2F, %40)"
-            if password_cut_short(url)
-            else str(exc)
-        )
-        raise EngineError(f"bad Redis URL {mask_url(url)!r}: {said}") from exc
+        raise EngineError(f"bad Redis URL {mask_url(url)!r}: {exc}") from exc
     except redis.exceptions.RedisClusterException as exc:
         # A Cluster client learns the slots as it is made: no node answering is
         # an unreachable server, as a plain client finds on its first command.
