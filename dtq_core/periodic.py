@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -68,10 +69,7 @@ class Periodic:
         if not self.name or not self.name.isprintable() or "@" in self.name:
             raise InvalidJob(f"periodic name must be printable, without '@', got {self.name!r}")
         check_data(self.data)
-        try:
-            CronSim(self.cron, datetime.now(timezone.utc))
-        except CronSimError as exc:
-            raise InvalidJob(f"periodic {self.name!r}: bad cron expression {self.cron!r}: {exc}") from exc
+        _check_cron(self.name, self.cron)
 
     def ticks(self, after: datetime, until: datetime) -> Iterator[datetime]:
         """The ticks in ``(after, until]``, oldest first."""
@@ -91,6 +89,26 @@ class Periodic:
             "job": {"plugin": self.plugin, "data": dict(self.data)},
             "options": dict(self.options),
         }
+
+
+def _check_cron(name: str, cron: str) -> None:
+    """Refuse a cron expression that is not five fields, or that never fires.
+
+    Raises:
+        InvalidJob: says what is wrong with it.
+    """
+    try:
+        first = next(iter(CronSim(cron, datetime.now(timezone.utc))), None)
+    except CronSimError as exc:
+        raise InvalidJob(f"periodic {name!r}: bad cron expression {cron!r}: {exc}") from exc
+    fields = len(cron.split())
+    if fields != 5:  # cronsim also takes six, the first for seconds: "0 3 * * * *" ran hourly
+        raise InvalidJob(
+            f"periodic {name!r}: the cron expression {cron!r} has {fields} fields; "
+            "give five: minute hour day-of-month month day-of-week (in UTC)"
+        )
+    if first is None:  # a date that never comes ("0 0 */30 2 MON#5"): it stopped the worker
+        raise InvalidJob(f"periodic {name!r}: the cron expression {cron!r} never fires")
 
 
 def load_schedules(path: str) -> list[Periodic]:
@@ -131,6 +149,9 @@ class PeriodicScheduler:
             while no worker ran, or while the engine was away). Keep it shorter
             than the result retention: the dedupe by id lasts as long as the
             job's record.
+        kept_s: how long a tick's job's record is kept: a late check never
+            enqueues a tick older than that, which a worker that checked in
+            time may have run already, its record gone (by default, no limit).
         since: check ticks after this time instead, however long ago, in the
             first pass (for tests and backfills).
     """
@@ -141,6 +162,7 @@ class PeriodicScheduler:
         queue: Queue,
         *,
         catch_up_s: float = 60.0,
+        kept_s: float = math.inf,
         since: datetime | None = None,
     ) -> None:
         names = [s.name for s in schedules]
@@ -154,6 +176,7 @@ class PeriodicScheduler:
         self.schedules = list(schedules)
         self.queue = queue
         self.catch_up_s = catch_up_s
+        self.kept_s = kept_s
         self._checked_until = since or datetime.now(timezone.utc) - timedelta(seconds=catch_up_s)
         self._backfill = since is not None  # the first pass goes back to since, however far
 
@@ -174,7 +197,9 @@ class PeriodicScheduler:
         now = now or datetime.now(timezone.utc)
         after = self._checked_until
         unchecked_s = (now - after).total_seconds()
-        if not self._backfill and unchecked_s > max(self.catch_up_s, _OUTAGE_S):
+        # Late past the outage time, or past the records' retention (the dedupe by id is gone):
+        # with a result_ttl_s of seconds, a stalled worker ran ticks another had run.
+        if not self._backfill and unchecked_s > max(self.catch_up_s, min(_OUTAGE_S, self.kept_s)):
             log.warning(
                 "periodic jobs unchecked for %.0f s (the engine away, or this worker stalled): only "
                 "ticks of the last %.0f s are enqueued",
@@ -207,5 +232,5 @@ class PeriodicScheduler:
     def seconds_to_next_tick(self, now: datetime | None = None) -> float | None:
         """How long until the earliest next tick, or None without schedules."""
         now = now or datetime.now(timezone.utc)
-        upcoming = [next(iter(CronSim(s.cron, now))) for s in self.schedules]
-        return min(((tick - now).total_seconds() for tick in upcoming), default=None)
+        upcoming = [next(iter(CronSim(s.cron, now)), None) for s in self.schedules]
+        return min(((tick - now).total_seconds() for tick in upcoming if tick is not None), default=None)

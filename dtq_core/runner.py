@@ -326,6 +326,9 @@ class ProcessRunner:
             allow = list(self.registry.allow) if self.registry.allow is not None else None
             args = (child, allow, os.getpid(), self.registry.config)
             self._process = context.Process(target=child_main, args=args, daemon=True)
+            # Born with the stop signals blocked: one that comes while it starts (the
+            # whole group signalled) waits until it ignores them (child_main), not killing it.
+            unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
             try:
                 self._process.start()
             except Exception as exc:
@@ -333,6 +336,7 @@ class ProcessRunner:
                 self._process = None
                 raise self._start_failed(_not_started(exc)) from exc
             finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
                 child.close()
             self._conn = Channel(parent, blocking=False)
             self._await_ready(self._conn)
@@ -405,6 +409,8 @@ class ProcessRunner:
 
 
 _DIED = object()
+#: What stops a worker, and must not stop its job processes (the worker stops them, after its grace).
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _must_stop(control: Control, limit_s: float | None) -> Attempt | None:
@@ -560,7 +566,12 @@ def child_main(
 ) -> None:
     """Entry point of a job process: run jobs the worker sends until the pipe closes."""
     _die_with_parent(worker_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when jobs stop
+    # The worker decides when jobs stop, after its grace period: a signal to the whole
+    # process group (Ctrl-C; systemd's stop sends SIGTERM to every process of the service)
+    # must not kill the job at once, and count as a lost lease.
+    for stop in _STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked as it was started
     registry = PluginRegistry(allow, config=config)
     channel = Channel(conn, blocking=True)
     pending: deque[dict[str, Any]] = deque()  # run messages read while a job asked something

@@ -60,6 +60,8 @@ from dtq_core.runner import Ahead, ProcessRunner, Runner, ThreadRunner, unrunnab
 
 log = logging.getLogger("dtq.worker")
 
+#: Expired leases recovered per call (a burst calls until fewer come back).
+_RECOVER_BATCH = 100
 #: Longest pause between attempts to reach an engine that is down (seconds).
 _MAX_BACKOFF_S = 5.0
 #: How long a fetch that found nothing stands for the dispatcher's own look before it
@@ -214,7 +216,12 @@ class Worker:
         # A tick's job is kept from a second enqueue only while its record lives: at
         # start (or after an outage), no catching up on ticks older than that.
         catch_up_s = max(1.0, min(60.0, self.result_ttl_s, self.failure_ttl_s))
-        self.scheduler = PeriodicScheduler(periodic, self.queue, catch_up_s=catch_up_s) if periodic else None
+        kept_s = min(self.result_ttl_s, self.failure_ttl_s)
+        self.scheduler = (
+            PeriodicScheduler(periodic, self.queue, catch_up_s=catch_up_s, kept_s=kept_s)
+            if periodic
+            else None
+        )
         self._next_tick_s = 0.0  # time.monotonic() of the next periodic check
         self.rescan_s = s.rescan_s
         #: Told of attempts ending and leases recovered (the metrics exporter is one).
@@ -310,7 +317,6 @@ class Worker:
             raise
         finally:
             self._stopping.set()  # also on a crash: slots must start nothing more
-            self._hand_back_waiting()
             try:
                 self._shut_down(pool, grace)
             finally:
@@ -326,9 +332,11 @@ class Worker:
         return pool.finished
 
     def _shut_down(self, pool: _Pool, grace_s: float) -> None:
-        """Stop the slots, giving their jobs ``grace_s`` to end; a second signal meanwhile
-        (raised in this thread) hands the jobs in hand back at once, then ends the run."""
+        """Hand the prefetched jobs back, then stop the slots, giving their jobs ``grace_s`` to
+        end; a second signal meanwhile (raised in this thread), even during that hand-back,
+        hands the jobs still held back at once, then ends the run."""
         try:
+            self._hand_back_waiting()
             pool.shutdown(grace_s, before_kill=self._hand_back)
         except BaseException:
             pool.shutdown(0.0, before_kill=self._hand_back)
@@ -595,23 +603,37 @@ class Worker:
 
     def _recover(self) -> None:
         for plugin in self.plugins:
-            count = self.engine.recover(
-                plugin, max_lost_leases=self.max_lost_leases, ttl_s=self.failure_ttl_s
-            )
+            count = self._recover_plugin(plugin)
             if count:
                 log.warning("recovered %d job(s) of %s whose worker stopped renewing", count, plugin)
                 for observer in self.observers:
                     observer.leases_recovered(plugin, count)
         self._next_recovery = time.monotonic() + max(0.05, self.lease_s / 4)
 
+    def _recover_plugin(self, plugin: str) -> int:
+        """Recover ``plugin``'s expired leases: all of them in a burst, which ends before its
+        next recovery (it took the first 100, and left a dead worker's others behind)."""
+        recovered = 0
+        while True:
+            count = self.engine.recover(
+                plugin, max_lost_leases=self.max_lost_leases, ttl_s=self.failure_ttl_s, limit=_RECOVER_BATCH
+            )
+            recovered += count
+            if not self._burst or count < _RECOVER_BATCH:
+                return recovered
+
     def _hand_back_waiting(self) -> None:
         """On stopping, give back the prefetched jobs no slot has begun, so that other workers
         can take them while the jobs in hand finish (a slot that pops one first runs it)."""
         with self._in_hand_lock:
-            waiting = list(self._waiting.values())
-            self._waiting.clear()
-        for lease in waiting:
+            waiting = list(self._waiting.items())
+        for delivery, lease in waiting:
+            # Forgotten once given back, not before: a second signal that cuts this loop short
+            # leaves the rest held, for _hand_back. A slot that took one meanwhile gives it
+            # back itself (stopping); the later of two hand-backs is refused, harmlessly.
             self._give_back(lease)
+            with self._in_hand_lock:
+                self._waiting.pop(delivery, None)
 
     def _hand_back(self) -> None:
         """Give the jobs still in hand back to the queue (shutdown past the grace period)."""

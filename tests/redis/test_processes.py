@@ -188,6 +188,35 @@ def test_sigterm_finishes_the_job_in_hand_then_exits_cleanly(queue: Queue, start
     assert untouched is not None and untouched.status is JobStatus.QUEUED
 
 
+def test_sigterm_to_the_whole_process_group_lets_the_job_finish(
+    queue: Queue, dtq_env: dict[str, str], tmp_path: Path
+) -> None:
+    """As systemd stops a service (every process of it gets SIGTERM): the job process must not
+    die at once, counted as a lost lease (three such stops buried a job as dead)."""
+    queue.enqueue("test_only", {"action": "progress", "steps": 4, "interval": 0.25}, id="in-hand")
+    worker = subprocess.Popen(
+        [*dtq_command(), "worker", "--plugins", "test_only", "--mode", "process"],
+        env=dtq_env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a service has
+    )
+    try:
+        wait_for(lambda: (job := queue.get("in-hand")) is not None and job.progress is not None)  # it runs
+        os.killpg(worker.pid, signal.SIGTERM)
+        output, _ = worker.communicate(timeout=20)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.communicate(timeout=10)
+    assert worker.returncode == 0, output
+    finished = queue.get("in-hand")
+    assert finished is not None, output
+    assert (finished.status, finished.attempts, finished.lost_leases) == (JobStatus.SUCCEEDED, 1, 0), output
+
+
 def test_sigterm_stops_an_idle_worker_at_once(
     queue: Queue, start_worker: StartWorker, dtq_env: dict[str, str]
 ) -> None:

@@ -1,0 +1,95 @@
+"""Periodic schedules that could not work, a late check past the records' retention, and a
+stopping worker's duties: every expired lease recovered in a burst, every job handed back
+even when a second signal cuts the hand-back short."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from dtq_core import InvalidJob, JobStatus, Periodic, Queue, Worker
+from dtq_core.periodic import PeriodicScheduler
+
+
+@pytest.mark.parametrize(
+    ("cron", "said"),
+    [
+        ("0 3 * * * *", "has 6 fields; give five"),  # cronsim reads a sixth as seconds: hourly
+        ("* * * * * *", "has 6 fields; give five"),  # one job a second
+        ("0 0 */30 2 MON#5", "never fires"),  # stopped the worker with a StopIteration
+        ("nope", "bad cron expression 'nope'"),
+    ],
+)
+def test_a_schedule_that_cannot_work_as_written_is_refused(cron: str, said: str) -> None:
+    with pytest.raises(InvalidJob, match=said):
+        Periodic("nightly", cron, "test_only", {"action": "echo"})
+
+
+def _minute_ahead() -> datetime:
+    """An hour from now, at 30 s past a minute (the scheduler's checks are given their time)."""
+    later = datetime.now(timezone.utc) + timedelta(hours=1)
+    return later.replace(second=30, microsecond=0)
+
+
+@pytest.mark.parametrize(("kept_s", "enqueued"), [(5.0, 0), (float("inf"), 1)])
+def test_a_late_check_enqueues_no_tick_older_than_the_records_are_kept(kept_s: float, enqueued: int) -> None:
+    """A worker that checks 50 s late must not enqueue the tick of 20 s ago when records last
+    5 s: another worker may have run it, and its record (the dedupe) is gone."""
+    with Queue(["test_only"], f"memory://{uuid.uuid4().hex}") as queue:
+        every_minute = Periodic("minutely", "* * * * *", "test_only", {"action": "echo"})
+        scheduler = PeriodicScheduler([every_minute], queue, catch_up_s=5.0, kept_s=kept_s)
+        start = _minute_ahead()
+        assert scheduler.run_due(now=start) == []  # checked at hh:mm:30: no tick since hh:mm:25
+        late = scheduler.run_due(now=start + timedelta(seconds=50))  # the tick of hh:mm+1:00 is 20 s old
+        assert len(late) == enqueued
+
+
+def test_a_burst_recovers_every_expired_lease_not_the_first_hundred() -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    with Queue(["test_only"], url) as queue:
+        queue.enqueue_many("test_only", [{"action": "echo"}] * 250)
+        taken = queue.engine.fetch(["test_only"], count=250, lease_s=0.05, worker_id="died").leases
+        assert len(taken) == 250
+        worker = Worker(["test_only"], url, mode="thread", prefetch=64)
+        try:
+            done = worker.get_jobs()  # its leases expired by the time the burst recovers them
+        finally:
+            worker.close()
+        assert len(done) == 250 and {job.status for job in done} == {JobStatus.SUCCEEDED}
+
+
+def test_a_second_signal_during_the_hand_back_still_hands_every_job_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = f"memory://{uuid.uuid4().hex}"
+    with Queue(["test_only"], url) as queue:
+        queue.enqueue("test_only", {"action": "sleep", "seconds": 1.0}, id="long", priority=10)
+        queue.enqueue_many("test_only", [{"action": "echo"}] * 10)
+        worker = Worker(["test_only"], url, mode="thread", prefetch=11, grace_s=30)
+        handed: list[str] = []
+        hand_back = worker.engine.hand_back
+
+        def interrupted(lease: Any, **options: Any) -> Any:
+            handed.append(lease.job.id)
+            if len(handed) == 3:  # as the handler of a second SIGTERM raises, mid-way
+                raise KeyboardInterrupt
+            return hand_back(lease, **options)
+
+        monkeypatch.setattr(worker.engine, "hand_back", interrupted)
+        stopper = threading.Timer(0.3, worker.stop)  # while "long" runs, ten wait in hand
+        stopper.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                worker.work()
+        finally:
+            stopper.cancel()
+            worker.close()
+        [stats] = queue.stats().queues
+        assert (stats.waiting, stats.running) == (11, 0)  # all back: none left leased
+        assert queue.workers() == []  # unregistered, though the shutdown was cut short
+        unstarted = [queue.get(job_id) for job_id in handed[:2]]
+        assert all(job is not None and job.attempts == 0 for job in unstarted)  # not counted
