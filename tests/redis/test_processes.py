@@ -32,10 +32,16 @@ StartWorker = Callable[..., subprocess.Popen[str]]
 def start_worker(dtq_env: dict[str, str], tmp_path: Path) -> Iterator[StartWorker]:
     processes: list[subprocess.Popen[str]] = []
 
-    def start(*args: str) -> subprocess.Popen[str]:
+    def start(*args: str, own_group: bool = False) -> subprocess.Popen[str]:
         command = [*dtq_command(), "worker", "--plugins", "test_only", "--lease", "1", *args]
         process = subprocess.Popen(
-            command, env=dtq_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command,
+            env=dtq_env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=own_group,  # a process group of its own, as a service has
         )
         processes.append(process)
         return process
@@ -189,28 +195,15 @@ def test_sigterm_finishes_the_job_in_hand_then_exits_cleanly(queue: Queue, start
 
 
 def test_sigterm_to_the_whole_process_group_lets_the_job_finish(
-    queue: Queue, dtq_env: dict[str, str], tmp_path: Path
+    queue: Queue, start_worker: StartWorker
 ) -> None:
     """As systemd stops a service (every process of it gets SIGTERM): the job process must not
     die at once, counted as a lost lease (three such stops buried a job as dead)."""
     queue.enqueue("test_only", {"action": "progress", "steps": 4, "interval": 0.25}, id="in-hand")
-    worker = subprocess.Popen(
-        [*dtq_command(), "worker", "--plugins", "test_only", "--mode", "process"],
-        env=dtq_env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # a process group of its own, as a service has
-    )
-    try:
-        wait_for(lambda: (job := queue.get("in-hand")) is not None and job.progress is not None)  # it runs
-        os.killpg(worker.pid, signal.SIGTERM)
-        output, _ = worker.communicate(timeout=20)
-    finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.communicate(timeout=10)
+    worker = start_worker("--mode", "process", "--lease", "30", own_group=True)
+    wait_for(lambda: (job := queue.get("in-hand")) is not None and job.progress is not None)  # it runs
+    os.killpg(worker.pid, signal.SIGTERM)
+    output, _ = worker.communicate(timeout=20)
     assert worker.returncode == 0, output
     finished = queue.get("in-hand")
     assert finished is not None, output
