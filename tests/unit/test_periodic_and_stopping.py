@@ -5,6 +5,7 @@ even when a second signal cuts the hand-back short."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -54,9 +55,10 @@ def test_a_burst_recovers_every_expired_lease_not_the_first_hundred() -> None:
         queue.enqueue_many("test_only", [{"action": "echo"}] * 250)
         taken = queue.engine.fetch(["test_only"], count=250, lease_s=0.05, worker_id="died").leases
         assert len(taken) == 250
+        time.sleep(0.2)  # their leases expire: the worker that took them died
         worker = Worker(["test_only"], url, mode="thread", prefetch=64)
         try:
-            done = worker.get_jobs()  # its leases expired by the time the burst recovers them
+            done = worker.get_jobs()
         finally:
             worker.close()
         assert len(done) == 250 and {job.status for job in done} == {JobStatus.SUCCEEDED}
