@@ -310,23 +310,27 @@ class Worker:
         grace = self.grace_s
         self._burst, self._failure = burst, None
         try:
-            with _Heartbeat(self), _Waker(self):
-                self._dispatch(pool, burst)
-        except BaseException:
-            grace = 0.0  # a second signal, or a crash: hand jobs back now
-            raise
+            # The heartbeat runs on through the shutdown: the jobs in hand keep their leases while
+            # they end (a job still running a lease's length into the grace period was taken
+            # and run again by another worker, and its outcome here refused).
+            with _Heartbeat(self):
+                try:
+                    with _Waker(self):
+                        self._dispatch(pool, burst)
+                except BaseException:
+                    grace = 0.0  # a second signal, or a crash: hand jobs back now
+                    raise
+                finally:
+                    self._stopping.set()  # also on a crash: slots must start nothing more
+                    self._shut_down(pool, grace)
         finally:
-            self._stopping.set()  # also on a crash: slots must start nothing more
-            try:
-                self._shut_down(pool, grace)
-            finally:
-                self._unregister()
-                # Registered by its __enter__; forgotten here, even if a signal cut that short.
-                self._waker = None
-                if pool.ended():
-                    self._stopping.clear()  # a stopped worker can be run again
-                else:  # a slot lives on in a job's thread: it must lease nothing when that ends
-                    log.warning("a job's thread did not end; this worker stays stopped (make a new one)")
+            self._unregister()
+            # Registered by its __enter__; forgotten here, even if a signal cut that short.
+            self._waker = None
+            if pool.ended():
+                self._stopping.clear()  # a stopped worker can be run again
+            else:  # a slot lives on in a job's thread: it must lease nothing when that ends
+                log.warning("a job's thread did not end; this worker stays stopped (make a new one)")
         if self._failure is not None:
             raise self._failure
         return pool.finished

@@ -14,6 +14,7 @@ import pytest
 
 from dtq_core import InvalidJob, JobStatus, Periodic, Queue, Worker
 from dtq_core.periodic import PeriodicScheduler
+from dtq_core.testing import wait_for
 
 
 @pytest.mark.parametrize(
@@ -95,3 +96,28 @@ def test_a_second_signal_during_the_hand_back_still_hands_every_job_back(
         assert queue.workers() == []  # unregistered, though the shutdown was cut short
         unstarted = [queue.get(job_id) for job_id in handed[:2]]
         assert all(job is not None and job.attempts == 0 for job in unstarted)  # not counted
+
+
+def test_the_leases_in_hand_are_renewed_through_the_grace_period() -> None:
+    """A job still running a lease's length after the stop keeps its lease: before, another
+    worker recovered it and ran it again, and this one's outcome was refused."""
+    url = f"memory://{uuid.uuid4().hex}"
+    with Queue(["test_only"], url) as queue:
+        queue.enqueue("test_only", {"action": "sleep", "seconds": 3.5}, id="long")
+        worker = Worker(["test_only"], url, mode="thread", lease_s=1.0, grace_s=10)
+        running = threading.Thread(target=worker.work)
+        running.start()
+        try:
+            wait_for(lambda: (job := queue.get("long")) is not None and job.status is JobStatus.RUNNING)
+            worker.stop()
+            time.sleep(2.2)  # past the lease it had when the grace period began (and a poll)
+            assert queue.engine.recover("test_only", max_lost_leases=3, ttl_s=60) == 0  # another's look
+        finally:
+            running.join(20)
+            worker.close()
+        ended = queue.get("long")
+        assert ended is not None and (ended.status, ended.attempts, ended.lost_leases) == (
+            JobStatus.SUCCEEDED,
+            1,
+            0,
+        )
