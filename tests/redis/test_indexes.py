@@ -109,3 +109,33 @@ def test_a_read_only_user_still_reads_the_counts(
             assert reader.stats().failed == 1
     finally:
         redis_server.client.acl_deluser(user)
+
+
+def test_a_purge_past_the_cap_takes_only_its_namespace_and_its_status(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """The records past the index's cap are found by a scan of keys: a namespace whose name
+    holds a wildcard must not reach another's, and a record it cannot read is left alone."""
+    from dtq_core import ErrorInfo, Outcome
+
+    def failed(queue: Queue, job_id: str) -> None:
+        queue.enqueue("test_only", {"action": "permanent"}, id=job_id)
+        [lease] = queue.engine.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases
+        assert queue.engine.complete(lease, Outcome(JobStatus.FAILED, error=ErrorInfo("E", "no")), ttl_s=60)
+        time.sleep(0.002)
+
+    options = {"index_cap": 1}
+    with (
+        Queue(["test_only"], redis_url, namespace="pu*ge", engine_options=options) as wild,
+        Queue(["test_only"], redis_url, namespace="pu-other-ge", engine_options=options) as other,
+    ):
+        for n in range(3):
+            failed(wild, f"w{n}")
+            failed(other, f"o{n}")
+        garbage = Keys(namespace="pu*ge").done("garbage")
+        redis_server.client.hset(garbage, mapping={"payload": "{}", "state": "not json"})
+        assert wild.purge(JobStatus.FAILED) == 3
+        assert [other.get(f"o{n}") is not None for n in range(3)] == [True] * 3
+        assert redis_server.client.exists(garbage) == 1  # unreadable, and in no index: not taken
+        assert other.purge(JobStatus.FAILED) == 3
+        redis_server.client.delete(garbage)

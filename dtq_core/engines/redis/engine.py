@@ -15,7 +15,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -950,7 +950,9 @@ class RedisEngine(Engine):
             return bool(self._scripts["requeue"](keys, args))
 
     def purge(self, status: JobStatus) -> int:
-        """Delete the records of every job in the status's index, 500 at a time (``prune.lua``).
+        """Delete the records of every job with ``status``, 500 at a time (``prune.lua``):
+        those in the status's index, then those past its cap (``index_cap``), found by a
+        scan of the namespace's final records.
 
         Only records of that status go: an entry whose record expired, or whose
         id a later job took and ended otherwise, is dropped without deleting
@@ -963,7 +965,28 @@ class RedisEngine(Engine):
             while ids := [str(job_id) for job_id in self.client.zrange(index, 0, _PRUNE_BATCH - 1)]:
                 [(_dropped, deleted)] = self._run_scripts([self._pruning(status, ids, purge=True)])
                 purged += int(deleted)
+            for ids in self._final_ids_unlisted():
+                [(_dropped, deleted)] = self._run_scripts(
+                    [self._pruning(status, ids, purge=True, listed=False)]
+                )
+                purged += int(deleted)
         return purged
+
+    def _final_ids_unlisted(self) -> Iterator[list[str]]:
+        """The ids of every final record left (failed, dead or cancelled), up to 500 at a time:
+        after a purge of the index, those past its cap. A scan of the keys, as rare as a purge."""
+        prefix = self.keys.done("")
+        pattern = _GLOB_SPECIAL.sub(r"\\\g<0>", prefix) + "*"
+        batch: list[str] = []
+        for key in map(str, self.client.scan_iter(match=pattern, count=1000)):
+            if not key.startswith(prefix):
+                continue  # the pattern matched more than the prefix (not expected: it is escaped)
+            batch.append(key[len(prefix) :])
+            if len(batch) == _PRUNE_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     def _prune_stale(self) -> None:
         """Drop the oldest entries of the dead and failed indexes that stand for no job of
@@ -993,11 +1016,12 @@ class RedisEngine(Engine):
             ]
             looked += _STALE_BATCH
 
-    def _pruning(self, status: JobStatus, ids: list[str], *, purge: bool) -> _ScriptCall:
-        """prune.lua's call for ``ids`` of the status's index."""
+    def _pruning(self, status: JobStatus, ids: list[str], *, purge: bool, listed: bool = True) -> _ScriptCall:
+        """prune.lua's call for ``ids`` of the status's index (or, not ``listed``, found by a scan)."""
         k = self.keys
         keys = [k.index(status.value), *map(k.done, ids), *map(k.errors, ids)]
-        return ("prune", keys, [status.value, "1" if purge else "", *ids])
+        mode = ("1" if listed else "2") if purge else ""
+        return ("prune", keys, [status.value, mode, *ids])
 
     # --- events and history ----------------------------------------------------
 
@@ -1326,6 +1350,8 @@ def _socket_timeout_s(client: Client) -> float | None:
     return None if value is None else float(value)
 
 
+#: What a SCAN pattern takes as a wildcard, escaped in a literal part of one.
+_GLOB_SPECIAL = re.compile(r"[*?\[\]\\]")
 #: Index entries prune.lua is given per call, at most.
 _PRUNE_BATCH = 500
 #: Index entries a stats read looks at per index and round trip, and at most in all.

@@ -264,6 +264,20 @@ def test_the_index_cap_trims_the_listing_not_the_records(dtq_queue: Queue, dtq_e
     assert older is not None and older.status is JobStatus.FAILED
 
 
+def test_a_purge_deletes_the_jobs_past_the_index_cap_too(dtq_queue: Queue, dtq_engine: Engine) -> None:
+    dtq_engine.index_cap = 2  # type: ignore[attr-defined]  # every engine dtq ships has one
+    for n in range(5):
+        _failed(dtq_queue, dtq_engine, f"f{n}")
+        time.sleep(0.002)  # indexes order by the finish time in ms
+    dtq_queue.enqueue("test_only", {"action": "echo"}, id="cancelled")
+    dtq_queue.cancel("cancelled")  # a final record of another status: it stays
+    assert dtq_engine.final_ids(JobStatus.FAILED) == ["f4", "f3"]
+    assert dtq_engine.purge(JobStatus.FAILED) == 5  # the three past the cap too
+    assert [dtq_queue.get(f"f{n}") for n in range(5)] == [None] * 5
+    kept = dtq_queue.get("cancelled")
+    assert kept is not None and kept.status is JobStatus.CANCELLED
+
+
 def test_a_purge_counts_only_records_that_had_not_expired(dtq_queue: Queue, dtq_engine: Engine) -> None:
     _failed(dtq_queue, dtq_engine, "brief", ttl_s=1)
     _failed(dtq_queue, dtq_engine, "kept")

@@ -12,23 +12,27 @@ KEYS[1]     index   zset  ids of final jobs of the status, scored by when they e
 KEYS[1 + i] done    hash  the final record of ARGV[2 + i]
 KEYS[1 + n + i] errors list the attempt errors of ARGV[2 + i] (deleted with a purged record)
 ARGV[1] the status: 'dead' or 'failed'
-ARGV[2] '1' to purge: delete the records of this status and drop their entries too
+ARGV[2] '1' to purge: delete the records of this status and drop their entries too;
+        '2' to purge records found outside the index (past its cap, by a scan of the
+        keys): only those whose state says this status are deleted
 ARGV[2 + i] the i-th id, i = 1..n
 
 Returns {dropped, deleted}: entries dropped from the index (all, with purge;
 without, those before the first entry that stands), and records deleted.
 ]]
 local status = ARGV[1]
-local purging = ARGV[2] == '1'
+local purging = ARGV[2] == '1' or ARGV[2] == '2'
+local listed = ARGV[2] ~= '2'
 local n = #ARGV - 2
 local dropped, deleted = 0, 0
 for i = 1, n do
   local id = ARGV[2 + i]
   local raw = redis.call('HGET', KEYS[1 + i], 'state')
   local ok, state = pcall(cjson.decode, raw or '')
+  local readable = ok and type(state) == 'table'
   -- Gone, or a record of another status (its id taken again): never deleted here. A
-  -- record that cannot be read is taken for this status's, as the index says.
-  local other = not raw or (ok and type(state) == 'table' and state.status ~= status)
+  -- record that cannot be read is taken for this status's when the index says so.
+  local other = not raw or (readable and state.status ~= status) or (not readable and not listed)
   if purging and not other then
     redis.call('DEL', KEYS[1 + i], KEYS[1 + n + i])
     deleted = deleted + 1
