@@ -73,23 +73,28 @@ def test_a_second_signal_during_the_hand_back_still_hands_every_job_back(
         queue.enqueue("test_only", {"action": "sleep", "seconds": 1.0}, id="long", priority=10)
         queue.enqueue_many("test_only", [{"action": "echo"}] * 10)
         worker = Worker(["test_only"], url, mode="thread", prefetch=11, grace_s=30)
-        handed: list[str] = []
+        handed: list[str] = []  # by the main thread, where a signal handler raises
         hand_back = worker.engine.hand_back
 
         def interrupted(lease: Any, **options: Any) -> Any:
-            handed.append(lease.job.id)
-            if len(handed) == 3:  # as the handler of a second SIGTERM raises, mid-way
-                raise KeyboardInterrupt
+            if threading.current_thread() is threading.main_thread():
+                handed.append(lease.job.id)
+                if len(handed) == 3:  # as the handler of a second SIGTERM raises, mid-way
+                    raise KeyboardInterrupt
             return hand_back(lease, **options)
 
+        def stop_while_long_runs() -> None:  # ten wait in hand meanwhile
+            wait_for(lambda: (job := queue.get("long")) is not None and job.status is JobStatus.RUNNING)
+            worker.stop()
+
         monkeypatch.setattr(worker.engine, "hand_back", interrupted)
-        stopper = threading.Timer(0.3, worker.stop)  # while "long" runs, ten wait in hand
+        stopper = threading.Thread(target=stop_while_long_runs)
         stopper.start()
         try:
             with pytest.raises(KeyboardInterrupt):
                 worker.work()
         finally:
-            stopper.cancel()
+            stopper.join(20)
             worker.close()
         [stats] = queue.stats().queues
         assert (stats.waiting, stats.running) == (11, 0)  # all back: none left leased
