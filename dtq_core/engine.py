@@ -189,10 +189,10 @@ class Completion:
     ttl_s: float
 
 
-def recorded_again(status: str, outcome: Outcome) -> Recorded:
-    """The answer to an attempt's completion sent again (a client retrying after a dropped
-    connection), from the status the first one left: a retry that ended the job cancelled
-    is told so again."""
+def recorded_as(status: str, outcome: Outcome) -> Recorded:
+    """The answer to an attempt's completion that left the job with ``status`` (also when it
+    was sent again, by a client retrying after a dropped connection): a retry that ended
+    the job cancelled is told so."""
     if outcome.status is JobStatus.SCHEDULED and status == JobStatus.CANCELLED.value:
         return Recorded.CANCELLED
     return Recorded.STORED

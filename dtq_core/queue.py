@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +53,8 @@ from dtq_core.record import MALFORMED
 _WAIT_SLICE_S = 30.0
 #: Ids generated at once for enqueue_many (one read of randomness).
 _IDS_AT_ONCE = 512
+#: Events read per round trip by kept_events.
+_EVENTS_PAGE = 1000
 
 log = logging.getLogger("dtq.queue")
 
@@ -386,6 +388,22 @@ class Queue:
         return self.engine.events(
             after=after, limit=limit, block_s=optional_seconds("block_s", block_s) or 0.0
         )
+
+    def kept_events(
+        self, wanted: Callable[[Event], bool] = lambda _event: True, *, most: int | None = None
+    ) -> Iterator[Event]:
+        """The kept events that are ``wanted``, oldest first, read a page at a time (at most
+        ``most`` looked at): a job's events are found wherever they are in the kept stream."""
+        after: str | None = None
+        looked = 0
+        while most is None or looked < most:
+            asked = _EVENTS_PAGE if most is None else min(_EVENTS_PAGE, most - looked)
+            page = self.events(after=after, limit=asked)
+            looked += len(page)
+            yield from filter(wanted, page)
+            if len(page) < asked:
+                return
+            after = page[-1].id
 
     def last_event_id(self) -> str | None:
         """The newest event's id, to follow only events recorded from now on."""

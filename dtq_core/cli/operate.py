@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import click
@@ -190,13 +191,7 @@ def workers(as_json: bool, url: str | None, namespace: str | None) -> None:
     print_table(
         ["worker", "plugins", "concurrency", "mode", "in hand"],
         (
-            [
-                r.id,
-                ",".join(r.plugins),
-                "" if r.concurrency is None else r.concurrency,
-                r.mode,
-                ",".join(r.in_hand) or "-",
-            ]
+            [r.id, ",".join(r.plugins), r.concurrency, r.mode, ",".join(r.in_hand) or "-"]  # None: "-"
             for r in rows
         ),
     )
@@ -389,7 +384,7 @@ def events(
     wanted = _event_filter(plugins, job_ids)
     with Queue(settings=settings(url=url, namespace=namespace)) as queue:
         if not follow:
-            for event in _kept_events(queue, wanted, limit):
+            for event in itertools.islice(queue.kept_events(wanted), limit):
                 _print_event(event, as_json)
             return
         try:
@@ -403,23 +398,6 @@ def _event_filter(plugins: tuple[str, ...], job_ids: tuple[str, ...]) -> Callabl
         return (not plugins or event.plugin in plugins) and (not job_ids or event.job_id in job_ids)
 
     return wanted
-
-
-def _kept_events(queue: Queue, wanted: Callable[[Event], bool], limit: int) -> Iterator[Event]:
-    """The oldest ``limit`` kept events that are ``wanted``: read page by page, so that a
-    job's events later in the stream are found (the first ``limit`` events were looked at
-    only, and a filter that matched none of them printed nothing)."""
-    after: str | None = None
-    while limit > 0 and (page := queue.events(after=after, limit=_EVENTS_PAGE)):
-        for event in page:
-            if wanted(event) and limit > 0:
-                limit -= 1
-                yield event
-        after = page[-1].id
-
-
-#: Events read per round trip by `dtq events`.
-_EVENTS_PAGE = 1000
 
 
 def _follow(queue: Queue, wanted: Callable[[Event], bool], as_json: bool) -> None:

@@ -29,9 +29,8 @@ MERGED_DEPTH = 5000
 LISTED = (*BROWSABLE, JobStatus.DEAD, JobStatus.FAILED)
 #: Dead or failed jobs of one queue are looked for among this many of the newest.
 FINAL_SCAN = 500
-#: Events read per call when looking for one job's timeline, and the most calls.
-_EVENT_BATCH = 1000
-_EVENT_BATCHES = 10
+#: The most events looked at for one job's timeline (the default events_max keeps 10,000).
+_EVENTS_LOOKED_AT = 10_000
 #: Outcomes that count as failures on the chart.
 FAILURES = ("failed", "dead")
 
@@ -144,15 +143,7 @@ def _final(
 
 def timeline(queue: Queue, job_id: str) -> list[Event]:
     """The job's events that the engine still keeps, oldest first."""
-    found: list[Event] = []
-    after: str | None = None
-    for _ in range(_EVENT_BATCHES):
-        batch = queue.events(after=after, limit=_EVENT_BATCH)
-        found += [event for event in batch if event.job_id == job_id]
-        if len(batch) < _EVENT_BATCH:
-            break
-        after = batch[-1].id
-    return found
+    return list(queue.kept_events(lambda event: event.job_id == job_id, most=_EVENTS_LOOKED_AT))
 
 
 @attrs.frozen

@@ -54,7 +54,7 @@ from dtq_core.engine import (
     dead_after_lost_leases,
     delivery_token,
     history_minutes,
-    recorded_again,
+    recorded_as,
     short_message,
     uncount_attempt,
 )
@@ -159,10 +159,10 @@ class MemoryEngine(Engine):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryEngine:
         """The engine on the process-wide store named by ``memory://NAME``."""
+        cls.check_options(url, options)
         name = urllib.parse.urlsplit(url).netloc or "default"
         with _STORES_LOCK:
             store = _STORES.setdefault(name, _Store())
-        cls.check_options(url, options)
         return cls(store, url=url, **options)
 
     @classmethod
@@ -305,7 +305,7 @@ class MemoryEngine(Engine):
             if record is None or record.state.get("token") != lease.token:
                 return Recorded.REFUSED
             if record.state["status"] != "running":
-                return recorded_again(record.state["status"], outcome)
+                return recorded_as(record.state["status"], outcome)
             space.active.get(job.plugin, {}).pop(job.id, None)
             if outcome.error is not None:
                 self._add_error(space, job.id, json.dumps(outcome.error.to_dict()))
@@ -322,7 +322,7 @@ class MemoryEngine(Engine):
             record.result = outcome.result_json
             record.error = None if outcome.error is None else json.dumps(outcome.error.to_dict())
             self._finish(space, job.id, record, status.value, ttl_s, outcome.error)
-            return Recorded.CANCELLED if status is not outcome.status else Recorded.STORED
+            return recorded_as(status.value, outcome)
 
     def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:
         """Extend held leases; report lost ones and cancellation requests."""

@@ -73,7 +73,7 @@ from dtq_core.engine import (
     dead_after_lost_leases,
     delivery_token,
     history_minutes,
-    recorded_again,
+    recorded_as,
     short_message,
     uncount_attempt,
 )
@@ -367,7 +367,7 @@ class SqliteEngine(Engine):
             if row is None or row["token"] != lease.token:
                 return Recorded.REFUSED
             if row["status"] != "running":
-                return recorded_again(row["status"], outcome)
+                return recorded_as(row["status"], outcome)
             row["deadline_ms"] = None
             error = None if outcome.error is None else json.dumps(outcome.error.to_dict())
             if error is not None:
@@ -384,7 +384,7 @@ class SqliteEngine(Engine):
                 return Recorded.STORED
             row.update(result=outcome.result_json, error=error)
             self._finish(db, row, status.value, ttl_s, outcome.error)
-            return Recorded.CANCELLED if status is not outcome.status else Recorded.STORED
+            return recorded_as(status.value, outcome)
 
     def renew(self, leases: Sequence[Lease], lease_s: float) -> Renewal:
         """Extend held leases; report lost ones and cancellation requests."""
