@@ -83,8 +83,10 @@ def test_a_second_signal_during_the_hand_back_still_hands_every_job_back(
                     raise KeyboardInterrupt
             return hand_back(lease, **options)
 
-        def stop_while_long_runs() -> None:  # ten wait in hand meanwhile
-            wait_for(lambda: (job := queue.get("long")) is not None and job.status is JobStatus.RUNNING)
+        def stop_while_long_runs() -> None:
+            # Running in its slot (a leased job reads "running" before it starts), ten waiting in hand.
+            wait_for(lambda: any(job_id == "long" for job_id, _token in worker._executing))
+            assert len(worker.in_hand()) == 11
             worker.stop()
 
         monkeypatch.setattr(worker.engine, "hand_back", interrupted)
@@ -113,7 +115,7 @@ def test_the_leases_in_hand_are_renewed_through_the_grace_period() -> None:
         running = threading.Thread(target=worker.work)
         running.start()
         try:
-            wait_for(lambda: (job := queue.get("long")) is not None and job.status is JobStatus.RUNNING)
+            wait_for(lambda: any(job_id == "long" for job_id, _token in worker._executing))  # begun
             worker.stop()
             time.sleep(2.2)  # past the lease it had when the grace period began (and a poll)
             assert queue.engine.recover("test_only", max_lost_leases=3, ttl_s=60) == 0  # another's look
