@@ -136,12 +136,18 @@ class Lease:
 
 @attrs.frozen
 class Appending:
-    """One job of :meth:`Engine.append_many`: the arguments :meth:`Engine.append` takes."""
+    """One job of :meth:`Engine.append_many`: the arguments :meth:`Engine.append` takes.
+
+    ``fresh``: the job's id was made for this append (:func:`~dtq_core.job.new_job_id`,
+    128 random bits), so no job can have it yet, and an engine may skip looking for
+    one. Only its first sending may: one sent again (its reply lost) may have run.
+    """
 
     job: Job
     payload: str
     delay_s: float = 0.0
     eta: datetime | None = None
+    fresh: bool = False
 
 
 @attrs.frozen
@@ -445,6 +451,10 @@ class Engine(abc.ABC):
 
         ``payload`` is its canonical JSON; the job's options go with it.
         """
+
+    def append_entry(self, entry: Appending) -> AppendOutcome:
+        """:meth:`append` of one entry (which says whether its id is fresh); engines may override it."""
+        return self.append(entry.job, entry.payload, delay_s=entry.delay_s, eta=entry.eta)
 
     def append_many(self, entries: Sequence[Appending]) -> list[AppendOutcome]:
         """Append each entry as :meth:`append` does, one outcome per entry, in order.

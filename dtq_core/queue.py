@@ -139,7 +139,7 @@ class Queue:
         parsed, payload = parse_job_payload(job)
         options = job.get("options") or {}
         delay_s, eta = schedule_of(options)
-        return self._append(parsed, payload, delay_s, eta)
+        return self._append(parsed, payload, delay_s, eta, fresh=job.get("id") is None)
 
     def enqueue(
         self,
@@ -168,7 +168,7 @@ class Queue:
             priority=priority, max_retries=max_retries, retry_backoff_s=retry_backoff_s, timeout_s=timeout_s
         )
         job, payload = job_payload(plugin, data, id, options)
-        return self._append(job, payload, *checked_schedule(delay_s, eta))
+        return self._append(job, payload, *checked_schedule(delay_s, eta), fresh=id is None)
 
     def append_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[Job]:
         """Queue many jobs given in the wire format, in few round trips; return them in order.
@@ -472,9 +472,10 @@ class Queue:
             )
         return payload
 
-    def _append(self, job: Job, payload: str, delay_s: float, eta: datetime | None) -> Job:
-        payload = self._checked_payload(job, payload)
-        outcome = self.engine.append(job, payload, delay_s=delay_s, eta=eta)
+    def _append(self, job: Job, payload: str, delay_s: float, eta: datetime | None, *, fresh: bool) -> Job:
+        """Append a job checked as :meth:`append` checks it; ``fresh``: its id was made for it."""
+        entry = Appending(job, self._checked_payload(job, payload), delay_s, eta, fresh)
+        outcome = self.engine.append_entry(entry)
         if outcome is AppendOutcome.CONFLICT:
             raise DuplicateJob(
                 f"a job with id {job.id!r} already exists with a different plugin or data; "
@@ -494,7 +495,9 @@ class Queue:
         try:
             job, payload = parse_job_payload(raw)
             delay_s, eta = schedule_of(raw.get("options") or {})
-            return Appending(job, self._checked_payload(job, payload), delay_s, eta)
+            return Appending(
+                job, self._checked_payload(job, payload), delay_s, eta, fresh=raw.get("id") is None
+            )
         except DtqError as exc:
             _name_position(exc, position)
             raise
@@ -521,7 +524,9 @@ class Queue:
                 ids = ids or new_job_ids(_IDS_AT_ONCE)
                 job, payload = job_like(first.job, data, ids.pop())
                 validate(job)
-                entries.append(Appending(job, self._sized(job, payload), first.delay_s, first.eta))
+                entries.append(
+                    Appending(job, self._sized(job, payload), first.delay_s, first.eta, fresh=True)
+                )
             except DtqError as exc:
                 _name_position(exc, position)
                 raise

@@ -15,16 +15,19 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 import redis
 from dtqtest import RedisServer
 
-from dtq_core import AppendOutcome, Completion, EngineError, JobStatus, Outcome, Queue, Recorded
+from dtq_core import AppendOutcome, Completion, DuplicateJob, EngineError, JobStatus, Outcome, Queue, Recorded
 from dtq_core.engine import Appending
 from dtq_core.engines.redis import RedisEngine, wire
+from dtq_core.engines.redis.engine import _APPEND_CHUNK
+from dtq_core.engines.redis.keys import Keys
 from dtq_core.job import job_payload
 
 # Busy-waits ARGV[1] microseconds of the server's clock, then answers 1.
@@ -35,6 +38,7 @@ repeat until now() - start >= tonumber(ARGV[1])
 return 1
 """
 BUDGET_S = 0.1
+ECHO = {"action": "echo"}
 SLOW_US = 150_000  # longer than the budget
 
 
@@ -170,10 +174,11 @@ def test_a_one_job_append_packs_the_bytes_the_general_call_would(
         for step, entry in enumerate(_entries() * 3):  # again from the parts packed before
             if step == 6:  # public attributes a caller may change: packed anew
                 engine.signal_cap, engine.events_max = 5, 0
-            keys, args = engine._appending(entry.job.plugin, [entry])
-            sha = engine._scripts["append"].sha
-            general = engine._wire.packer.command("EVALSHA", sha, len(keys), *keys, *args)
-            assert engine._append_request(entry) == general
+            for look in (True, False):
+                keys, args = engine._appending(entry.job.plugin, [entry], look=look)
+                sha = engine._scripts["append"].sha
+                general = engine._wire.packer.command("EVALSHA", sha, len(keys), *keys, *args)
+                assert engine._append_request(entry, look=look) == general
     finally:
         engine.close()
 
@@ -220,3 +225,125 @@ def test_a_workers_calls_never_poll(redis_server: RedisServer, namespace: str) -
         assert stored is not None and stored.status is JobStatus.SUCCEEDED
     finally:
         engine.close()
+
+
+# --- a fresh id's first sending looks for no existing job; a second one does ----------
+
+
+def _lookups(client: redis.Redis) -> int:
+    """HMGET and EXISTS calls the server ran since its last CONFIG RESETSTAT (append.lua's look)."""
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("hmget", "exists"))
+
+
+def test_only_an_append_of_a_fresh_id_skips_the_look_for_an_existing_job(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    queue = Queue(["test_only"], redis_server.url, namespace=namespace)
+    try:
+        queue.enqueue("test_only", {"action": "echo"}, id="warm")  # connects, loads the scripts
+        redis_server.client.config_resetstat()
+        queue.enqueue("test_only", {"action": "echo"})
+        queue.append({"job": {"plugin": "test_only", "data": ECHO}})
+        queue.enqueue_many("test_only", [ECHO, ECHO])
+        assert _lookups(redis_server.client) == 0
+        queue.enqueue("test_only", {"action": "echo"}, id="named")
+        assert _lookups(redis_server.client) == 3  # the live and kept records, and the retained ones
+        queue.append_many(
+            [
+                {"job": {"plugin": "test_only", "data": ECHO}},
+                {"id": 7, "job": {"plugin": "test_only", "data": ECHO}},
+            ]
+        )
+        assert _lookups(redis_server.client) == 6  # a batch with one named id looks for all of them
+        # A named id is still refused with other contents, and a repeat is one job.
+        assert queue.enqueue("test_only", {"action": "echo"}, id="named").id == "named"
+        with pytest.raises(DuplicateJob):
+            queue.enqueue("test_only", {"action": "echo", "other": 1}, id="named")
+    finally:
+        queue.close()
+
+
+class _ReplyLost:
+    """Makes the ``at``-th reply read on the wire get lost after the server ran its request:
+    the reply is read, ``meanwhile`` runs (another client acting on what the request wrote),
+    then the connection drops, as a network cut between the two would leave it."""
+
+    def __init__(self, at: int, meanwhile: Callable[[], None]) -> None:
+        self.at, self.meanwhile, self.read = at, meanwhile, 0
+        self._real = wire._reply
+
+    def __call__(self, conn: Any) -> Any:
+        reply = self._real(conn)
+        self.read += 1
+        if self.read == self.at:
+            self.meanwhile()
+            conn.disconnect()
+            raise redis.ConnectionError("the reply was lost on the way (injected by the test)")
+        return reply
+
+
+def _appended_events(engine: RedisEngine, ids: set[str]) -> dict[str, int]:
+    counts = dict.fromkeys(ids, 0)
+    after = None
+    while batch := engine.events(after=after, limit=1000):
+        for event in batch:
+            if event.job_id in counts and event.type.value == "appended":
+                counts[event.job_id] += 1
+        after = batch[-1].id
+    return counts
+
+
+def test_a_fresh_append_whose_reply_was_lost_is_sent_again_looking_and_leaves_the_leased_job_alone(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its first sending ran: a worker leased the job before the reply was lost. Sent again
+    without looking, it would queue the running job a second time and reset its state."""
+    queue = Queue(["test_only"], redis_server.url, namespace=namespace)
+    worker = RedisEngine.from_url(redis_server.url, namespace=namespace)
+    try:
+        queue.enqueue("test_only", {"action": "echo"}, id="warm")
+        worker.fetch(["test_only"], count=1, lease_s=30, worker_id="w")  # takes the warm-up job
+        leases = []
+        lost = _ReplyLost(
+            1, lambda: leases.extend(worker.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases)
+        )
+        monkeypatch.setattr(wire, "_reply", lost)
+        job = queue.enqueue("test_only", {"action": "echo"})
+        monkeypatch.undo()
+        assert lost.read >= 2  # the reply lost, then the one to the second sending
+        assert [lease.job.id for lease in leases] == [job.id]
+        assert job.status is JobStatus.RUNNING  # the append answered "exists": the job as it is now
+        assert worker.fetch(["test_only"], count=10, lease_s=30, worker_id="w").leases == []
+        ended = Outcome(JobStatus.SUCCEEDED, result_json="1")
+        assert worker.complete(leases[0], ended, ttl_s=60) is Recorded.STORED  # its lease held
+        assert _appended_events(worker, {job.id}) == {job.id: 1}
+    finally:
+        queue.close()
+        worker.close()
+
+
+def test_a_bulk_append_whose_reply_was_lost_sends_its_calls_again_looking(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three calls of fresh ids; the second call's reply is lost, the third sent already (two
+    go unanswered at a time). The second ran, the third may have: sent again, each looks,
+    and each job is still queued once."""
+    queue = Queue(["test_only"], redis_server.url, namespace=namespace)
+    try:
+        queue.enqueue("test_only", {"action": "echo"}, id="warm")
+        datas = [{"action": "echo", "n": n} for n in range(2 * _APPEND_CHUNK + 10)]
+        lost = _ReplyLost(2, lambda: None)
+        monkeypatch.setattr(wire, "_reply", lost)
+        jobs = queue.enqueue_many("test_only", datas)
+        monkeypatch.undo()
+        # The first reply, the lost second (the third call sent by then), and the two calls sent again.
+        assert lost.read == 4
+        assert [job.data for job in jobs] == datas
+        ids = {job.id for job in jobs}
+        assert len(ids) == len(datas)
+        ready = redis_server.client.zrange(Keys(namespace=namespace).ready("test_only"), 0, -1)
+        assert sorted(ready) == sorted(ids | {"warm"})
+        assert set(_appended_events(queue.engine, ids).values()) == {1}  # type: ignore[arg-type]
+    finally:
+        queue.close()

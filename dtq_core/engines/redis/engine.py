@@ -83,6 +83,8 @@ _SCRIPTS = (
 _ScriptCall = tuple[str, list[str], list[str | int]]
 #: A command and its arguments, as sent.
 _Command = tuple[str | int | float, ...]
+#: The script calls to send in place of a round trip's when they are sent again (a retry).
+_Again = Callable[[], Sequence[_ScriptCall]]
 
 
 @attrs.frozen
@@ -254,7 +256,7 @@ class RedisEngine(Engine):
         self._decoding: tuple[str, str] = (encoder.encoding, encoder.encoding_errors)
         self._queue_keys: dict[str, list[str]] = {}
         # A one-job append's packed head and caps, per what they are made of (see _append_request).
-        self._append_shared: dict[tuple[str, str, int, int], tuple[bytes, bytes]] = {}
+        self._append_shared: dict[tuple[str, str, int, int, bool], tuple[bytes, bytes]] = {}
 
     @classmethod
     def from_url(
@@ -303,38 +305,47 @@ class RedisEngine(Engine):
         self, job: Job, payload: str, *, delay_s: float = 0.0, eta: datetime | None = None
     ) -> AppendOutcome:
         """Queue or schedule ``job`` atomically unless its id exists (see ``append.lua``)."""
-        entry = Appending(job, payload, delay_s, eta)
+        return self.append_entry(Appending(job, payload, delay_s, eta))
+
+    def append_entry(self, entry: Appending) -> AppendOutcome:
+        """:meth:`append` of one entry; a fresh id's first call looks for no existing job."""
         with self._talking():
             if self._wire is not None and not self.wait_replicas:
-                # The producer's hot path: one packed request, straight down a kept connection.
-                reply = self._exchange_one(self._append_request(entry), spin=True)
+                # The producer's hot path: one packed request, straight down a kept connection;
+                # sent again (its reply lost), it looks for the id, which the first may have stored.
+                first = self._append_request(entry, look=not entry.fresh)
+                reply = self._exchange_one(
+                    first, spin=True, again=lambda: self._append_request(entry, look=True)
+                )
                 if not isinstance(reply, redis.exceptions.NoScriptError):
                     return _APPENDED[_raised([reply])[0]]
                 # The server lost its scripts (a restart, SCRIPT FLUSH), so nothing ran: the
                 # path below loads them and sends the call again.
-            keys, args = self._appending(job.plugin, [entry])
-            [code] = self._write("append", keys, args, f"job {job.id!r} was stored on the master")
+            # Always looking: a client of its own (a cluster's, Sentinel's) may retry a call.
+            keys, args = self._appending(entry.job.plugin, [entry], look=True)
+            [code] = self._write("append", keys, args, f"job {entry.job.id!r} was stored on the master")
         return _APPENDED[code]
 
-    def _append_request(self, entry: Appending) -> bytes:
+    def _append_request(self, entry: Appending, *, look: bool) -> bytes:
         """:meth:`_appending`'s call for one job, packed; the parts every one-job call of its
         plugin shares (the script, its queue keys, the caps) are packed once."""
         assert self._wire is not None  # see append
         plugin, sha = entry.job.plugin, self._scripts["append"].sha
         bulk = self._wire.packer.bulk
         # The caps are attributes a caller may change: keyed by them, a change is packed anew.
-        made_of = (plugin, sha, self.signal_cap, self.events_max)
+        made_of = (plugin, sha, self.signal_cap, self.events_max, look)
         shared = self._append_shared.get(made_of)
         if shared is None:
             keys = self._append_keys(plugin)
-            caps = self._append_caps(plugin)
-            parts = 3 + len(keys) + 1 + len(caps) + _APPEND_ARGS  # EVALSHA sha numkeys, keys, done key, ARGV
+            caps = self._append_caps(plugin, look=look)
+            # EVALSHA sha numkeys, keys (and the done key), ARGV
+            parts = 3 + len(keys) + look + len(caps) + _APPEND_ARGS
             shared = self._append_shared[made_of] = (
-                b"*%d\r\n" % parts + bulk("EVALSHA", sha, len(keys) + 1, *keys),
+                b"*%d\r\n" % parts + bulk("EVALSHA", sha, len(keys) + look, *keys),
                 bulk(*caps),
             )
         head, caps_packed = shared
-        done = bulk(self.keys.done(entry.job.id))
+        done = bulk(self.keys.done(entry.job.id)) if look else b""
         return b"".join((head, done, caps_packed, bulk(*_append_args(entry, _state_members(entry.job)))))
 
     def append_many(self, entries: Sequence[Appending]) -> list[AppendOutcome]:
@@ -345,18 +356,31 @@ class RedisEngine(Engine):
         existing); the outcomes come back in the order of ``entries``.
         """
         groups = _call_groups([(e.job.plugin, e.job.id) for e in entries], _APPEND_CHUNK)
-        calls = [
-            ("append", *self._appending(entries[g[0]].job.plugin, [entries[i] for i in g])) for g in groups
-        ]
+        batches = [[entries[i] for i in g] for g in groups]
+
+        def calls(*, again: bool) -> list[_ScriptCall]:
+            # A call of fresh ids only looks for none of them, unless it is sent again.
+            return [
+                ("append", *self._appending(b[0].job.plugin, b, look=again or not all(e.fresh for e in b)))
+                for b in batches
+            ]
+
         with self._talking():
-            replies = self._run_scripts(calls, wait_what="the jobs were stored on the master")
+            replies = self._run_scripts(
+                calls(again=False),
+                wait_what="the jobs were stored on the master",
+                again=functools.cache(lambda: calls(again=True)),
+            )
         return _in_order(len(entries), groups, replies, _APPENDED.__getitem__)
 
-    def _appending(self, plugin: str, entries: Sequence[Appending]) -> tuple[list[str], list[str | int]]:
-        """append.lua's KEYS and ARGV for entries of one plugin."""
+    def _appending(
+        self, plugin: str, entries: Sequence[Appending], *, look: bool
+    ) -> tuple[list[str], list[str | int]]:
+        """append.lua's KEYS and ARGV for entries of one plugin; ``look`` for existing ids."""
         keys = self._queue_keys.get(plugin) or self._queue_keys.setdefault(plugin, self._append_keys(plugin))
-        keys = keys + [self.keys.done(entry.job.id) for entry in entries]
-        args = self._append_caps(plugin)
+        if look:
+            keys = keys + [self.keys.done(entry.job.id) for entry in entries]
+        args = self._append_caps(plugin, look=look)
         encoded: dict[tuple[object, ...], str] = {}  # the jobs of a batch mostly share their options
         for entry in entries:
             job = entry.job
@@ -369,9 +393,9 @@ class RedisEngine(Engine):
             args += _append_args(entry, options)
         return keys, args
 
-    def _append_caps(self, plugin: str) -> list[str | int]:
+    def _append_caps(self, plugin: str, *, look: bool) -> list[str | int]:
         """append.lua's ARGV before those of each job."""
-        return [self.signal_cap, plugin, self.events_max]
+        return [self.signal_cap, plugin, self.events_max, int(look)]
 
     def _append_keys(self, plugin: str) -> list[str]:
         """append.lua's KEYS for ``plugin``, before those of each job."""
@@ -1079,15 +1103,25 @@ class RedisEngine(Engine):
         return reply
 
     def _run_scripts(
-        self, calls: Sequence[_ScriptCall], *, wait_what: str | None = None, block: _Command | None = None
+        self,
+        calls: Sequence[_ScriptCall],
+        *,
+        wait_what: str | None = None,
+        block: _Command | None = None,
+        again: _Again | None = None,
     ) -> list[Any]:
         """Run script calls in one round trip; one by one on a cluster, whose pipelines refuse scripts.
 
         With ``wait_what`` and ``wait_replicas``, the round trip ends with ``WAIT``
         (which counts the writes of its own connection, hence one pipeline), and
         too few replicas raise :class:`EngineUnavailable` naming ``wait_what``.
-        ``block``, a blocking pop, goes before the last call.
+        ``block``, a blocking pop, goes before the last call. ``again`` gives the
+        calls to send in their place when a call is sent a second time (its reply
+        lost with the connection, it may have run); a client that retries by
+        itself (a cluster's, redis-py's pipeline) is given those from the start.
         """
+        if again is not None and (self._cluster or self._wire is None):
+            calls = again()
         if self._cluster:
             replies = []
             for i, (name, keys, args) in enumerate(calls):
@@ -1097,7 +1131,7 @@ class RedisEngine(Engine):
                 replies.append(self._scripts[name](keys, args))
             return replies
         waiting = wait_what is not None and self.wait_replicas > 0
-        replies = self._pipelined(calls, wait=waiting, block=block)
+        replies = self._pipelined(calls, wait=waiting, block=block, again=again)
         if waiting and int(replies[-1]) < self.wait_replicas:
             raise EngineUnavailable(
                 f"{wait_what} but reached only {replies[-1]} of {self.wait_replicas} replicas within "
@@ -1107,7 +1141,12 @@ class RedisEngine(Engine):
         return replies[:-1] if waiting else replies
 
     def _pipelined(
-        self, calls: Sequence[_ScriptCall], *, wait: bool, block: _Command | None = None
+        self,
+        calls: Sequence[_ScriptCall],
+        *,
+        wait: bool,
+        block: _Command | None = None,
+        again: _Again | None = None,
     ) -> list[Any]:
         """EVALSHA each call down one pipeline (and WAIT, with ``wait``); raise the first error.
 
@@ -1116,65 +1155,104 @@ class RedisEngine(Engine):
         server without the scripts refused (after a restart or SCRIPT FLUSH),
         and only those, run again once the scripts are loaded: the others ran.
         """
-        replies = self._send(calls, wait=wait, block=block)
+        replies = self._send(calls, wait=wait, block=block, again=again)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
         if missing:
             for script in self._scripts.values():
                 script.sha = str(self.client.script_load(script.script))
-            again = self._send([calls[i] for i in missing], wait=wait)
+            # Refused, they did not run: sent again as they were (and as ``again`` if retried).
+            retried = None if again is None else functools.cache(lambda: [again()[i] for i in missing])
+            rerun = self._send([calls[i] for i in missing], wait=wait, again=retried)
             if wait:
-                replies[-1] = again.pop()  # the replicas' count now covers the calls run again
-            for i, reply in zip(missing, again, strict=True):
+                replies[-1] = rerun.pop()  # the replicas' count now covers the calls run again
+            for i, reply in zip(missing, rerun, strict=True):
                 replies[i] = reply
         return _raised(replies)
 
-    def _send(self, calls: Sequence[_ScriptCall], *, wait: bool, block: _Command | None = None) -> list[Any]:
+    def _send(
+        self,
+        calls: Sequence[_ScriptCall],
+        *,
+        wait: bool,
+        block: _Command | None = None,
+        again: _Again | None = None,
+    ) -> list[Any]:
         """Each call's reply (an error reply in its place), and WAIT's last with ``wait``.
 
         ``block`` (a blocking pop) is sent before the last call; its reply is left
         out, an error one included: it only decides when that call runs.
+        ``again``: see :meth:`_run_scripts`.
         """
         last = len(calls) - 1
 
-        def command(i: int) -> _Command:
-            if block is not None and i >= last:
-                if i == last:
-                    return block
-                i -= 1
-            if i == len(calls):
-                return ("WAIT", self.wait_replicas, int(self.wait_timeout_s * 1000))
-            name, keys, args = calls[i]
-            return ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+        def command_of(chosen: Callable[[], Sequence[_ScriptCall]]) -> Callable[[int], _Command]:
+            def command(i: int) -> _Command:
+                if block is not None and i >= last:
+                    if i == last:
+                        return block
+                    i -= 1
+                if i == len(calls):
+                    return ("WAIT", self.wait_replicas, int(self.wait_timeout_s * 1000))
+                name, keys, args = chosen()[i]
+                return ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
 
-        replies = self._commands(len(calls) + wait + (block is not None), command, resume=not wait)
+            return command
+
+        count = len(calls) + wait + (block is not None)
+        resent = None if again is None else command_of(again)
+        replies = self._commands(count, command_of(lambda: calls), resume=not wait, again=resent)
         if block is not None:
             del replies[last]
         return replies
 
-    def _commands(self, count: int, command: Callable[[int], _Command], *, resume: bool) -> list[Any]:
+    def _commands(
+        self,
+        count: int,
+        command: Callable[[int], _Command],
+        *,
+        resume: bool,
+        again: Callable[[int], _Command] | None = None,
+    ) -> list[Any]:
         """The replies to ``count`` commands in one round trip, an error reply in its place.
 
         ``command(i)`` is the i-th, asked for as it is sent (see :func:`.wire.converse`);
-        ``resume`` is :meth:`_exchange`'s. A client that keeps a single connection
-        sends them down a redis-py pipeline instead.
+        ``again(i)``, if given, is sent in its place from its second sending on
+        (a retry). ``resume`` is :meth:`_exchange`'s. A client that keeps a single
+        connection sends them down a redis-py pipeline instead, which retries by
+        itself: ``again`` from the start.
         """
         if self._wire is None:
             pipe = self.client.pipeline(transaction=False)
             for i in range(count):
-                pipe.execute_command(*command(i))
+                pipe.execute_command(*(again or command)(i))
             return list(pipe.execute(raise_on_error=False))
         pack = self._wire.packer.command
-        if count == 1:
-            return [self._exchange_one(pack(*command(0)))]
         # Cached: a retry that starts again from the first request packs none twice.
-        return self._exchange(count, functools.cache(lambda i: pack(*command(i))), resume=resume)
+        packed = functools.cache(lambda i, resent: pack(*(again if resent and again else command)(i)))
+        if count == 1:
+            return [self._exchange_one(packed(0, False), again=lambda: packed(0, True))]
+        return self._exchange(count, _first_then_again(packed, set()), resume=resume)
 
-    def _exchange_one(self, request: bytes, *, spin: bool = False) -> Any:
-        """One request's reply: first tried on a kept connection alone (:meth:`.wire.Connections.once`)."""
+    def _exchange_one(
+        self, request: bytes, *, spin: bool = False, again: Callable[[], bytes] | None = None
+    ) -> Any:
+        """One request's reply: first tried on a kept connection alone (:meth:`.wire.Connections.once`).
+
+        ``again()``, if given, is what is sent in its place once it may have run (see
+        :meth:`_run_scripts`): after it went out on that first try, or on a retry.
+        """
         assert self._wire is not None  # see _send
         reply = self._wire.once(request, spin=spin)
         if isinstance(reply, wire.NoReply):
-            [reply] = self._exchange(1, lambda _i: request, resume=True, failed_first=reply.error)
+            # Nothing was sent unless it failed on the way: only then is the next sending a second one.
+            sent = {0} if reply.error is not None else set()
+
+            def packed(_i: int, resent: bool) -> bytes:
+                return again() if resent and again is not None else request
+
+            [reply] = self._exchange(
+                1, _first_then_again(packed, sent), resume=True, failed_first=reply.error
+            )
         return reply
 
     def _exchange(
@@ -1440,6 +1518,18 @@ def _lua_file(path: str) -> str:
 def _completion_groups(completions: Sequence[Completion]) -> list[list[int]]:
     """Positions of ``completions`` in complete.lua calls (see :func:`_call_groups`)."""
     return _call_groups([(c.lease.job.plugin, c.lease.job.id) for c in completions], _COMPLETE_CHUNK)
+
+
+def _first_then_again(packed: Callable[[int, bool], bytes], sent: set[int]) -> Callable[[int], bytes]:
+    """The i-th request of an exchange: ``packed(i, False)`` the first time it is sent (not in
+    ``sent``), ``packed(i, True)`` each time after, when the one before may have run."""
+
+    def request(i: int) -> bytes:
+        resent = i in sent
+        sent.add(i)
+        return packed(i, resent)
+
+    return request
 
 
 def _call_groups(jobs: Sequence[tuple[str, str]], size: int) -> list[list[int]]:

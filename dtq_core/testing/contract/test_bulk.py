@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
+import attrs
 import pytest
 
 from dtq_core import (
@@ -24,7 +25,7 @@ from dtq_core import (
     ValidationError,
     Worker,
 )
-from dtq_core.job import Job, encode_payload
+from dtq_core.job import Job, encode_payload, new_job_id
 
 
 def _entry(job_id: str, text: str = "x", plugin: str = "test_only") -> Appending:
@@ -48,6 +49,25 @@ def test_append_many_answers_each_entry_in_order_and_dedupes_within_the_batch(dt
     assert a is not None and b is not None
     assert a.data == {"action": "echo", "text": "x"} and a.status is JobStatus.QUEUED
     assert dtq_engine.append_many([]) == []
+
+
+def test_append_entry_appends_one_job_fresh_or_not_and_a_named_repeat_is_one_job(dtq_engine: Engine) -> None:
+    """``fresh`` lets an engine skip the look for an id no job can have; a later sending of
+    the same id without it still finds the job (a retry after a lost reply looks)."""
+    job = Job(id=new_job_id(), plugin="test_only", data={"action": "echo"})
+    fresh = Appending(job, encode_payload(job), fresh=True)
+    assert dtq_engine.append_entry(fresh) is AppendOutcome.CREATED
+    assert dtq_engine.append_entry(attrs.evolve(fresh, fresh=False)) is AppendOutcome.EXISTS
+    other = Job(id=job.id, plugin="test_only", data={"action": "echo", "n": 1})
+    assert dtq_engine.append_entry(Appending(other, encode_payload(other))) is AppendOutcome.CONFLICT
+    stored = dtq_engine.get(job.id)
+    assert stored is not None and stored.data == {"action": "echo"} and stored.status is JobStatus.QUEUED
+    late = Job(id=new_job_id(), plugin="test_only", data={"action": "echo"})
+    assert dtq_engine.append_entry(Appending(late, encode_payload(late), delay_s=60, fresh=True)) is (
+        AppendOutcome.CREATED
+    )
+    scheduled = dtq_engine.get(late.id)
+    assert scheduled is not None and scheduled.status is JobStatus.SCHEDULED
 
 
 def test_enqueue_many_queues_every_job_in_order_with_options(

@@ -5,6 +5,12 @@ costs a fixed number of commands plus one event per job (and a look for a
 retained final record per job only when the batch has one), so a bulk append
 needs few commands per job.
 
+A call whose ids were all made for it (ARGV[4] '0') skips the look for
+existing ids, three of a one-job call's twelve commands: an id of 128 random
+bits that no server has been sent cannot be taken. A client sends such a call
+at most once: one sent again, after its reply was lost, may have run, so it
+looks (ARGV[4] '1'), and a repeat is answered 2 with nothing written.
+
 KEYS[1] jobs       hash    id -> payload JSON {"data","plugin"} of every live job
 KEYS[2] state      hash    id -> state JSON of every live job (see fetch.lua)
 KEYS[3] ready      zset    the plugin's queue: id scored by priority, then arrival
@@ -16,11 +22,12 @@ KEYS[8] events     stream  the namespace's lifecycle events
 KEYS[9] succeeded  hash    id -> final record JSON of a succeeded job (see complete.lua)
 KEYS[10] expiry    zset    id -> when its `succeeded` record expires (ms)
 KEYS[10 + i] done  hash    the i-th job's final record (failed, dead, cancelled), while retained
-                           (one EXISTS looks for any of them: they are rare)
+                           (one EXISTS looks for any of them: they are rare); only with ARGV[4] '1'
 ARGV[1] signal cap: the signal list is kept at most this long
 ARGV[2] plugin name
 ARGV[3] events cap: the stream keeps about this many events (MAXLEN ~); 0 records none
-ARGV[4 + 6(i-1) ..] six per job i:
+ARGV[4] '1' to look for the ids among existing jobs; '0' when each id is new (see above)
+ARGV[5 + 6(i-1) ..] six per job i:
         id;
         payload: canonical JSON, compared byte for byte with an existing job's;
         priority: an integer from -4095 to 4095, as JSON;
@@ -37,17 +44,21 @@ different payload (a conflict). Nothing is written for codes 0 and 2.
 ]]
 --#include digits
 --#include events
-local n = (#ARGV - 3) / 6
+local n = (#ARGV - 4) / 6
 local plugin = ARGV[2]
 local cap = tonumber(ARGV[3])
+local look = ARGV[4] == '1'
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local now_text = digits(now)
 
 local ids = {}
-for i = 1, n do ids[i] = ARGV[4 + 6 * (i - 1)] end
-local live = redis.call('HMGET', KEYS[1], unpack(ids))
-local kept = redis.call('HMGET', KEYS[9], unpack(ids))
+for i = 1, n do ids[i] = ARGV[5 + 6 * (i - 1)] end
+local live, kept = {}, {}
+if look then
+  live = redis.call('HMGET', KEYS[1], unpack(ids))
+  kept = redis.call('HMGET', KEYS[9], unpack(ids))
+end
 
 -- The payload of a succeeded job's record, unless it has expired (nil): an
 -- expired record not swept yet is deleted, its id free again.
@@ -64,7 +75,7 @@ end
 
 -- Retained failed, dead or cancelled records are rare: one look for any of
 -- them, instead of one per job.
-local any_done = redis.call('EXISTS', unpack(KEYS, 11)) > 0
+local any_done = look and redis.call('EXISTS', unpack(KEYS, 11)) > 0
 
 -- The payload an id already has (live, retained final, or earlier in this batch), or nil.
 local seen = {}
@@ -77,7 +88,7 @@ end
 local codes = {}
 local fresh = {}
 for i = 1, n do
-  local payload = ARGV[5 + 6 * (i - 1)]
+  local payload = ARGV[6 + 6 * (i - 1)]
   local found = existing(i)
   if found then
     codes[i] = found == payload and 2 or 0
@@ -94,7 +105,7 @@ local payloads, states, ready, scheduled = {}, {}, {}, {}
 local queued = 0
 local alone = #fresh == 1
 for k, i in ipairs(fresh) do
-  local base = 4 + 6 * (i - 1)
+  local base = 5 + 6 * (i - 1)
   local id = ids[i]
   local priority = ARGV[base + 2]
   local seq = last - #fresh + k
