@@ -25,8 +25,8 @@ class Dtq(System):
         "job": 'test_only {"action": "echo"} (returns its data)',
         "worker": "dtq worker --plugins test_only --concurrency 1 --quiet --mode <variant> --prefetch 64",
         "defaults kept": (
-            "lease 30 s, result kept 1 day, lifecycle events on, reply_spin_us 100 (a one-job append "
-            "polls its socket up to 100 µs for the reply before it sleeps: see enq client µs)"
+            "lease 30 s, result kept 1 day, lifecycle events on, reply_spin_us 300 (a one-job append "
+            "polls its socket up to 300 µs for the reply before it sleeps: see enq client µs)"
         ),
         "result wait": (
             "Queue.result(id, timeout=) (wait.lua and a BLPOP on the wait's reply list: one round trip)"

@@ -221,7 +221,7 @@ class RedisEngine(Engine):
         wait_replicas: int = 0,
         wait_timeout_s: float = 2.0,
         events_max: int = 10_000,
-        reply_spin_us: float = 100.0,
+        reply_spin_us: float = 300.0,
     ) -> None:
         self.client = client
         self._cluster = isinstance(client, RedisCluster)  # asked per call, and costly to ask (a Protocol)
