@@ -253,6 +253,33 @@ def latency(system: System, count: int) -> dict[str, Any]:
     }
 
 
+def latency_on_a_fresh_worker(
+    system: System, variant: Variant, jobs: int, server: RedisServer, logdir: Path
+) -> dict[str, Any]:
+    """:func:`latency` of ``jobs`` lone jobs on a worker process of ``variant`` started for it,
+    on an emptied server."""
+    server.flush()
+    workers = Workers(system, variant, 1, logdir)
+    workers.start()
+    try:
+        return latency(system, jobs)  # its untimed warm-up jobs wait for the worker to start
+    finally:
+        workers.stop()
+
+
+def median_latency(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The medians of the rounds' p50 and p99 (each round's kept too); a failed round: its failure."""
+    failed = [run for run in runs if "p50_ms" not in run]
+    if failed:
+        return failed[0]
+    return {
+        "jobs": sum(run["jobs"] for run in runs),
+        "p50_ms": statistics.median(run["p50_ms"] for run in runs),
+        "p99_ms": statistics.median(run["p99_ms"] for run in runs),
+        "rounds": [{"p50_ms": run["p50_ms"], "p99_ms": run["p99_ms"], "jobs": run["jobs"]} for run in runs],
+    }
+
+
 def processing(
     system: System,
     variant: Variant,
@@ -260,12 +287,11 @@ def processing(
     jobs: int,
     server: RedisServer,
     logdir: Path,
-    latency_jobs: int = 0,
+    results_memory: bool = False,
 ) -> dict[str, Any]:
-    """Queue ``jobs`` jobs, then start ``procs`` workers and time them; optionally latency after.
+    """Queue ``jobs`` jobs, then start ``procs`` workers and time them.
 
-    With ``latency_jobs``, the first worker (now idle) also serves the latency
-    measure, and the memory the kept results take is read before it.
+    With ``results_memory``, the memory the kept results take is read after.
     """
     server.flush()
     empty = server.used_memory()
@@ -276,10 +302,9 @@ def processing(
     try:
         workers.start()
         out = _drain(system, server, workers, handles)
-        if latency_jobs:
+        if results_memory:
             results = server.used_memory() - empty
             out["memory_per_100k_results_mb"] = results * 100_000 / jobs / 2**20
-            out["latency"] = guarded(lambda: latency(system, latency_jobs))
         return out
     finally:
         workers.stop()
