@@ -28,7 +28,7 @@ from dtq_core.engine import Appending
 from dtq_core.engines.redis import RedisEngine, wire
 from dtq_core.engines.redis.engine import _APPEND_CHUNK
 from dtq_core.engines.redis.keys import Keys
-from dtq_core.job import job_payload
+from dtq_core.job import Job, job_payload
 
 # Busy-waits ARGV[1] microseconds of the server's clock, then answers 1.
 SLOW = """
@@ -345,5 +345,60 @@ def test_a_bulk_append_whose_reply_was_lost_sends_its_calls_again_looking(
         ready = redis_server.client.zrange(Keys(namespace=namespace).ready("test_only"), 0, -1)
         assert sorted(ready) == sorted(ids | {"warm"})
         assert set(_appended_events(queue.engine, ids).values()) == {1}  # type: ignore[arg-type]
+    finally:
+        queue.close()
+
+
+@pytest.mark.parametrize("how", ["append_many", "enqueue_many"])
+def test_a_retry_refused_for_lost_scripts_runs_again_looking(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The first sending ran, and a worker leased its job; the reply was lost, and the server
+    lost its scripts too (a failover to a replica, which has the writes and not the scripts).
+    The retry is refused, so it is sent again once the scripts are loaded: looking still."""
+    queue = Queue(["test_only"], redis_server.url, namespace=namespace)
+    worker = RedisEngine.from_url(redis_server.url, namespace=namespace)
+    try:
+        queue.enqueue("test_only", ECHO, id="warm")
+        worker.fetch(["test_only"], count=1, lease_s=30, worker_id="w")  # takes the warm-up job
+        leases = []
+
+        def meanwhile() -> None:
+            leases.extend(worker.fetch(["test_only"], count=1, lease_s=30, worker_id="w").leases)
+            redis_server.client.script_flush()
+
+        monkeypatch.setattr(wire, "_reply", _ReplyLost(1, meanwhile))
+        if how == "append_many":
+            [job] = queue.append_many([{"job": {"plugin": "test_only", "data": ECHO}}])
+        else:
+            [job] = queue.enqueue_many("test_only", [ECHO])
+        monkeypatch.undo()
+        assert [lease.job.id for lease in leases] == [job.id]
+        assert job.status is JobStatus.RUNNING
+        assert worker.fetch(["test_only"], count=10, lease_s=30, worker_id="w").leases == []
+        assert _appended_events(worker, {job.id}) == {job.id: 1}
+    finally:
+        queue.close()
+        worker.close()
+
+
+def test_a_subclass_that_overrides_append_is_still_what_a_queue_appends_with(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    seen: list[str] = []
+
+    class Logging(RedisEngine):
+        def append(
+            self, job: Job, payload: str, *, delay_s: float = 0.0, eta: datetime | None = None
+        ) -> AppendOutcome:
+            seen.append(job.id)
+            return super().append(job, payload, delay_s=delay_s, eta=eta)
+
+    queue = Queue(["test_only"], redis_server.url, namespace=namespace, engine=Logging)
+    try:
+        job = queue.enqueue("test_only", ECHO)
+        named = queue.append({"id": "named", "job": {"plugin": "test_only", "data": ECHO}})
+        assert seen == [job.id, "named"]
+        assert queue.get(job.id) is not None and queue.get(named.id) is not None
     finally:
         queue.close()

@@ -305,10 +305,16 @@ class RedisEngine(Engine):
         self, job: Job, payload: str, *, delay_s: float = 0.0, eta: datetime | None = None
     ) -> AppendOutcome:
         """Queue or schedule ``job`` atomically unless its id exists (see ``append.lua``)."""
-        return self.append_entry(Appending(job, payload, delay_s, eta))
+        return self._append_entry(Appending(job, payload, delay_s, eta))
 
     def append_entry(self, entry: Appending) -> AppendOutcome:
         """:meth:`append` of one entry; a fresh id's first call looks for no existing job."""
+        if type(self).append is not RedisEngine.append:
+            # A subclass's own append (logging, say) is what appends: Queue calls this one.
+            return self.append(entry.job, entry.payload, delay_s=entry.delay_s, eta=entry.eta)
+        return self._append_entry(entry)
+
+    def _append_entry(self, entry: Appending) -> AppendOutcome:
         with self._talking():
             if self._wire is not None and not self.wait_replicas:
                 # The producer's hot path: one packed request, straight down a kept connection;
@@ -1160,9 +1166,10 @@ class RedisEngine(Engine):
         if missing:
             for script in self._scripts.values():
                 script.sha = str(self.client.script_load(script.script))
-            # Refused, they did not run: sent again as they were (and as ``again`` if retried).
-            retried = None if again is None else functools.cache(lambda: [again()[i] for i in missing])
-            rerun = self._send([calls[i] for i in missing], wait=wait, again=retried)
+            # Refused, so they did not run then; but the refused sending may have been a retry
+            # of one that ran before its reply was lost: sent again as ``again`` has them.
+            sent = calls if again is None else again()
+            rerun = self._send([sent[i] for i in missing], wait=wait)
             if wait:
                 replies[-1] = rerun.pop()  # the replicas' count now covers the calls run again
             for i, reply in zip(missing, rerun, strict=True):
