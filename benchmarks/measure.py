@@ -267,11 +267,15 @@ def latency_on_a_fresh_worker(
         workers.stop()
 
 
+def first_failure(runs: list[dict[str, Any]], figure: str) -> dict[str, Any] | None:
+    """The first of a measure's rounds that has no ``figure`` (it failed, or does not apply), if any."""
+    return next((run for run in runs if figure not in run), None)
+
+
 def median_latency(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The medians of the rounds' p50 and p99 (each round's kept too); a failed round: its failure."""
-    failed = [run for run in runs if "p50_ms" not in run]
-    if failed:
-        return failed[0]
+    if (failed := first_failure(runs, "p50_ms")) is not None:
+        return failed
     return {
         "jobs": sum(run["jobs"] for run in runs),
         "p50_ms": statistics.median(run["p50_ms"] for run in runs),

@@ -177,9 +177,8 @@ def _latency_once(name: str, label: str, jobs: int, server: RedisServer, logdir:
 
 def _median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The round with the median rate, and every round's rate (a failed round: the failure)."""
-    failed = [run for run in runs if "per_s" not in run]
-    if failed:
-        return failed[0]
+    if (failed := measure.first_failure(runs, "per_s")) is not None:
+        return failed
     ranked = sorted(runs, key=lambda run: run["per_s"])
     return {**ranked[len(ranked) // 2], "rounds_per_s": [run["per_s"] for run in runs]}
 
