@@ -887,7 +887,8 @@ class Worker:
             "plugins": ",".join(sorted(self.plugins)),
             "concurrency": str(self.concurrency),
             "mode": self.mode,
-            "in_hand": ",".join(lease.job.id for lease in self.in_hand()),
+            # A JSON list: an id may hold a comma (older workers joined the ids with commas).
+            "in_hand": json.dumps([lease.job.id for lease in self.in_hand()]),
         }
 
 
@@ -927,13 +928,22 @@ def _worker_row(info: Mapping[str, str], now_ms: float) -> WorkerRow:
         plugins=_split(info.get("plugins", "")),
         concurrency=_whole(info.get("concurrency", "")),
         mode=info.get("mode", ""),
-        in_hand=_split(info.get("in_hand", "")),
+        in_hand=_ids(info.get("in_hand", "")),
         heartbeat_age_s=max(0.0, (now_ms - int(last_seen)) / 1000) if last_seen.isdigit() else None,
     )
 
 
 def _split(text: str) -> list[str]:
     return [item for item in text.split(",") if item]
+
+
+def _ids(text: str) -> list[str]:
+    """The job ids a worker holds: a JSON list, or (an older worker's) joined with commas."""
+    try:
+        ids = json.loads(text)
+    except ValueError:
+        return _split(text)
+    return [str(i) for i in ids] if isinstance(ids, list) else _split(text)
 
 
 def _whole(text: str) -> int | None:

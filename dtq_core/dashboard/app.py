@@ -10,6 +10,7 @@ See :mod:`.security` for who may act and how forged requests are refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import urllib.parse
@@ -52,7 +53,7 @@ from dtq_core.errors import (
     JobNotFound,
     NotSupported,
 )
-from dtq_core.job import JobStatus
+from dtq_core.job import Job, JobStatus
 from dtq_core.queue import Queue
 
 #: The largest request body accepted (forms are a few hundred bytes).
@@ -160,14 +161,25 @@ class Dashboard:
 
     async def job(self, request: Request) -> Response:
         """One job: data, result, error with traceback, attempts, progress and timeline."""
-        job_id = request.query_params.get("id", "").strip()
-        if not job_id:
+        given = request.query_params.get("id", "")
+        if not given.strip():
             return RedirectResponse("/jobs", status_code=303)
-        job = await run_in_threadpool(self.queue.get, job_id)
+        job_id = given.strip()
+        job = await run_in_threadpool(self._found_as_given, given)
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r} (never appended, or its record expired)")
         events = await run_in_threadpool(data.timeline, self.queue, job.id)
         return self._page(request, "job", title=f"Job {job.id}", job=job, events=events)
+
+    def _found_as_given(self, given: str) -> Job | None:
+        """The job with id ``given``, else with it stripped: an id pasted with spaces around it
+        (or a tab, which no id holds) is found, yet an id may begin or end with a space."""
+        stripped = given.strip()
+        if stripped != given:
+            with contextlib.suppress(InvalidJob):
+                if (job := self.queue.get(given)) is not None:
+                    return job
+        return self.queue.get(stripped)
 
     async def workers(self, request: Request) -> Response:
         """The live workers: host, pid, plugins served, jobs in hand, last heartbeat."""
@@ -327,7 +339,10 @@ class Dashboard:
 
     def _acted(self, request: Request, form: Mapping[str, str], message: str, status_code: int) -> Response:
         if _wants_json(request):
-            return JSONResponse({"ok": status_code == 200, "message": message}, status_code=status_code)
+            if status_code == 200:
+                return JSONResponse({"ok": True, "message": message})
+            # "error", as a refused or malformed request answers; "message" as before.
+            return JSONResponse({"ok": False, "message": message, "error": message}, status_code=status_code)
         session = self._session(request)
         if session is not None:
             session.flash("ok" if status_code == 200 else "error", message)
@@ -369,10 +384,13 @@ class Dashboard:
         return self.sessions.get(request.cookies.get(SESSION_COOKIE))
 
     async def _error(self, request: Request, exc: Exception) -> Response:
-        """A dtq error (or a bad parameter) as a page, or as JSON under ``/api/``."""
+        """A dtq error (or a bad parameter) as a page, or as JSON under ``/api/`` and for a
+        script's action (a bearer token, or JSON accepted), as its other answers are."""
         status_code = _status_of(exc)
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": str(exc)}, status_code=status_code)
+        if _wants_json(request):
+            return JSONResponse({"ok": False, "error": str(exc)}, status_code=status_code)
         return self._page(request, "error", status_code=status_code, title="Error", message=str(exc))
 
 

@@ -7,8 +7,11 @@ dead list`` and ``dtq plugins``.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import attrs
@@ -126,8 +129,23 @@ def _live(queue: Queue, status: JobStatus, plugin: str | None, offset: int, coun
             "(queue=...) to page further"
         )
     plugins = [q.plugin for q in queue.stats().queues]
-    jobs = [job for name in plugins for job in queue.browse(status, name, offset=0, limit=offset + count)]
-    return jobs[offset : offset + count]
+    pages = [queue.browse(status, name, offset=0, limit=offset + count) for name in plugins]
+    # Each queue's page is in its own order already: merged by the same order, a deep queue
+    # cannot hide the others' first jobs (a priority job of another queue, one due sooner).
+    merged = heapq.merge(*pages, key=_ORDER[status])
+    return list(itertools.islice(merged, offset, offset + count))
+
+
+_LATEST = datetime.max.replace(tzinfo=timezone.utc)
+
+#: How the jobs list of all queues orders each browsable status, as :meth:`Queue.browse` does
+#: within a queue: queued by priority, then arrival; scheduled by due time; running by start
+#: (its lease deadline is not on the job: with the same lease, the same order).
+_ORDER: dict[JobStatus, Callable[[Job], Any]] = {
+    JobStatus.QUEUED: lambda job: (-job.priority, job.created_at or _LATEST),
+    JobStatus.SCHEDULED: lambda job: job.eta or _LATEST,
+    JobStatus.RUNNING: lambda job: job.started_at or _LATEST,
+}
 
 
 def _final(

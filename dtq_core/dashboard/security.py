@@ -175,25 +175,31 @@ class Sessions:
 
 
 class LoginThrottle:
-    """Refuses logins for a while after too many wrong tokens, whoever sent them."""
+    """Refuses logins for ``window_s`` after ``failures`` wrong tokens within ``window_s``,
+    whoever sent them."""
 
     def __init__(self, *, failures: int = 10, window_s: float = 60.0) -> None:
         self.failures = failures
         self.window_s = window_s
         self._times: collections.deque[float] = collections.deque()
+        self._blocked_until = 0.0
         self._lock = threading.Lock()
 
     def blocked(self) -> bool:
-        """Whether ``failures`` wrong tokens came in the last ``window_s`` seconds."""
+        """Whether logins are refused now."""
         with self._lock:
-            self._forget_old()
-            return len(self._times) >= self.failures
+            return time.monotonic() < self._blocked_until
 
     def failed(self) -> None:
-        """Count a wrong token."""
+        """Count a wrong token; the one that reaches the limit starts a block of ``window_s``
+        (counted from it, not from the first of them: spread over the window, the
+        wrong tokens would otherwise buy a block of only a few seconds)."""
         with self._lock:
-            self._times.append(time.monotonic())
+            now = time.monotonic()
+            self._times.append(now)
             self._forget_old()
+            if len(self._times) >= self.failures:
+                self._blocked_until = now + self.window_s
 
     def _forget_old(self) -> None:
         while self._times and self._times[0] <= time.monotonic() - self.window_s:

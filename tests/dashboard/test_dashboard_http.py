@@ -9,12 +9,14 @@ import pytest
 from dashtest import TOKEN, make_dead, make_running
 from starlette.testclient import TestClient
 
-from dtq_core import ConfigError, Engine, Job, JobStatus, Queue
-from dtq_core.dashboard import Dashboard
+from dtq_core import AppendOutcome, ConfigError, Engine, Job, JobStatus, Queue, Worker
+from dtq_core.caller import Control
+from dtq_core.dashboard import Dashboard, security
 from dtq_core.dashboard.data import MERGED_DEPTH
 from dtq_core.dashboard.security import local_path
 from dtq_core.dashboard.server import allowed_hosts_for
 from dtq_core.engines.memory import MemoryEngine
+from dtq_core.job import encode_payload
 
 RunJobs = Callable[[], list[Job]]
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -393,3 +395,93 @@ def test_an_engine_without_browsing_gets_a_clear_page_and_the_rest_works() -> No
             refused = client.post("/act/delete", data={"id": "d1"}, headers=bearer())
             assert refused.status_code == 501 and "cannot delete one job" in refused.json()["message"]
             assert client.post("/act/requeue", data={"id": "d1"}, headers=bearer()).status_code == 200
+
+
+# --- found in session 15's review ------------------------------------------------------
+
+
+def test_a_job_whose_id_begins_or_ends_with_a_space_has_its_page(
+    client: TestClient, dash_queue: Queue
+) -> None:
+    # The page stripped the id it was given, so the list's link to such a job was a 404.
+    for job_id in (" report", "report "):
+        dash_queue.enqueue("test_only", {"action": "echo"}, id=job_id)
+        page = client.get("/job", params={"id": job_id})
+        assert page.status_code == 200 and f"Job {job_id}" in page.text
+    dash_queue.enqueue("test_only", {"action": "echo"}, id="plain")
+    assert client.get("/job", params={"id": "  plain\t"}).status_code == 200  # a pasted id still found
+
+
+def _append(queue: Queue, plugin: str, job_id: str, **options: object) -> None:
+    """A job of any queue name, appended with the engine (no plugin need be installed)."""
+    job = Job(id=job_id, plugin=plugin, data={"n": 1}, priority=int(options.pop("priority", 0)))  # type: ignore[call-overload]
+    assert queue.engine.append(job, encode_payload(job), **options) is AppendOutcome.CREATED  # type: ignore[arg-type]
+
+
+def test_the_list_of_all_queues_merges_them_in_each_status_order(
+    client: TestClient, dash_queue: Queue
+) -> None:
+    # The queues' lists were put one after another: a deep queue hid every other queue's jobs,
+    # a priority job or one due sooner included.
+    for n in range(60):
+        _append(dash_queue, "a_queue", f"a-{n}")
+    _append(dash_queue, "b_queue", "b-urgent", priority=10)
+    _append(dash_queue, "a_queue", "a-due-30", delay_s=30)
+    _append(dash_queue, "a_queue", "a-due-300", delay_s=300)
+    _append(dash_queue, "b_queue", "b-due-60", delay_s=60)
+    queued = client.get("/api/jobs?status=queued").json()["jobs"]
+    assert [job["id"] for job in queued[:3]] == ["b-urgent", "a-0", "a-1"]
+    second = client.get("/api/jobs?status=queued&offset=50").json()["jobs"]
+    assert [job["id"] for job in second] == [f"a-{n}" for n in range(49, 60)]
+    scheduled = client.get("/api/jobs?status=scheduled").json()["jobs"]
+    assert [job["id"] for job in scheduled] == ["a-due-30", "b-due-60", "a-due-300"]
+
+
+def test_a_job_id_with_a_comma_shows_whole_among_a_workers_jobs(
+    client: TestClient, dash_queue: Queue, redis_url: str, namespace: str
+) -> None:
+    # The registry joined the ids a worker holds with commas, which an id may hold.
+    worker = Worker(["test_only"], redis_url, namespace=namespace, mode="thread")
+    try:
+        dash_queue.enqueue("test_only", {"action": "echo"}, id="order,2024,17")
+        [lease] = dash_queue.engine.fetch(["test_only"], count=1, lease_s=60, worker_id="w").leases
+        worker._in_hand[(lease.job.id, lease.token)] = Control(lease)
+        dash_queue.engine.heartbeat("w", worker.describe(), ttl_s=30)
+    finally:
+        worker.close()
+    [row] = client.get("/api/workers").json()
+    assert row["in_hand"] == ["order,2024,17"]
+    assert 'href="/job?id=order%2C2024%2C17"' in client.get("/workers").text
+
+
+def test_a_scripts_malformed_or_failed_action_is_answered_in_json_with_its_error(
+    client: TestClient, dash_queue: Queue
+) -> None:
+    # A malformed request got the HTML error page, whatever the script asked for.
+    malformed = client.post(
+        "/act/requeue", content=b"id=x", headers={**bearer(), "content-type": "text/plain"}
+    )
+    assert malformed.status_code == 400 and malformed.headers["content-type"] == "application/json"
+    assert malformed.json()["ok"] is False and "x-www-form-urlencoded" in malformed.json()["error"]
+    failed = client.post("/act/cancel", data={"id": "missing"}, headers=bearer())
+    assert failed.status_code == 404 and failed.json()["error"] == failed.json()["message"]
+
+
+def test_a_login_block_lasts_its_whole_window_from_the_failure_that_reached_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Ten wrong tokens spread over 55 s blocked logins for only about 5 s.
+    now = [1000.0]
+    monkeypatch.setattr(security.time, "monotonic", lambda: now[0])
+    throttle = security.LoginThrottle(failures=3, window_s=60)
+    for at in (0.0, 30.0, 55.0):
+        assert not throttle.blocked()
+        now[0] = 1000.0 + at
+        throttle.failed()
+    assert throttle.blocked()
+    now[0] = 1000.0 + 55 + 59  # the first wrong token is long out of the window
+    assert throttle.blocked()
+    now[0] = 1000.0 + 55 + 61
+    assert not throttle.blocked()
+    throttle.failed()  # one more, alone in its window: no block
+    assert not throttle.blocked()
