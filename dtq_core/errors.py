@@ -10,6 +10,12 @@ with ``raise ... from exc`` so the original cause stays on ``__cause__``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dtq_core.engine import Lease
+
 
 class DtqError(Exception):
     """Base class of every error raised by dtq."""
@@ -82,6 +88,19 @@ class EngineError(DtqError):
 
 class EngineUnavailable(EngineError):
     """The storage engine cannot be reached (server down, wrong URL, network)."""
+
+
+class NotReplicated(EngineUnavailable):
+    """Writes were made, but fewer replicas than ``wait_replicas`` confirmed them in time.
+
+    ``leased``: the leases a fetch took in the same round trip
+    (:meth:`~dtq_core.Engine.complete_and_fetch`): they are good, and the caller
+    holds them (to run, or to hand back), as if the call had returned them.
+    """
+
+    def __init__(self, message: str, *, leased: Sequence[Lease] = ()) -> None:
+        super().__init__(message)
+        self.leased = list(leased)
 
 
 class UnknownEngine(EngineError):

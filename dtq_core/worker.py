@@ -50,7 +50,7 @@ from dtq_core.engine import (
     ReleaseOutcome,
     resolve_engine,
 )
-from dtq_core.errors import DtqError, EngineUnavailable, JobProcessError, PluginError
+from dtq_core.errors import DtqError, EngineUnavailable, JobProcessError, NotReplicated, PluginError
 from dtq_core.job import ErrorInfo, Job, JobStatus
 from dtq_core.periodic import Periodic, PeriodicScheduler
 from dtq_core.plugin import Plugin, PluginRegistry, scrub_settings
@@ -474,6 +474,12 @@ class Worker:
                 worker_id=self.worker_id,
                 **options,
             )
+        except NotReplicated as exc:
+            # Recorded and leased, but not on enough replicas yet: the acknowledger records
+            # the outcomes again (a repeat is answered as the first), and the jobs run.
+            log.warning("outcomes not confirmed by enough replicas, retried: %s", exc)
+            acks.submit_all(ended)
+            return self._waiting_for_slot(exc.leased)
         except DtqError as exc:
             log.warning("could not fetch jobs: %s", exc)  # the dispatcher retries with backoff
             acks.submit_all(ended)

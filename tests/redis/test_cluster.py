@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from dtqtest import RedisClusterServers, noting_idle_waits, running, stop_when_idle, wait_for, working
 
 from dtq_core import EngineUnavailable, JobStatus, Queue, ReleaseOutcome, Worker, open_engine
@@ -209,3 +210,16 @@ def _slot_ranges(server: Any) -> list[tuple[int, int]]:
     """The slot ranges ``server`` itself serves (from CLUSTER SLOTS, by its port)."""
     ranges = server.client.execute_command("CLUSTER", "SLOTS")
     return [(int(start), int(end)) for start, end, master, *_ in ranges if int(master[1]) == server.port]
+
+
+def test_a_slot_on_the_move_past_the_clients_redirections_is_a_passing_trouble(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    # While a slot migrates, the client follows TRYAGAIN and ASK until its redirections run
+    # out, then raises ClusterError("TTL exhausted."): a plain EngineError, which stopped a worker.
+    engine = open_engine(redis_cluster.url, namespace="moving")
+    try:
+        translated = engine._translated(redis.exceptions.ClusterError("TTL exhausted."))  # type: ignore[attr-defined]
+        assert isinstance(translated, EngineUnavailable) and "Retrying is safe" in str(translated)
+    finally:
+        engine.close()

@@ -75,6 +75,8 @@ def test_a_non_numeric_engine_option_is_refused_with_its_name() -> None:
         ("redis+cluster://a:7000,b", "'b' is not host:port"),
         ("redis+sentinel://a:26379", "name the monitored service in the path"),
         ("redis+sentinel://:pw@a:x/main", "'a:x' is not host:port"),
+        # Was Python's own "master_for() got multiple values for keyword argument 'db'".
+        ("redis+sentinel://:pw@a:26379/main?db=3", r"database number in the path.*/main/3 \(not \?db=\)"),
     ],
 )
 def test_malformed_cluster_and_sentinel_urls_say_what_is_wrong(url: str, message: str) -> None:

@@ -196,6 +196,12 @@ def _sentinel(url: str, common: dict[str, Any]) -> redis.Redis:
         raise ValueError("name the monitored service in the path, e.g. redis+sentinel://host:26379/mymaster")
     service, db = path[0], int(path[1]) if len(path) > 1 else 0
     options = _query(parts)
+    if "db" in options:
+        # Two places for one setting: the client's own TypeError ("multiple values") said nothing.
+        raise ValueError(
+            f"put the database number in the path, after the service: redis+sentinel://host:26379/"
+            f"{service}/{options['db']} (not ?db=)"
+        )
     sentinel_kwargs = {
         "password": options.pop("sentinel_password", None),
         "username": options.pop("sentinel_username", None),

@@ -55,7 +55,7 @@ from dtq_core.engine import (
 from dtq_core.engines.redis import browse, wire
 from dtq_core.engines.redis.connect import Client, cluster_trouble, connect, engine_options, login_refused
 from dtq_core.engines.redis.keys import Keys
-from dtq_core.errors import EngineError, EngineUnavailable, MalformedRecord
+from dtq_core.errors import EngineError, EngineUnavailable, MalformedRecord, NotReplicated
 from dtq_core.job import ErrorInfo, Job, JobStatus, encode_payload
 from dtq_core.record import job_from_state, leased_job, malformed_error
 
@@ -85,6 +85,14 @@ _ScriptCall = tuple[str, list[str], list[str | int]]
 _Command = tuple[str | int | float, ...]
 #: The script calls to send in place of a round trip's when they are sent again (a retry).
 _Again = Callable[[], Sequence[_ScriptCall]]
+
+
+class _ShortOfReplicas(NotReplicated):
+    """:meth:`RedisEngine._run_scripts`'s NotReplicated, with the round trip's replies (the calls ran)."""
+
+    def __init__(self, message: str, replies: list[Any]) -> None:
+        super().__init__(message)
+        self.replies = replies
 
 
 @attrs.frozen
@@ -140,6 +148,9 @@ _CLUSTER_IN_TRANSITION = (
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
+    # The client's own, once its redirections ran out: TRYAGAIN and ASK all the while a
+    # namespace's slot moves ("TTL exhausted").
+    redis.exceptions.ClusterError,
 )
 
 
@@ -551,11 +562,17 @@ class RedisEngine(Engine):
         calls = [self._completion_call(completions, group) for group in groups]
         block = self._worker_wait(plugins, worker_id, wait_s) if wait_s > 0 else None
         with self._talking():
-            *replies, flat = self._run_scripts(
-                [*calls, self._fetching(plugins, count, lease_s, worker_id)],
-                wait_what="the outcomes were stored" if calls else None,
-                block=block,
-            )
+            try:
+                *replies, flat = self._run_scripts(
+                    [*calls, self._fetching(plugins, count, lease_s, worker_id)],
+                    wait_what="the outcomes were stored" if calls else None,
+                    block=block,
+                )
+            except _ShortOfReplicas as exc:
+                # The fetch ran, and leased jobs: dropped here, they would wait out their
+                # leases and come back as lost ones (dead after max_lost_leases).
+                taken = self._fetched(exc.replies[-1])
+                raise NotReplicated(str(exc), leased=taken.leases if taken else []) from exc
         batch = self._fetched(flat)
         if batch is None:  # only malformed records, now buried: look again
             batch = self.fetch(plugins, count=count, lease_s=lease_s, worker_id=worker_id)
@@ -1139,10 +1156,11 @@ class RedisEngine(Engine):
         waiting = wait_what is not None and self.wait_replicas > 0
         replies = self._pipelined(calls, wait=waiting, block=block, again=again)
         if waiting and int(replies[-1]) < self.wait_replicas:
-            raise EngineUnavailable(
+            raise _ShortOfReplicas(
                 f"{wait_what} but reached only {replies[-1]} of {self.wait_replicas} replicas within "
                 f"{self.wait_timeout_s} s (wait_replicas), so a failover could lose it; retrying with "
-                "the same job id is safe. Check the replicas' health (INFO replication)"
+                "the same job id is safe. Check the replicas' health (INFO replication)",
+                replies[:-1],
             )
         return replies[:-1] if waiting else replies
 
@@ -1311,7 +1329,7 @@ class RedisEngine(Engine):
         if isinstance(exc, redis.AuthenticationError):  # a ConnectionError to redis-py; no retry mends it
             return login_refused(self.url, exc)
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-            return EngineUnavailable(self._unreachable(exc))
+            return self._not_reached(exc)
         if isinstance(exc, _CLUSTER_IN_TRANSITION):
             return self._slot_unserved(exc)
         if isinstance(exc, redis.RedisError):
@@ -1331,6 +1349,17 @@ class RedisEngine(Engine):
             "slot is being moved. Retrying is safe; CLUSTER INFO and CLUSTER SHARDS show "
             "the cluster's state"
         )
+
+    def _not_reached(self, exc: redis.ConnectionError | redis.TimeoutError) -> EngineError:
+        """A connection that failed: passing trouble, unless the sentinels refused dtq's login
+        (the client folds that into "no master found"; no retry mends it)."""
+        if isinstance(exc, MasterNotFoundError) and "AuthenticationError" in str(exc):
+            return EngineError(
+                f"a sentinel of {mask_url(self.url)} refused dtq's login: put the sentinels' own "
+                "password in the URL's ?sentinel_password= (percent-encoded); the master's goes "
+                "before the host, as for redis://"
+            )
+        return EngineUnavailable(self._unreachable(exc))
 
     def _unreachable(self, exc: redis.ConnectionError | redis.TimeoutError) -> str:
         """Why the server could not be reached, and what to check."""
@@ -1704,10 +1733,13 @@ def _changing_role(exc: redis.RedisError) -> bool:
     """True for what a server answers while it is, or is becoming, a replica: READONLY
     (the client maps it to ReadOnlyError; before Redis 7 a script's write came back
     inside an ERR), and UNBLOCKED for a wait it ended on becoming one (not the one of
-    CLIENT UNBLOCK). MASTERDOWN comes as the Cluster's MasterDownError, seen to above."""
+    CLIENT UNBLOCK), and WAIT's refusal on a replica (a repeated append writes nothing, so
+    only its WAIT tells). MASTERDOWN comes as the Cluster's MasterDownError, seen to above."""
     if isinstance(exc, redis.exceptions.ReadOnlyError):
         return True
     text = _error_text(exc)
-    return text.startswith("UNBLOCKED force unblock") or (
-        text.startswith("Error running script") and "-READONLY " in text
+    return (
+        text.startswith("UNBLOCKED force unblock")
+        or (text.startswith("Error running script") and "-READONLY " in text)
+        or text.startswith("WAIT cannot be used with replica instances")
     )
