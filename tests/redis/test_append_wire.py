@@ -283,14 +283,11 @@ class _ReplyLost:
         return reply
 
 
-def _appended_events(engine: RedisEngine, ids: set[str]) -> dict[str, int]:
+def _appended_events(queue: Queue, ids: set[str]) -> dict[str, int]:
+    """How many ``appended`` events each of ``ids`` has in the kept stream."""
     counts = dict.fromkeys(ids, 0)
-    after = None
-    while batch := engine.events(after=after, limit=1000):
-        for event in batch:
-            if event.job_id in counts and event.type.value == "appended":
-                counts[event.job_id] += 1
-        after = batch[-1].id
+    for event in queue.kept_events(lambda e: e.job_id in counts and e.type.value == "appended"):
+        counts[event.job_id] += 1
     return counts
 
 
@@ -317,7 +314,7 @@ def test_a_fresh_append_whose_reply_was_lost_is_sent_again_looking_and_leaves_th
         assert worker.fetch(["test_only"], count=10, lease_s=30, worker_id="w").leases == []
         ended = Outcome(JobStatus.SUCCEEDED, result_json="1")
         assert worker.complete(leases[0], ended, ttl_s=60) is Recorded.STORED  # its lease held
-        assert _appended_events(worker, {job.id}) == {job.id: 1}
+        assert _appended_events(queue, {job.id}) == {job.id: 1}
     finally:
         queue.close()
         worker.close()
@@ -344,7 +341,7 @@ def test_a_bulk_append_whose_reply_was_lost_sends_its_calls_again_looking(
         assert len(ids) == len(datas)
         ready = redis_server.client.zrange(Keys(namespace=namespace).ready("test_only"), 0, -1)
         assert sorted(ready) == sorted(ids | {"warm"})
-        assert set(_appended_events(queue.engine, ids).values()) == {1}  # type: ignore[arg-type]
+        assert set(_appended_events(queue, ids).values()) == {1}
     finally:
         queue.close()
 
@@ -376,7 +373,7 @@ def test_a_retry_refused_for_lost_scripts_runs_again_looking(
         assert [lease.job.id for lease in leases] == [job.id]
         assert job.status is JobStatus.RUNNING
         assert worker.fetch(["test_only"], count=10, lease_s=30, worker_id="w").leases == []
-        assert _appended_events(worker, {job.id}) == {job.id: 1}
+        assert _appended_events(queue, {job.id}) == {job.id: 1}
     finally:
         queue.close()
         worker.close()
