@@ -240,6 +240,7 @@ class Worker:
         self._failure: JobProcessError | None = None  # what ends a burst early
         self._stopping = threading.Event()
         self._waker: _Waker | None = None  # while running: ends an idle wait on stop()
+        self._pool: _Pool | None = None  # while running: ends a wait for a slot on stop()
         self._signalled: int | None = None  # the SIGTERM or SIGINT that came (see _install_signal_handlers)
         self._next_recovery = 0.0
         # When a fetch last found nothing, and its wait for the next delayed job then.
@@ -289,9 +290,11 @@ class Worker:
         worker's own SIGTERM and SIGINT handlers leave the stop to a thread.
         """
         self._stopping.set()
-        waker = self._waker
+        waker, pool = self._waker, self._pool
         if waker is not None:
             waker.poke()  # it ends an idle wait (see _Waker)
+        if pool is not None:
+            pool.wake()  # it ends a wait for a slot, all of them busy
 
     def in_hand(self) -> list[Lease]:
         """The leases of the jobs this worker holds now: running, then waiting their turn."""
@@ -306,7 +309,7 @@ class Worker:
 
     def _run(self, *, burst: bool) -> list[Job]:
         # Only a burst returns its jobs: a long-running worker must not keep them all.
-        pool = _Pool(self, self.concurrency, self._make_runner, keep_finished=burst)
+        pool = self._pool = _Pool(self, self.concurrency, self._make_runner, keep_finished=burst)
         grace = self.grace_s
         self._burst, self._failure = burst, None
         try:
@@ -326,7 +329,7 @@ class Worker:
         finally:
             self._unregister()
             # Registered by its __enter__; forgotten here, even if a signal cut that short.
-            self._waker = None
+            self._waker = self._pool = None
             if pool.ended():
                 self._stopping.clear()  # a stopped worker can be run again
             else:  # a slot lives on in a job's thread: it must lease nothing when that ends
@@ -1066,7 +1069,10 @@ class _Pool:
         self.size = size
         self.acks = _Acknowledger(worker, keep_finished=keep_finished)
         self._work: queue_module.SimpleQueue[list[Lease] | None] = queue_module.SimpleQueue()
-        self._free = threading.Semaphore(size)
+        # Idle slots and busy ones, under one condition: the dispatcher waiting for an idle
+        # slot also wakes when the worker stops (see wake), not a poll later, so that the
+        # prefetched jobs go back at once while the jobs running end.
+        self._free = size
         self._busy = 0
         self._idle = threading.Condition()
         self._runners = [make_runner() for _ in range(size)]
@@ -1089,18 +1095,26 @@ class _Pool:
         return self.acks.finished
 
     def acquire(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for an idle slot; take every idle slot; return how many."""
-        if not self._free.acquire(timeout=timeout_s):
-            return 0
-        taken = 1
-        while taken < self.size and self._free.acquire(blocking=False):
-            taken += 1
-        return taken
+        """Wait up to ``timeout_s`` for an idle slot, or until the worker stops; take every
+        idle slot; return how many (0 when none came)."""
+        stopping = self.worker._stopping
+        with self._idle:
+            self._idle.wait_for(lambda: self._free > 0 or stopping.is_set(), timeout=timeout_s)
+            if stopping.is_set():
+                return 0
+            taken, self._free = self._free, 0
+            return taken
 
     def give_back(self, count: int) -> None:
         """Return slots that were acquired but not used."""
-        for _ in range(count):
-            self._free.release()
+        with self._idle:
+            self._free += count
+            self._idle.notify_all()
+
+    def wake(self) -> None:
+        """End the dispatcher's wait for an idle slot (the worker is stopping)."""
+        with self._idle:
+            self._idle.notify_all()
 
     def submit(self, leases: list[Lease]) -> None:
         """Hand a share of leases to the next idle slot (one was acquired for it)."""
@@ -1159,8 +1173,8 @@ class _Pool:
             finally:
                 with self._idle:
                     self._busy -= 1
+                    self._free += 1
                     self._idle.notify_all()
-                self._free.release()
 
     def _run_shares(self, runner: Runner, leases: list[Lease]) -> None:
         """Run shares, each leased by the slot as the one before runs or ends, until none is left."""

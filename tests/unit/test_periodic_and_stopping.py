@@ -70,7 +70,8 @@ def test_a_second_signal_during_the_hand_back_still_hands_every_job_back(
 ) -> None:
     url = f"memory://{uuid.uuid4().hex}"
     with Queue(["test_only"], url) as queue:
-        queue.enqueue("test_only", {"action": "sleep", "seconds": 1.0}, id="long", priority=10)
+        # Long enough that the main thread, woken by the stop, hands back three before it ends.
+        queue.enqueue("test_only", {"action": "sleep", "seconds": 2.0}, id="long", priority=10)
         queue.enqueue_many("test_only", [{"action": "echo"}] * 10)
         worker = Worker(["test_only"], url, mode="thread", prefetch=11, grace_s=30)
         handed: list[str] = []  # by the main thread, where a signal handler raises
@@ -103,6 +104,32 @@ def test_a_second_signal_during_the_hand_back_still_hands_every_job_back(
         assert queue.workers() == []  # unregistered, though the shutdown was cut short
         unstarted = [queue.get(job_id) for job_id in handed[:2]]
         assert all(job is not None and job.attempts == 0 for job in unstarted)  # not counted
+
+
+def test_a_stop_with_every_slot_busy_hands_the_prefetched_jobs_back_while_the_job_runs() -> None:
+    """The dispatcher waiting for an idle slot wakes on the stop: before, it slept out its
+    poll, and the prefetched jobs stayed leased to a stopping worker until the running job
+    ended (a second signal in that window found them still held; the CI failure of session 15)."""
+    url = f"memory://{uuid.uuid4().hex}"
+    with Queue(["test_only"], url) as queue:
+        queue.enqueue("test_only", {"action": "sleep", "seconds": 3.0}, id="long", priority=10)
+        queue.enqueue_many("test_only", [{"action": "echo"}] * 5)
+        worker = Worker(["test_only"], url, mode="thread", prefetch=6, grace_s=30, poll_s=60)
+        running = threading.Thread(target=worker.work)
+        running.start()
+        try:
+            wait_for(lambda: any(job_id == "long" for job_id, _token in worker._executing))
+            worker.stop()
+            wait_for(lambda: queue.stats().queues[0].waiting == 5)
+            long = queue.get("long")
+            assert long is not None and long.status is JobStatus.RUNNING  # they went back first
+        finally:
+            running.join(20)
+            worker.close()
+        ended = queue.get("long")
+        assert ended is not None and ended.status is JobStatus.SUCCEEDED
+        [stats] = queue.stats().queues
+        assert stats.waiting == 5
 
 
 def test_the_leases_in_hand_are_renewed_through_the_grace_period() -> None:
