@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import attrs
 import redis
@@ -355,15 +355,17 @@ class RedisEngine(Engine):
         if shared is None:
             keys = self._append_keys(plugin)
             caps = self._append_caps(plugin, look=look)
-            # EVALSHA sha numkeys, keys (and the done key), ARGV
-            parts = 3 + len(keys) + look + len(caps) + _APPEND_ARGS
+            # EVALSHA sha numkeys, keys (and the done key), ARGV: caps, one setting, id and payload
+            parts = 3 + len(keys) + look + len(caps) + 1 + _SETTING_ARGS + 2
             shared = self._append_shared[made_of] = (
                 b"*%d\r\n" % parts + bulk("EVALSHA", sha, len(keys) + look, *keys),
                 bulk(*caps),
             )
         head, caps_packed = shared
         done = bulk(self.keys.done(entry.job.id)) if look else b""
-        return b"".join((head, done, caps_packed, bulk(*_append_args(entry, _state_members(entry.job)))))
+        job = entry.job
+        setting = _append_setting(entry, _state_members(job))
+        return b"".join((head, done, caps_packed, bulk(1, *setting, job.id, entry.payload)))
 
     def append_many(self, entries: Sequence[Appending]) -> list[AppendOutcome]:
         """Append the entries with ``append.lua``: one call per plugin and chunk, one round trip per chunk.
@@ -375,12 +377,17 @@ class RedisEngine(Engine):
         groups = _call_groups([(e.job.plugin, e.job.id) for e in entries], _APPEND_CHUNK)
         batches = [[entries[i] for i in g] for g in groups]
 
-        def calls(*, again: bool) -> list[_ScriptCall]:
+        def calls(*, again: bool) -> Sequence[_ScriptCall]:
             # A call of fresh ids only looks for none of them, unless it is sent again.
-            return [
-                ("append", *self._appending(b[0].job.plugin, b, look=again or not all(e.fresh for e in b)))
-                for b in batches
-            ]
+            # Each is made as it is sent, while the server runs the one before.
+            def call(i: int) -> _ScriptCall:
+                b = batches[i]
+                return (
+                    "append",
+                    *self._appending(b[0].job.plugin, b, look=again or not all(e.fresh for e in b)),
+                )
+
+            return _MadeWhenAsked(len(batches), call)
 
         with self._talking():
             replies = self._run_scripts(
@@ -393,21 +400,36 @@ class RedisEngine(Engine):
     def _appending(
         self, plugin: str, entries: Sequence[Appending], *, look: bool
     ) -> tuple[list[str], list[str | int]]:
-        """append.lua's KEYS and ARGV for entries of one plugin; ``look`` for existing ids."""
+        """append.lua's KEYS and ARGV for entries of one plugin; ``look`` for existing ids.
+
+        The entries' settings (priority, options, schedule) go once each: a bulk
+        append's jobs mostly share one, and then each job sends only its id and payload.
+        """
         keys = self._queue_keys.get(plugin) or self._queue_keys.setdefault(plugin, self._append_keys(plugin))
         if look:
             keys = keys + [self.keys.done(entry.job.id) for entry in entries]
-        args = self._append_caps(plugin, look=look)
-        encoded: dict[tuple[object, ...], str] = {}  # the jobs of a batch mostly share their options
+        numbered: dict[tuple[str | int, ...], int] = {}
+        chosen: list[int] = []
+        options: dict[tuple[object, ...], str] = {}  # encoded once per distinct options
         for entry in entries:
             job = entry.job
             # Keyed by identity too: 0.0 == -0.0, but they are written apart.
-            chosen = (job.max_retries, job.retry_backoff_s, job.timeout_s)
-            key = (*chosen, *map(id, chosen))
-            options = encoded.get(key)
-            if options is None:
-                options = encoded[key] = _state_members(job)
-            args += _append_args(entry, options)
+            given = (job.max_retries, job.retry_backoff_s, job.timeout_s)
+            key = (*given, *map(id, given))
+            encoded = options.get(key)
+            if encoded is None:
+                encoded = options[key] = _state_members(job)
+            chosen.append(numbered.setdefault(_append_setting(entry, encoded), len(numbered) + 1))
+        args = self._append_caps(plugin, look=look)
+        args.append(len(numbered))
+        for setting in numbered:
+            args += setting
+        if len(numbered) == 1:
+            for entry in entries:
+                args += (entry.job.id, entry.payload)
+        else:
+            for entry, number in zip(entries, chosen, strict=True):
+                args += (entry.job.id, entry.payload, number)
         return keys, args
 
     def _append_caps(self, plugin: str, *, look: bool) -> list[str | int]:
@@ -1073,28 +1095,44 @@ class RedisEngine(Engine):
     # --- events and history ----------------------------------------------------
 
     def events(self, *, after: str | None = None, limit: int = 100, block_s: float = 0.0) -> list[Event]:
-        """Read the events stream after ``after`` (XREAD), blocking at most ``block_s`` at a time."""
-        if after is not None and not _is_stream_id(after):
-            raise ValueError(f"{after!r} is not an event id of the Redis engine (a stream id, ms-seq)")
+        """Read the events stream after ``after`` (XREAD), blocking at most ``block_s`` at a time.
+
+        An entry may hold the events of several jobs (a bulk append's: see
+        ``append.lua``); each is an event of its own, whose id is the entry's and
+        its place in it (``ms-seq.k``). After such an id, the rest of its entry
+        comes first.
+        """
+        entry, within = _event_cursor(after)
+        wanted = max(1, limit)
         deadline = time.monotonic() + block_s
         with self._talking():
-            while True:
-                # Slices stay below the socket timeout; BLOCK 0 would wait forever.
-                block_ms = int(min(deadline - time.monotonic(), self.block_s) * 1000)
+            found = [] if within is None else self._rest_of_entry(entry, within)
+            while len(found) < wanted:
+                # Slices stay below the socket timeout; BLOCK 0 would wait forever. An entry
+                # holds one event at least: as many entries as events still wanted are enough.
+                block_ms = 0 if found else int(min(deadline - time.monotonic(), self.block_s) * 1000)
                 reply = self.client.xread(
-                    {self.keys.events: after or "0-0"},
-                    count=max(1, limit),
+                    {self.keys.events: entry},
+                    count=wanted - len(found),
                     block=block_ms if block_ms > 0 else None,
                 )
-                events = [_event(entry_id, fields) for entry_id, fields in _entries(reply)]
-                if events or deadline - time.monotonic() <= 0:
-                    return events
+                found += [
+                    event for entry_id, fields in _entries(reply) for event in _events_of(entry_id, fields)
+                ]
+                if found or deadline - time.monotonic() <= 0:
+                    break
+        return found[:wanted]
+
+    def _rest_of_entry(self, entry: str, within: int) -> list[Event]:
+        """The events of the entry ``entry`` after its ``within``-th (none if it was trimmed)."""
+        kept = _range_entries(self.client.xrange(self.keys.events, entry, entry))
+        return [event for entry_id, fields in kept for event in _events_of(entry_id, fields)[within + 1 :]]
 
     def last_event_id(self) -> str | None:
-        """The newest entry's id (XREVRANGE ... COUNT 1)."""
+        """The newest event's id: the last of the newest entry (XREVRANGE ... COUNT 1)."""
         with self._talking():
-            newest = self.client.xrevrange(self.keys.events, count=1)
-        return str(newest[0][0]) if newest else None
+            newest = _range_entries(self.client.xrevrange(self.keys.events, count=1))
+        return _events_of(*newest[0])[-1].id if newest else None
 
     def history(self, minutes: int = 60) -> list[MinuteCounts]:
         """Read the per-minute hashes of the last ``minutes`` minutes (client's clock) in one round trip."""
@@ -1472,21 +1510,43 @@ _PRUNE_BATCH = 500
 _STALE_BATCH = 100
 _PRUNE_MOST = 2000
 
-#: append.lua's ARGV per job (see _append_args).
-_APPEND_ARGS = 6
+#: append.lua's ARGV per setting (see _append_setting).
+_SETTING_ARGS = 4
 
 
-def _append_args(entry: Appending, options: str) -> list[str | int]:
-    """append.lua's six ARGV of one job; ``options`` is :func:`_state_members` of it."""
+class _MadeWhenAsked(Sequence[T]):
+    """``count`` items, each made by ``make(i)`` when first asked for, then kept."""
+
+    def __init__(self, count: int, make: Callable[[int], T]) -> None:
+        self._count = count
+        self._make = functools.cache(make)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[T]: ...
+
+    def __getitem__(self, i: int | slice) -> T | list[T]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._count))]
+        if not -self._count <= i < self._count:
+            raise IndexError(i)
+        return self._make(i % self._count)
+
+
+def _append_setting(entry: Appending, options: str) -> tuple[str | int, ...]:
+    """append.lua's four ARGV of the setting ``entry`` names; ``options`` is :func:`_state_members` of it."""
     job, eta = entry.job, entry.eta
-    return [
-        job.id,
-        entry.payload,
+    return (
         job.priority,
         options,
         int(entry.delay_s * 1000),
         0 if eta is None else max(1, int(eta.timestamp() * 1000)),
-    ]
+    )
 
 
 def _state_members(job: Job) -> str:
@@ -1614,19 +1674,47 @@ def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
     if not reply:
         return []
     streams = reply.values() if isinstance(reply, dict) else [entries for _key, entries in reply]
-    return [(str(i), dict(fields)) for entries in streams for i, fields in entries]
+    return [entry for entries in streams for entry in _range_entries(entries)]
 
 
-def _event(entry_id: str, fields: Mapping[str, str]) -> Event:
+def _range_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """The entries of an XRANGE or XREVRANGE reply (or of one stream in an XREAD reply)."""
+    return [(str(i), dict(fields)) for i, fields in reply or ()]
+
+
+def _event_cursor(after: str | None) -> tuple[str, int | None]:
+    """The stream entry to read after, and the place in it of the event ``after`` names (None:
+    the whole entry, as a single job's event or an entry id); see :meth:`RedisEngine.events`."""
+    if after is None:
+        return "0-0", None
+    entry, dot, place = after.partition(".")
+    if not _is_stream_id(entry) or (dot and not (place.isdigit() and place.isascii() and len(place) < 6)):
+        raise ValueError(
+            f"{after!r} is not an event id of the Redis engine (a stream id, ms-seq, with .n for "
+            "an event among several of one entry)"
+        )
+    return entry, int(place) if dot else None
+
+
+def _events_of(entry_id: str, fields: Mapping[str, str]) -> list[Event]:
+    """The events of one stream entry: a job's ('job'), or several jobs' ('jobs', ids joined
+    by newlines, each event's id the entry's and its place in it)."""
+    jobs = fields.get("jobs")
+    if jobs is None:
+        return [_event(entry_id, fields, fields["job"])]
+    return [_event(f"{entry_id}.{k}", fields, job_id) for k, job_id in enumerate(jobs.split("\n"))]
+
+
+def _event(event_id: str, fields: Mapping[str, str], job_id: str) -> Event:
     def optional(name: str) -> str | None:
         return fields.get(name) or None
 
     delay = optional("delay_ms")
     return Event(
-        id=entry_id,
+        id=event_id,
         time_ms=int(fields["time"]),
         type=EventType(fields["type"]),
-        job_id=fields["job"],
+        job_id=job_id,
         plugin=fields["plugin"],
         attempt=int(fields.get("attempt", 0)),
         worker=optional("worker"),

@@ -207,6 +207,35 @@ def test_events_page_after_an_id(dtq_queue: Queue, dtq_engine: Engine) -> None:
         dtq_engine.events(after="not an event id")
 
 
+def test_a_bulk_appends_events_are_one_per_job_and_page_anywhere(
+    dtq_queue: Queue, dtq_engine: Engine
+) -> None:
+    """A bulk append records an event per job, in order, however the engine stores them
+    (Redis puts many in one entry): pages of any size, cut anywhere, add up to them all."""
+    queued = dtq_queue.enqueue_many("test_only", [{"action": "echo", "n": n} for n in range(230)])
+    later = dtq_queue.enqueue_many("test_only", [{"action": "echo"}] * 3, delay_s=60)
+    alone = dtq_queue.enqueue("test_only", {"action": "echo"}, id="alone")
+    every = dtq_engine.events(limit=1000)
+    assert [(e.type.value, e.job_id) for e in every] == [
+        *(("appended", job.id) for job in queued),
+        *(("scheduled", job.id) for job in later),
+        ("appended", alone.id),
+    ]
+    assert len({e.id for e in every}) == len(every)
+    assert {e.delay_ms for e in every[230:233]} == {60_000} and every[0].delay_ms is None
+    for size in (1, 7, 100, 229):
+        paged: list[Event] = []
+        after = None
+        while page := dtq_engine.events(after=after, limit=size):
+            assert len(page) <= size
+            paged += page
+            after = page[-1].id
+        assert paged == every
+    assert dtq_engine.last_event_id() == every[-1].id
+    assert dtq_engine.events(after=every[-1].id) == []
+    assert dtq_engine.events(after=every[149].id, limit=2) == every[150:152]  # mid-way, on
+
+
 def test_events_wait_for_one_appended_from_another_thread(dtq_queue: Queue, dtq_engine: Engine) -> None:
     started = time.monotonic()
     assert dtq_engine.events(block_s=0.2) == []
