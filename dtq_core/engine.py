@@ -652,8 +652,9 @@ class Engine(abc.ABC):
 
         ``after=None`` starts at the oldest event kept. When there are none yet,
         wait up to ``block_s`` seconds for one. The engine keeps about its
-        ``events_max`` newest events (0: it records none); an ``after`` older
-        than the oldest kept starts there.
+        ``events_max`` newest events (0: it records none; Redis counts stream
+        entries, and one holds up to 100 events of a bulk append); an ``after``
+        older than the oldest kept starts there.
 
         Raises:
             ValueError: ``after`` is not an event id of this engine.

@@ -290,11 +290,17 @@ class Worker:
         worker's own SIGTERM and SIGINT handlers leave the stop to a thread.
         """
         self._stopping.set()
-        waker, pool = self._waker, self._pool
+        waker = self._waker
         if waker is not None:
             waker.poke()  # it ends an idle wait (see _Waker)
+        self._end_wait_for_slot()
+
+    def _end_wait_for_slot(self) -> None:
+        """End the dispatcher's wait for an idle slot, all of them busy, once stopping: the
+        prefetched jobs then go back at once, not a poll later."""
+        pool = self._pool
         if pool is not None:
-            pool.wake()  # it ends a wait for a slot, all of them busy
+            pool.wake()
 
     def in_hand(self) -> list[Lease]:
         """The leases of the jobs this worker holds now: running, then waiting their turn."""
@@ -1531,6 +1537,7 @@ class _Waker:
         worker, signum = self.worker, self._signal
         if signum is not None:  # the stop first: a log handler may be slow
             worker._stopping.set()
+            worker._end_wait_for_slot()
         if not self._done:
             try:
                 worker.engine.wake(worker.worker_id)

@@ -32,8 +32,11 @@ MERGED_DEPTH = 5000
 LISTED = (*BROWSABLE, JobStatus.DEAD, JobStatus.FAILED)
 #: Dead or failed jobs of one queue are looked for among this many of the newest.
 FINAL_SCAN = 500
-#: The most events looked at for one job's timeline (the default events_max keeps 10,000).
-_EVENTS_LOOKED_AT = 10_000
+#: The most events looked at for one job's timeline. The default events_max keeps 10,000
+#: stream entries on Redis: about as many events where jobs are processed as they come,
+#: up to 100 times that while a bulk-appended backlog waits (an entry holds a bulk
+#: append's 100); a timeline looks at the oldest 100,000 of those.
+_EVENTS_LOOKED_AT = 100_000
 #: Outcomes that count as failures on the chart.
 FAILURES = ("failed", "dead")
 

@@ -9,10 +9,12 @@ holds, which the engine contract (tests/contract) cannot see.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
+import pytest
 from dtqtest import RedisServer
 
-from dtq_core import JobStatus, Queue
+from dtq_core import Event, JobStatus, Queue
 from dtq_core.engines.redis.keys import Keys
 
 ECHO = {"action": "echo"}
@@ -93,5 +95,62 @@ def test_jobs_of_one_call_with_different_settings_each_get_their_own(
         scheduled = [e for e in queue.events() if e.type.value == "scheduled"]
         assert [e.job_id for e in scheduled] == [ids[2], ids[4]]
         assert scheduled[0].delay_ms == 30_000 and scheduled[1].delay_ms is not None
+    finally:
+        queue.close()
+
+
+def test_an_entry_of_many_events_names_its_first_job_for_readers_from_before(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    queue = Queue(["test_only"], redis_server.url, namespace=namespace)
+    try:
+        jobs = queue.enqueue_many("test_only", [ECHO] * 120)
+        entries = redis_server.client.xrange(Keys("dtq", namespace).events)
+        # A reader that knows only 'job' sees one event per entry, and does not fail.
+        assert [fields["job"] for _id, fields in entries] == [jobs[0].id, jobs[100].id]
+        assert entries[1][1]["jobs"].split("\n") == [job.id for job in jobs[100:]]
+    finally:
+        queue.close()
+
+
+def test_a_page_of_events_reads_not_much_more_than_it_returns(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked for one entry per event wanted, a page of 150 read 15,000 events of full entries."""
+    queue = Queue(["test_only"], redis_server.url, namespace=namespace)
+    try:
+        queue.enqueue_many("test_only", [ECHO] * 5000)
+        for n in range(20):
+            queue.enqueue("test_only", ECHO, id=f"alone-{n}")
+        engine = queue.engine
+        read: list[int] = []
+        xread = engine.client.xread
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            reply = xread(*args, **kwargs)
+            read.append(sum(len(f.get("jobs", "").split("\n")) for _s, es in reply for _i, f in es))
+            return reply
+
+        monkeypatch.setattr(engine.client, "xread", counted)
+        every: list[Event] = []
+        after = None
+        while page := queue.events(after=after, limit=150):
+            every += page
+            after = page[-1].id
+        assert len(every) == 5020 and len({e.id for e in every}) == 5020
+        assert sum(read) <= 2 * 5020  # each event read about once
+        assert len(read) <= 2 * (5020 // 150 + 1) + 2  # and a page in one or two round trips
+    finally:
+        queue.close()
+
+
+@pytest.mark.parametrize("after", ["1700000000000.3", "1700000000000-0.x", "1700000000000-0.1234567"])
+def test_an_event_id_within_an_entry_must_name_the_entry_whole(
+    redis_server: RedisServer, namespace: str, after: str
+) -> None:
+    queue = Queue(["test_only"], redis_server.url, namespace=namespace)
+    try:
+        with pytest.raises(ValueError, match="not an event id of the Redis engine"):
+            queue.events(after=after)
     finally:
         queue.close()

@@ -4,6 +4,8 @@ even when a second signal cuts the hand-back short."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -106,30 +108,52 @@ def test_a_second_signal_during_the_hand_back_still_hands_every_job_back(
         assert all(job is not None and job.attempts == 0 for job in unstarted)  # not counted
 
 
-def test_a_stop_with_every_slot_busy_hands_the_prefetched_jobs_back_while_the_job_runs() -> None:
-    """The dispatcher waiting for an idle slot wakes on the stop: before, it slept out its
-    poll, and the prefetched jobs stayed leased to a stopping worker until the running job
-    ended (a second signal in that window found them still held; the CI failure of session 15)."""
-    url = f"memory://{uuid.uuid4().hex}"
-    with Queue(["test_only"], url) as queue:
-        queue.enqueue("test_only", {"action": "sleep", "seconds": 3.0}, id="long", priority=10)
-        queue.enqueue_many("test_only", [{"action": "echo"}] * 5)
-        worker = Worker(["test_only"], url, mode="thread", prefetch=6, grace_s=30, poll_s=60)
-        running = threading.Thread(target=worker.work)
-        running.start()
-        try:
-            wait_for(lambda: any(job_id == "long" for job_id, _token in worker._executing))
-            worker.stop()
-            wait_for(lambda: queue.stats().queues[0].waiting == 5)
-            long = queue.get("long")
-            assert long is not None and long.status is JobStatus.RUNNING  # they went back first
-        finally:
-            running.join(20)
-            worker.close()
-        ended = queue.get("long")
-        assert ended is not None and ended.status is JobStatus.SUCCEEDED
-        [stats] = queue.stats().queues
-        assert stats.waiting == 5
+#: A worker in the main thread, its one slot running a long job and five more prefetched,
+#: asked to stop by ``HOW``: Worker.stop() from another thread, or SIGTERM (its handler
+#: leaves the stop to the waker thread). Prints whether the five went back while the long
+#: job still ran.
+_STOPPED_WITH_EVERY_SLOT_BUSY = r"""
+import os, signal, sys, threading, time, uuid
+from dtq_core import JobStatus, Queue, Worker
+from dtq_core.testing import wait_for
+
+url = f"memory://{uuid.uuid4().hex}"
+queue = Queue(["test_only"], url)
+queue.enqueue("test_only", {"action": "sleep", "seconds": 3.0}, id="long", priority=10)
+queue.enqueue_many("test_only", [{"action": "echo"}] * 5)
+worker = Worker(["test_only"], url, mode="thread", prefetch=6, grace_s=30, poll_s=60)
+
+def stop():
+    wait_for(lambda: any(job_id == "long" for job_id, _token in worker._executing))
+    if sys.argv[1] == "stop":
+        worker.stop()
+    else:
+        os.kill(os.getpid(), signal.SIGTERM)
+    wait_for(lambda: queue.stats().queues[0].waiting == 5, timeout=10)
+    sys.stderr.write(f"back while it ran: {queue.get('long').status is JobStatus.RUNNING}\n")
+
+threading.Thread(target=stop).start()
+worker.work()
+sys.stderr.write(f"long: {queue.get('long').status.value}, waiting: {queue.stats().queues[0].waiting}\n")
+"""
+
+
+@pytest.mark.parametrize("how", ["stop", "sigterm"])
+def test_a_stop_with_every_slot_busy_hands_the_prefetched_jobs_back_while_the_job_runs(how: str) -> None:
+    """The dispatcher waiting for an idle slot wakes on the stop, asked for by a call or a
+    signal: before, it slept out its poll, and the prefetched jobs stayed leased to a stopping
+    worker until the running job ended (a second signal in that window found them still
+    held: the CI failure of session 15; a review found the signal's path still slept)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _STOPPED_WITH_EVERY_SLOT_BUSY, how],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "back while it ran: True" in done.stderr, done.stderr
+    assert "long: succeeded, waiting: 5" in done.stderr, done.stderr
 
 
 def test_the_leases_in_hand_are_renewed_through_the_grace_period() -> None:

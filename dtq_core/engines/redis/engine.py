@@ -211,8 +211,9 @@ class RedisEngine(Engine):
             to a replica cannot lose it; otherwise it raises
             :class:`EngineUnavailable` and may be retried with the same id.
         wait_timeout_s: the longest wait for those replicas.
-        events_max: about how many lifecycle events the namespace's stream
-            keeps (``XADD MAXLEN ~``); 0 records none and adds no commands.
+        events_max: about how many entries the namespace's stream of lifecycle
+            events keeps (``XTRIM MAXLEN ~``): an entry holds one event, or up to
+            100 of a bulk append's; 0 records none and adds no commands.
         reply_spin_us: how long an append of one job polls for its reply
             before it sleeps until the reply comes (:class:`.wire.Spin`); 0
             never polls.
@@ -1107,20 +1108,28 @@ class RedisEngine(Engine):
         deadline = time.monotonic() + block_s
         with self._talking():
             found = [] if within is None else self._rest_of_entry(entry, within)
+            # Entries asked for: at first as many as would hold the events wanted if each held
+            # a bulk append's 100, then as many as are still wanted at the events per entry
+            # seen (asking for one entry per event wanted read up to 100 times a page).
+            cursor, asked_for = entry, math.ceil((wanted - len(found)) / _EVENTS_PER_ENTRY)
             while len(found) < wanted:
-                # Slices stay below the socket timeout; BLOCK 0 would wait forever. An entry
-                # holds one event at least: as many entries as events still wanted are enough.
+                # Slices stay below the socket timeout; BLOCK 0 would wait forever.
                 block_ms = 0 if found else int(min(deadline - time.monotonic(), self.block_s) * 1000)
+                asked = min(wanted - len(found), asked_for)
                 reply = self.client.xread(
-                    {self.keys.events: entry},
-                    count=wanted - len(found),
-                    block=block_ms if block_ms > 0 else None,
+                    {self.keys.events: cursor}, count=asked, block=block_ms if block_ms > 0 else None
                 )
-                found += [
-                    event for entry_id, fields in _entries(reply) for event in _events_of(entry_id, fields)
-                ]
-                if found or deadline - time.monotonic() <= 0:
-                    break
+                entries = _entries(reply)
+                if not entries:
+                    if found or deadline - time.monotonic() <= 0:
+                        break
+                    continue
+                read = [event for entry_id, fields in entries for event in _events_of(entry_id, fields)]
+                found += read
+                cursor = entries[-1][0]
+                if len(entries) < asked:
+                    break  # the stream's end
+                asked_for = max(1, math.ceil((wanted - len(found)) * len(entries) / len(read)))
         return found[:wanted]
 
     def _rest_of_entry(self, entry: str, within: int) -> list[Event]:
@@ -1510,6 +1519,8 @@ _PRUNE_BATCH = 500
 _STALE_BATCH = 100
 _PRUNE_MOST = 2000
 
+#: The most events a stream entry holds (append.lua's EVENTS_PER_ENTRY).
+_EVENTS_PER_ENTRY = 100
 #: append.lua's ARGV per setting (see _append_setting).
 _SETTING_ARGS = 4
 
@@ -1688,7 +1699,9 @@ def _event_cursor(after: str | None) -> tuple[str, int | None]:
     if after is None:
         return "0-0", None
     entry, dot, place = after.partition(".")
-    if not _is_stream_id(entry) or (dot and not (place.isdigit() and place.isascii() and len(place) < 6)):
+    # An event among several names its entry whole (ms-seq): XRANGE of ms alone spans them all.
+    whole = "-" in entry and place.isdigit() and place.isascii() and len(place) < 6
+    if not _is_stream_id(entry) or (dot and not whole):
         raise ValueError(
             f"{after!r} is not an event id of the Redis engine (a stream id, ms-seq, with .n for "
             "an event among several of one entry)"
