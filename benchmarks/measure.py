@@ -93,7 +93,7 @@ def enqueue_one_by_one(system: System, server: RedisServer, count: int) -> dict[
 
 #: Bulk enqueues timed per system, at most; the median counts. A fast one takes a
 #: fraction of a second, at the mercy of whatever else the machine does then.
-BULK_RUNS = 3
+BULK_RUNS = 5
 #: Another bulk enqueue is timed only while the ones before took less than this (s):
 #: a slow system's single run is long enough to be steady, and the comparison stays short.
 BULK_BUDGET_S = 3.0

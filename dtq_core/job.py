@@ -528,7 +528,8 @@ def _checked_data(value: object) -> tuple[dict[str, Any], str]:
         )
     try:
         text = dumps(value)
-        decoded = _DECODER.raw_decode(text)[0]  # ours: no whitespace around it
+        # A fresh dict (the text is a JSON object's): the copy the job keeps, with no other made.
+        decoded: dict[str, Any] = _DECODER.raw_decode(text)[0]  # ours: no whitespace around it
         lossless = decoded == value
     except (TypeError, ValueError, RecursionError) as exc:
         _check_keys(value)  # a non-string key is the reason to name first
@@ -540,7 +541,7 @@ def _checked_data(value: object) -> tuple[dict[str, Any], str]:
             "job data holds text that is not valid Unicode (a lone surrogate such as '\\ud800'), "
             "which JSON text in UTF-8 cannot carry"
         )
-    return dict(decoded), text
+    return decoded, text
 
 
 def _check_keys(value: object) -> None:
