@@ -189,13 +189,19 @@ class Queue:
     def _append_all(self, entries: list[Appending]) -> list[Job]:
         """:meth:`append_many` once its jobs are checked."""
         outcomes = self.engine.append_many(entries)
-        conflicts = [e.job.id for e, o in zip(entries, outcomes, strict=True) if o is AppendOutcome.CONFLICT]
-        if conflicts:
+        if AppendOutcome.CONFLICT in outcomes:
+            conflicts = [
+                e.job.id for e, o in zip(entries, outcomes, strict=True) if o is AppendOutcome.CONFLICT
+            ]
             raise DuplicateJob(
                 f"{len(conflicts)} job id(s) already exist with a different plugin or data "
                 f"({', '.join(map(repr, conflicts[:5]))}); the other jobs were appended",
                 job_id=conflicts[0],
             )
+        if outcomes.count(AppendOutcome.CREATED) == len(entries) and not any(
+            e.delay_s or e.eta for e in entries
+        ):
+            return [entry.job for entry in entries]  # each queued as it was given: the usual case
         return [
             self._appended(entry.job, outcome, bool(entry.delay_s or entry.eta))
             for entry, outcome in zip(entries, outcomes, strict=True)

@@ -375,7 +375,7 @@ class RedisEngine(Engine):
         name each id once (a repeat goes to a later call, which answers it as
         existing); the outcomes come back in the order of ``entries``.
         """
-        groups = _call_groups([(e.job.plugin, e.job.id) for e in entries], _APPEND_CHUNK)
+        groups = _append_groups(entries)
         batches = [[entries[i] for i in g] for g in groups]
 
         def calls(*, again: bool) -> Sequence[_ScriptCall]:
@@ -1639,6 +1639,19 @@ def _first_then_again(packed: Callable[[int, bool], bytes], sent: set[int]) -> C
     return request
 
 
+def _append_groups(entries: Sequence[Appending]) -> list[list[int]]:
+    """Positions of ``entries`` in append.lua calls (see :func:`_call_groups`). Jobs of one
+    plugin whose ids were all made for them (``fresh``: distinct) are cut in order, with no
+    look for an id named twice: a bulk append's usual case, and a tenth of its client's work."""
+    plugin = entries[0].job.plugin if entries else None
+    if all(e.fresh and e.job.plugin == plugin for e in entries):
+        return [
+            list(range(at, min(at + _APPEND_CHUNK, len(entries))))
+            for at in range(0, len(entries), _APPEND_CHUNK)
+        ]
+    return _call_groups([(e.job.plugin, e.job.id) for e in entries], _APPEND_CHUNK)
+
+
 def _call_groups(jobs: Sequence[tuple[str, str]], size: int) -> list[list[int]]:
     """Positions of ``jobs`` (plugin, id) in script calls of one plugin each, in order, each
     naming a job once (a script reads its batch's records once) and at most ``size`` long."""
@@ -1660,6 +1673,13 @@ def _in_order(
     total: int, groups: Sequence[Sequence[int]], replies: Sequence[Sequence[Any]], answer: Callable[[Any], T]
 ) -> list[T]:
     """One answer per job from the calls' codes, back in the order the jobs were given."""
+    at = 0
+    for group in groups:  # positions rise within a group: its ends tell whether it is a run
+        if not group or group[0] != at or group[-1] != at + len(group) - 1:
+            break
+        at += len(group)
+    if at == total and all(len(c) == len(g) for g, c in zip(groups, replies, strict=True)):
+        return [answer(code) for codes in replies for code in codes]  # in order, run after run
     answers: dict[int, T] = {}
     for group, codes in zip(groups, replies, strict=True):
         for position, code in zip(group, codes, strict=True):
