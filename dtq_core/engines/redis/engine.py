@@ -409,18 +409,7 @@ class RedisEngine(Engine):
         keys = self._queue_keys.get(plugin) or self._queue_keys.setdefault(plugin, self._append_keys(plugin))
         if look:
             keys = keys + [self.keys.done(entry.job.id) for entry in entries]
-        numbered: dict[tuple[str | int, ...], int] = {}
-        chosen: list[int] = []
-        options: dict[tuple[object, ...], str] = {}  # encoded once per distinct options
-        for entry in entries:
-            job = entry.job
-            # Keyed by identity too: 0.0 == -0.0, but they are written apart.
-            given = (job.max_retries, job.retry_backoff_s, job.timeout_s)
-            key = (*given, *map(id, given))
-            encoded = options.get(key)
-            if encoded is None:
-                encoded = options[key] = _state_members(job)
-            chosen.append(numbered.setdefault(_append_setting(entry, encoded), len(numbered) + 1))
+        numbered, chosen = _settings(entries)
         args = self._append_caps(plugin, look=look)
         args.append(len(numbered))
         for setting in numbered:
@@ -1547,6 +1536,43 @@ class _MadeWhenAsked(Sequence[T]):
         if not -self._count <= i < self._count:
             raise IndexError(i)
         return self._make(i % self._count)
+
+
+def _settings(entries: Sequence[Appending]) -> tuple[dict[tuple[str | int, ...], int], list[int]]:
+    """The distinct settings of ``entries`` (append.lua's four ARGV each), numbered from 1 in
+    order, and each entry's number."""
+    numbered: dict[tuple[str | int, ...], int] = {}
+    chosen: list[int] = []
+    options: dict[tuple[object, ...], str] = {}  # encoded once per distinct options
+    before: Appending | None = None
+    for entry in entries:
+        if before is not None and _alike(entry, before):
+            chosen.append(chosen[-1])  # the same objects as the job before's: its setting
+            continue
+        job = entry.job
+        # Keyed by identity too: 0.0 == -0.0, but they are written apart.
+        given = (job.max_retries, job.retry_backoff_s, job.timeout_s)
+        key = (*given, *map(id, given))
+        encoded = options.get(key)
+        if encoded is None:
+            encoded = options[key] = _state_members(job)
+        chosen.append(numbered.setdefault(_append_setting(entry, encoded), len(numbered) + 1))
+        before = entry
+    return numbered, chosen
+
+
+def _alike(entry: Appending, other: Appending) -> bool:
+    """Whether ``entry``'s setting is ``other``'s because it is made of the same objects (as a
+    bulk append's jobs share their first's): cheaper to tell than to build it and look it up."""
+    job, was = entry.job, other.job
+    return (
+        job.priority is was.priority
+        and job.max_retries is was.max_retries
+        and job.retry_backoff_s is was.retry_backoff_s
+        and job.timeout_s is was.timeout_s
+        and entry.delay_s is other.delay_s
+        and entry.eta is other.eta
+    )
 
 
 def _append_setting(entry: Appending, options: str) -> tuple[str | int, ...]:
