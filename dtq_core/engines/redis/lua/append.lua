@@ -70,26 +70,21 @@ for s = 1, m do
   local priority, delay, due = ARGV[at], tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
   if due == 0 and delay > 0 then due = now + delay end
   local tail = ',"created":' .. now_text .. ',"attempts":0,"lost":0' .. ARGV[at + 1]
-  local later = due > now
-  if later then
-    tail = tail .. ',"status":"scheduled","due":' .. digits(due) .. '}'
+  local setting = {head = '{"priority":' .. priority .. ',"seq":', shift = -tonumber(priority) * 2^40}
+  if due > now then
+    setting.later, setting.due, setting.delay = true, digits(due), digits(due - now)
+    setting.ids = {}  -- the ids scheduled with it now, for their events
+    setting.tail = tail .. ',"status":"scheduled","due":' .. setting.due .. '}'
   else
-    tail = tail .. ',"status":"queued"}'
+    setting.tail = tail .. ',"status":"queued"}'
   end
-  settings[s] = {
-    head = '{"priority":' .. priority .. ',"seq":', tail = tail, later = later,
-    due = digits(due), delay = digits(due - now), shift = -tonumber(priority) * 2^40,
-    ids = {},  -- the ids scheduled with it now, for their events
-  }
+  settings[s] = setting
 end
-
-local function id_of(i) return ARGV[first + stride * (i - 1)] end
-local function payload_of(i) return ARGV[first + stride * (i - 1) + 1] end
 
 local codes, fresh
 if look then
   local ids = {}
-  for i = 1, n do ids[i] = id_of(i) end
+  for i = 1, n do ids[i] = ARGV[first + stride * (i - 1)] end
   local live = redis.call('HMGET', KEYS[1], unpack(ids))
   local kept = redis.call('HMGET', KEYS[9], unpack(ids))
 
@@ -120,7 +115,7 @@ if look then
 
   codes, fresh = {}, {}
   for i = 1, n do
-    local payload = payload_of(i)
+    local payload = ARGV[first + stride * (i - 1) + 1]
     local found = existing(i)
     if found then
       codes[i] = found == payload and 2 or 0
@@ -189,7 +184,7 @@ local function tell(kind, ids, ...)
 end
 if nr > 0 then tell('appended', queued) end
 for _, s in ipairs(settings) do
-  if #s.ids > 0 then tell('scheduled', s.ids, 'delay_ms', s.delay) end
+  if s.later and #s.ids > 0 then tell('scheduled', s.ids, 'delay_ms', s.delay) end
 end
 
 redis.call('HSET', KEYS[1], unpack(payloads))
