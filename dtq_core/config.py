@@ -201,7 +201,15 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 def _convert(name: str, value: Any, default: Any) -> Any:
     if name == "plugins":
         names = value.split(",") if isinstance(value, str) else list(value)
-        return tuple(str(n).strip() for n in names if str(n).strip()) or None
+        listed = tuple(str(n).strip() for n in names if str(n).strip())
+        if not listed:
+            # Failing closed: an allow-list left empty (a template's empty variable, say)
+            # allowed every installed plugin.
+            raise ValueError(
+                "an empty allow-list allows no plugin; name the plugins to allow, or leave "
+                "the setting out to allow every installed one"
+            )
+        return listed
     if name in _OPTIONAL_NUMBERS:
         return None if value in ("", None) else _in_range(name, _number(value, _OPTIONAL_NUMBERS[name]))
     if isinstance(default, (int, float)):

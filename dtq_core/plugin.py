@@ -334,7 +334,7 @@ def _instantiate(info: EntryPointInfo, config: Mapping[str, Any]) -> Plugin:
             f"{info.value}, which is not a subclass of dtq_core.Plugin",
             plugin=info.name,
         )
-    if cls.api_version not in SUPPORTED_API_VERSIONS:
+    if not any(cls.api_version == supported for supported in SUPPORTED_API_VERSIONS):  # [1]: unhashable
         supported = ", ".join(map(str, sorted(SUPPORTED_API_VERSIONS)))
         raise PluginIncompatible(
             f"plugin {info.name!r} from {info.distribution} {info.version} targets plugin API "
@@ -345,7 +345,7 @@ def _instantiate(info: EntryPointInfo, config: Mapping[str, Any]) -> Plugin:
     try:
         plugin = cls()
         plugin.configure(config)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a SystemExit too: it must not end the worker
         # The message names the exception, never the settings: they may hold secrets,
         # and the plugin's own message may quote them.
         raise PluginLoadError(
@@ -419,12 +419,19 @@ def _stevedore_load(info: EntryPointInfo, failures: list[BaseException]) -> Any:
         if ep.value == info.value:
             failures.append(exc)
 
-    manager: stevedore.NamedExtensionManager[Any] = stevedore.NamedExtensionManager(
-        info.group,
-        names=[info.name],
-        on_load_failure_callback=on_failure,
-        on_missing_entrypoints_callback=None,
-    )
+    try:
+        manager: stevedore.NamedExtensionManager[Any] = stevedore.NamedExtensionManager(
+            info.group,
+            names=[info.name],
+            on_load_failure_callback=on_failure,
+            on_missing_entrypoints_callback=None,
+        )
+    except (Exception, SystemExit) as exc:
+        # stevedore lets an AssertionError through rather than to on_failure, and a
+        # module's SystemExit is no Exception: either is this plugin's failure to import,
+        # which must not end a worker or a command with a traceback.
+        failures.append(exc)
+        return None
     for ext in manager.extensions:
         if ext.name == info.name and ext.entry_point.value == info.value:
             return ext.plugin

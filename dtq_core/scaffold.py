@@ -12,12 +12,15 @@ What it writes installs and passes its own tests right away::
 from __future__ import annotations
 
 import re
+import shutil
 import string
 from pathlib import Path
 
-from dtq_core.errors import InvalidJob
+from dtq_core.errors import ConfigError, InvalidJob
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# No "_" last: the distribution's name (dtq-plugin-<name>, "_" as "-") would end in "-",
+# which pip refuses.
+_NAME = re.compile(r"^[a-z](?:[a-z0-9_]{0,61}[a-z0-9])?$")
 
 PYPROJECT = """\
 [build-system]
@@ -129,10 +132,12 @@ def create(name: str, parent: Path) -> Path:
 
     Raises:
         InvalidJob: the name is not a lowercase identifier, or the folder exists.
+        ConfigError: the folder cannot be written (nothing of it is left).
     """
     if not _NAME.match(name):
         raise InvalidJob(
-            f"plugin name {name!r} must be a lowercase identifier: a letter, then letters, digits or '_'"
+            f"plugin name {name!r} must be a lowercase identifier: a letter, then letters, digits "
+            f"or '_', not ending in '_'{' (write _ for -)' if '-' in name else ''}"
         )
     dist_suffix = name.replace("_", "-")
     root = parent / f"dtq-plugin-{dist_suffix}"
@@ -153,8 +158,16 @@ def create(name: str, parent: Path) -> Path:
         f"src/{package}/__init__.py": MODULE,
         "tests/test_plugin.py": TESTS,
     }
-    for relative, template in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(string.Template(template).substitute(values), encoding="utf-8")
+    try:
+        for relative, template in files.items():
+            path = root / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(string.Template(template).substitute(values), encoding="utf-8")
+    except OSError as exc:
+        # Nothing half-written is left to block the next try ("already exists").
+        shutil.rmtree(root, ignore_errors=True)
+        raise ConfigError(
+            f"cannot write the plugin's folder {root}: {exc.strerror or exc}; give a folder "
+            "you can write to (--dir)"
+        ) from exc
     return root

@@ -608,6 +608,14 @@ class Worker:
 
     def _rescan_plugins(self) -> None:
         self._next_rescan = time.monotonic() + self.rescan_s
+        try:
+            self._look_for_plugins()
+        except Exception:
+            # What is installed cannot stop the jobs of the plugins served (malformed
+            # metadata of another package, say): logged, and looked at again next time.
+            log.exception("could not look for newly installed plugins")
+
+    def _look_for_plugins(self) -> None:
         for name in self.registry.changed_since_load():  # also refreshes the registry's scan
             log.warning(
                 "plugin %s changed on disk since this worker loaded it; restart the worker to run "

@@ -7,11 +7,12 @@ import subprocess
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dtqtest import FakeSite, assert_clean_error, dtq_command, free_port, unique_module
 
-from dtq_core import JobStatus, Queue
+from dtq_core import ConfigError, JobStatus, Queue, scaffold
 
 RunDtq = Callable[..., subprocess.CompletedProcess[str]]
 SEED_DATA = '{"text": "To be processed!", "action": "duplicate_text"}'
@@ -327,3 +328,36 @@ def test_plugin_new_refuses_bad_names_and_existing_folders(run_dtq: RunDtq, tmp_
     assert created.returncode == 0, created.stderr
     assert (tmp_path / "dtq-plugin-greet" / "src" / "dtq_plugin_greet" / "__init__.py").exists()
     assert_clean_error(run_dtq("plugin", "new", "greet", "--dir", str(tmp_path)), 1, "already exists")
+    # pip refuses a distribution named dtq-plugin-greet- (it was written, then failed to install)
+    assert_clean_error(run_dtq("plugin", "new", "greet_", "--dir", str(tmp_path)), 1, "not ending in '_'")
+    assert_clean_error(run_dtq("plugin", "new", "a-b", "--dir", str(tmp_path)), 1, "write _ for -")
+
+
+def test_plugin_new_into_a_folder_it_cannot_write_says_so_and_leaves_nothing(
+    run_dtq: RunDtq, tmp_path: Path
+) -> None:
+    """Before: a traceback (NotADirectoryError), and a half-made folder blocking the next try."""
+    (tmp_path / "afile").write_text("")
+    assert_clean_error(
+        run_dtq("plugin", "new", "greet", "--dir", str(tmp_path / "afile" / "sub")),
+        1,
+        "cannot write the plugin's folder",
+    )
+
+
+def test_a_scaffold_that_fails_midway_leaves_no_folder_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: list[Path] = []
+    write_text = Path.write_text
+
+    def full_disk(self: Path, *args: Any, **kwargs: Any) -> int:
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(self)
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(ConfigError, match="No space left on device; give a folder you can write to"):
+        scaffold.create("greet", tmp_path)
+    assert written and not (tmp_path / "dtq-plugin-greet").exists()  # the next try is not blocked

@@ -79,6 +79,40 @@ def test_plugin_that_fails_to_import_names_plugin_distribution_and_cause(fake_si
     assert registry.get("test_only") is not None
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ("assert False, 'needs another platform'\n", "AssertionError: needs another platform"),
+        ("raise SystemExit('bye')\n", "SystemExit: bye"),
+    ],
+)
+def test_an_assert_or_exit_at_import_is_a_load_error_not_an_escape(
+    fake_site: FakeSite, body: str, said: str
+) -> None:
+    """stevedore lets an AssertionError through, and a SystemExit is no Exception: both
+    escaped, ending `dtq plugins` with a traceback and a running worker at its rescan."""
+    module = unique_module()
+    fake_site.add("dtq-plugin-strict", "1.0", {"strict": f"{module}:Good"}, {module: body})
+    registry = PluginRegistry()
+    with pytest.raises(PluginLoadError, match=said):
+        registry.get("strict")
+    rows = {row.name: row for row in registry.statuses()}
+    assert rows["strict"].status == "import error" and rows["test_only"].status == "ok"
+
+
+def test_a_constructor_that_exits_or_a_list_api_version_is_a_load_error(fake_site: FakeSite) -> None:
+    exits, listed = unique_module(), unique_module()
+    leaving = GOOD + "\n    def __init__(self):\n        raise SystemExit(3)\n"
+    fake_site.add("dtq-plugin-leaving", "1.0", {"leaving": f"{exits}:Good"}, {exits: leaving})
+    fake_site.add(
+        "dtq-plugin-listed", "1.0", {"listed": f"{listed}:Good"}, {listed: GOOD + "    api_version = [1]\n"}
+    )
+    with pytest.raises(PluginLoadError, match="failed to start: SystemExit: 3"):
+        PluginRegistry().get("leaving")
+    with pytest.raises(PluginIncompatible, match=r"targets plugin API version \[1\]"):
+        PluginRegistry().get("listed")
+
+
 def test_statuses_list_a_broken_plugin_beside_working_ones(fake_site: FakeSite) -> None:
     module = unique_module()
     fake_site.add("dtq-plugin-broken", "2.3", {"broken": f"{module}:Broken"}, {module: "1/0\n"})

@@ -141,3 +141,20 @@ def test_queue_and_worker_take_settings_and_arguments_win(tmp_path: Path) -> Non
 def test_numbers_out_of_range_are_a_config_error(name: str, text: str, said: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(said)):
         Settings.load(environ={name: text})
+
+
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [("argument", r"\(argument\)"), ("environment", r"\(env DTQ_PLUGINS\)"), ("file", r"dtq\.toml")],
+)
+def test_an_empty_allow_list_is_refused_not_taken_for_none(tmp_path: Path, where: str, said: str) -> None:
+    """An empty list allowed every installed plugin: a template's empty variable opened it up."""
+    environ = {"DTQ_PLUGINS": " , "} if where == "environment" else {}
+    if where == "file":
+        (tmp_path / "dtq.toml").write_text("plugins = []\n")
+    given = {"plugins": []} if where == "argument" else {}
+    with pytest.raises(ConfigError, match="an empty allow-list allows no plugin") as caught:
+        Settings.load(given, environ=environ, cwd=tmp_path)
+    assert re.search(said, str(caught.value)) and "leave the setting out" in str(caught.value)
+    with pytest.raises(ConfigError, match="an empty allow-list allows no plugin"):
+        Worker([], "memory://empty-allow-list")

@@ -163,10 +163,11 @@ end
 
 -- The events: a job alone is an entry of its own ('job'); several of one kind
 -- share entries ('jobs', their ids joined by newlines, which no id holds), up
--- to EVENTS_PER_ENTRY each, in the order the jobs came in a kind; the queued
--- jobs' entries come first, then the scheduled ones' by setting. An entry per job cost more than the rest of a bulk
--- append's work together (callgrind: 13,000 of 36,000 instructions per job).
--- The fields of dtq_core.Event (attempt 0 and no worker yet: left out).
+-- to EVENTS_PER_ENTRY each, in the order the jobs came: the queued jobs'
+-- entries first, then the scheduled ones' by setting. An entry per job cost
+-- more than the rest of a bulk append's work together (callgrind: 13,000 of
+-- 36,000 instructions per job). The fields of dtq_core.Event (attempt 0 and no
+-- worker yet: left out).
 local EVENTS_PER_ENTRY = 100
 local function tell(kind, ids, ...)
   if cap <= 0 then return end
