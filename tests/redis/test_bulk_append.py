@@ -8,6 +8,7 @@ holds, which the engine contract (tests/contract) cannot see.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -20,137 +21,115 @@ from dtq_core.engines.redis.keys import Keys
 ECHO = {"action": "echo"}
 
 
+@pytest.fixture
+def queue(redis_server: RedisServer, namespace: str) -> Iterator[Queue]:
+    with Queue(["test_only"], redis_server.url, namespace=namespace) as made:
+        yield made
+
+
 def test_a_bulk_append_records_a_hundred_jobs_events_per_stream_entry(
-    redis_server: RedisServer, namespace: str
+    redis_server: RedisServer, namespace: str, queue: Queue
 ) -> None:
-    queue = Queue(["test_only"], redis_server.url, namespace=namespace)
-    try:
-        jobs = queue.enqueue_many("test_only", [ECHO] * 250)
-        stream = Keys("dtq", namespace).events
-        assert redis_server.client.xlen(stream) == 3  # 100, 100 and 50
-        events = queue.events(limit=1000)
-        assert [e.job_id for e in events] == [job.id for job in jobs]
-        assert {(e.type.value, e.plugin, e.attempt, e.worker) for e in events} == {
-            ("appended", "test_only", 0, None)
-        }
-        # The ids of the events of one entry: its id, then their place in it.
-        [first_entry, *_] = redis_server.client.xrange(stream)
-        assert [e.id for e in events[:2]] == [f"{first_entry[0]}.0", f"{first_entry[0]}.1"]
-    finally:
-        queue.close()
+    jobs = queue.enqueue_many("test_only", [ECHO] * 250)
+    stream = Keys("dtq", namespace).events
+    assert redis_server.client.xlen(stream) == 3  # 100, 100 and 50
+    events = queue.events(limit=1000)
+    assert [e.job_id for e in events] == [job.id for job in jobs]
+    assert {(e.type.value, e.plugin, e.attempt, e.worker) for e in events} == {
+        ("appended", "test_only", 0, None)
+    }
+    # The ids of the events of one entry: its id, then their place in it.
+    [first_entry, *_] = redis_server.client.xrange(stream)
+    assert [e.id for e in events[:2]] == [f"{first_entry[0]}.0", f"{first_entry[0]}.1"]
 
 
 def test_an_event_id_whose_entry_was_trimmed_reads_on_from_the_oldest_kept(
-    redis_server: RedisServer, namespace: str
+    redis_server: RedisServer, namespace: str, queue: Queue
 ) -> None:
-    queue = Queue(["test_only"], redis_server.url, namespace=namespace)
-    try:
-        queue.enqueue_many("test_only", [ECHO] * 150)
-        inside = queue.events(limit=120)[-1].id  # in the second entry
-        later = queue.enqueue("test_only", ECHO)
-        stream = Keys("dtq", namespace).events
-        redis_server.client.xtrim(stream, maxlen=1, approximate=False)  # only the single job's entry is left
-        assert [e.job_id for e in queue.events(after=inside)] == [later.id]
-    finally:
-        queue.close()
+    queue.enqueue_many("test_only", [ECHO] * 150)
+    inside = queue.events(limit=120)[-1].id  # in the second entry
+    later = queue.enqueue("test_only", ECHO)
+    stream = Keys("dtq", namespace).events
+    redis_server.client.xtrim(stream, maxlen=1, approximate=False)  # only the single job's entry is left
+    assert [e.job_id for e in queue.events(after=inside)] == [later.id]
 
 
-def test_jobs_of_one_call_with_different_settings_each_get_their_own(
-    redis_server: RedisServer, namespace: str
-) -> None:
+def test_jobs_of_one_call_with_different_settings_each_get_their_own(queue: Queue) -> None:
     """A call's jobs name one of its settings when they do not all share one."""
-    queue = Queue(["test_only"], redis_server.url, namespace=namespace)
     eta = datetime.now(timezone.utc) + timedelta(hours=2)
-    try:
-        appended = queue.append_many(
-            [
-                {"job": {"plugin": "test_only", "data": ECHO}},
-                {"job": {"plugin": "test_only", "data": ECHO}, "options": {"priority": 5, "max_retries": 2}},
-                {"job": {"plugin": "test_only", "data": ECHO}, "options": {"delay_s": 30}},
-                {"job": {"plugin": "test_only", "data": ECHO}, "options": {"priority": -3}},
-                {"job": {"plugin": "test_only", "data": ECHO}, "options": {"eta": eta.isoformat()}},
-                {"job": {"plugin": "test_only", "data": ECHO}, "options": {"priority": 5, "max_retries": 2}},
-                {"job": {"plugin": "test_only", "data": ECHO}, "options": {"timeout_s": 1.5}},
-            ]
-        )
-        stored = [queue.get(job.id) for job in appended]
-        assert all(job is not None for job in stored)
-        got = [(j.status, j.priority, j.max_retries, j.timeout_s) for j in stored if j is not None]
-        assert got == [
-            (JobStatus.QUEUED, 0, None, None),
-            (JobStatus.QUEUED, 5, 2, None),
-            (JobStatus.SCHEDULED, 0, None, None),
-            (JobStatus.QUEUED, -3, None, None),
-            (JobStatus.SCHEDULED, 0, None, None),
-            (JobStatus.QUEUED, 5, 2, None),
-            (JobStatus.QUEUED, 0, None, 1.5),
+    appended = queue.append_many(
+        [
+            {"job": {"plugin": "test_only", "data": ECHO}},
+            {"job": {"plugin": "test_only", "data": ECHO}, "options": {"priority": 5, "max_retries": 2}},
+            {"job": {"plugin": "test_only", "data": ECHO}, "options": {"delay_s": 30}},
+            {"job": {"plugin": "test_only", "data": ECHO}, "options": {"priority": -3}},
+            {"job": {"plugin": "test_only", "data": ECHO}, "options": {"eta": eta.isoformat()}},
+            {"job": {"plugin": "test_only", "data": ECHO}, "options": {"priority": 5, "max_retries": 2}},
+            {"job": {"plugin": "test_only", "data": ECHO}, "options": {"timeout_s": 1.5}},
         ]
-        due = [j.eta for j in stored if j is not None and j.status is JobStatus.SCHEDULED]
-        assert due[1] is not None and abs((due[1] - eta).total_seconds()) < 0.01
-        assert due[0] is not None and timedelta(seconds=25) < due[0] - datetime.now(timezone.utc)
-        # Taken by priority, then in order of arrival.
-        leases = queue.engine.fetch(["test_only"], count=10, lease_s=30, worker_id="w").leases
-        ids = [job.id for job in appended]
-        assert [lease.job.id for lease in leases] == [ids[1], ids[5], ids[0], ids[6], ids[3]]
-        scheduled = [e for e in queue.events() if e.type.value == "scheduled"]
-        assert [e.job_id for e in scheduled] == [ids[2], ids[4]]
-        assert scheduled[0].delay_ms == 30_000 and scheduled[1].delay_ms is not None
-    finally:
-        queue.close()
+    )
+    stored = [queue.get(job.id) for job in appended]
+    assert all(job is not None for job in stored)
+    got = [(j.status, j.priority, j.max_retries, j.timeout_s) for j in stored if j is not None]
+    assert got == [
+        (JobStatus.QUEUED, 0, None, None),
+        (JobStatus.QUEUED, 5, 2, None),
+        (JobStatus.SCHEDULED, 0, None, None),
+        (JobStatus.QUEUED, -3, None, None),
+        (JobStatus.SCHEDULED, 0, None, None),
+        (JobStatus.QUEUED, 5, 2, None),
+        (JobStatus.QUEUED, 0, None, 1.5),
+    ]
+    due = [j.eta for j in stored if j is not None and j.status is JobStatus.SCHEDULED]
+    assert due[1] is not None and abs((due[1] - eta).total_seconds()) < 0.01
+    assert due[0] is not None and timedelta(seconds=25) < due[0] - datetime.now(timezone.utc)
+    # Taken by priority, then in order of arrival.
+    leases = queue.engine.fetch(["test_only"], count=10, lease_s=30, worker_id="w").leases
+    ids = [job.id for job in appended]
+    assert [lease.job.id for lease in leases] == [ids[1], ids[5], ids[0], ids[6], ids[3]]
+    scheduled = [e for e in queue.events() if e.type.value == "scheduled"]
+    assert [e.job_id for e in scheduled] == [ids[2], ids[4]]
+    assert scheduled[0].delay_ms == 30_000 and scheduled[1].delay_ms is not None
 
 
 def test_an_entry_of_many_events_names_its_first_job_for_readers_from_before(
-    redis_server: RedisServer, namespace: str
+    redis_server: RedisServer, namespace: str, queue: Queue
 ) -> None:
-    queue = Queue(["test_only"], redis_server.url, namespace=namespace)
-    try:
-        jobs = queue.enqueue_many("test_only", [ECHO] * 120)
-        entries = redis_server.client.xrange(Keys("dtq", namespace).events)
-        # A reader that knows only 'job' sees one event per entry, and does not fail.
-        assert [fields["job"] for _id, fields in entries] == [jobs[0].id, jobs[100].id]
-        assert entries[1][1]["jobs"].split("\n") == [job.id for job in jobs[100:]]
-    finally:
-        queue.close()
+    jobs = queue.enqueue_many("test_only", [ECHO] * 120)
+    entries = redis_server.client.xrange(Keys("dtq", namespace).events)
+    # A reader that knows only 'job' sees one event per entry, and does not fail.
+    assert [fields["job"] for _id, fields in entries] == [jobs[0].id, jobs[100].id]
+    assert entries[1][1]["jobs"].split("\n") == [job.id for job in jobs[100:]]
 
 
 def test_a_page_of_events_reads_not_much_more_than_it_returns(
-    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Asked for one entry per event wanted, a page of 150 read 15,000 events of full entries."""
-    queue = Queue(["test_only"], redis_server.url, namespace=namespace)
-    try:
-        queue.enqueue_many("test_only", [ECHO] * 5000)
-        for n in range(20):
-            queue.enqueue("test_only", ECHO, id=f"alone-{n}")
-        engine = queue.engine
-        read: list[int] = []
-        xread = engine.client.xread
+    queue.enqueue_many("test_only", [ECHO] * 5000)
+    for n in range(20):
+        queue.enqueue("test_only", ECHO, id=f"alone-{n}")
+    engine = queue.engine
+    read: list[int] = []
+    xread = engine.client.xread
 
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            reply = xread(*args, **kwargs)
-            read.append(sum(len(f.get("jobs", "").split("\n")) for _s, es in reply for _i, f in es))
-            return reply
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reply = xread(*args, **kwargs)
+        read.append(sum(len(f.get("jobs", "").split("\n")) for _s, es in reply for _i, f in es))
+        return reply
 
-        monkeypatch.setattr(engine.client, "xread", counted)
-        every: list[Event] = []
-        after = None
-        while page := queue.events(after=after, limit=150):
-            every += page
-            after = page[-1].id
-        assert len(every) == 5020 and len({e.id for e in every}) == 5020
-        assert sum(read) <= 2 * 5020  # each event read about once
-        assert len(read) <= 2 * (5020 // 150 + 1) + 2  # and a page in one or two round trips
-    finally:
-        queue.close()
+    monkeypatch.setattr(engine.client, "xread", counted)
+    every: list[Event] = []
+    after = None
+    while page := queue.events(after=after, limit=150):
+        every += page
+        after = page[-1].id
+    assert len(every) == 5020 and len({e.id for e in every}) == 5020
+    assert sum(read) <= 2 * 5020  # each event read about once
+    assert len(read) <= 2 * (5020 // 150 + 1) + 2  # and a page in one or two round trips
 
 
 @pytest.mark.parametrize("after", ["1700000000000.3", "1700000000000-0.x", "1700000000000-0.1234567"])
-def test_an_event_id_within_an_entry_must_name_the_entry_whole(
-    redis_server: RedisServer, namespace: str, after: str
-) -> None:
-    queue = Queue(["test_only"], redis_server.url, namespace=namespace)
-    try:
-        with pytest.raises(ValueError, match="not an event id of the Redis engine"):
-            queue.events(after=after)
-    finally:
-        queue.close()
+def test_an_event_id_within_an_entry_must_name_the_entry_whole(queue: Queue, after: str) -> None:
+    with pytest.raises(ValueError, match="not an event id of the Redis engine"):
+        queue.events(after=after)
