@@ -512,6 +512,32 @@ def test_waits_and_an_idle_worker_carry_on_after_the_server_loses_its_scripts(
         assert time.monotonic() - started < 15
 
 
+def test_a_wait_sent_by_sha_to_a_server_that_lost_its_scripts_still_ends_with_the_result(
+    redis_url: str, namespace: str, make_worker: MakeWorker
+) -> None:
+    # A wait goes by EVALSHA once its script ran on the server. After a SCRIPT FLUSH the
+    # server refuses it and still runs the BLPOP, which can only time out (block_s, here
+    # 1 s): the turn after it sends the text, registers, and hears of the end.
+    with Queue(["test_only"], redis_url, namespace=namespace, engine_options={"block_s": 1}) as queue:
+        engine = queue.engine
+        first = queue.enqueue("test_only", {"action": "echo", "n": 1})
+        with running(thread_worker(make_worker)):
+            assert queue.result(first.id, timeout=20) == {"action": "echo", "n": 1}
+            assert engine._wait_by_sha  # type: ignore[attr-defined]
+            second = queue.enqueue("test_only", {"action": "sleep", "seconds": 1.5})
+            client = redis.Redis.from_url(redis_url)
+            try:
+                client.script_flush()
+            finally:
+                client.close()
+            started = time.monotonic()
+            assert queue.result(second.id, timeout=20) == {"slept": 1.5}
+            assert time.monotonic() - started < 10
+            assert engine._wait_by_sha  # type: ignore[attr-defined]  # by text once, then by SHA again
+            third = queue.enqueue("test_only", {"action": "echo", "n": 3})
+            assert queue.result(third.id, timeout=20) == {"action": "echo", "n": 3}
+
+
 def test_a_blocking_wait_longer_than_the_socket_timeout_is_refused(redis_url: str) -> None:
     with pytest.raises(
         EngineError, match=r"block_s \(60 s\) must be shorter than the socket timeout \(10 s\)"

@@ -7,6 +7,7 @@ opens with its KEYS/ARGV contract.
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import importlib.resources
 import json
@@ -17,7 +18,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
 import attrs
 import redis
@@ -256,6 +257,7 @@ class RedisEngine(Engine):
                 "socket_timeout in the URL (?socket_timeout=...)"
             )
         self._scripts = {name: client.register_script(_lua(name)) for name in _SCRIPTS}
+        self._wait_by_sha = False  # see _wait_pipelined
         self._wire = _wire(client, wire.Spin(reply_spin_us / 1e6))
         encoder = client.get_encoder()
         if encoder.encoding_errors not in _EXACT_DECODING:
@@ -467,12 +469,15 @@ class RedisEngine(Engine):
     def wait_for_final(self, job_id: str, timeout_s: float) -> Job | None:
         """Block until the job is final or time runs out; read it at least once.
 
-        Each turn is one round trip: ``wait.lua`` reads the job and, if it is
-        live, registers this wait (a token of its own, so any number of
-        producers can wait on one job), and a BLPOP on the wait's reply list
+        Each turn is one round trip: ``wait.lua`` registers this wait if the
+        job is live (a token of its own, so any number of producers can wait on
+        one job) and reads it otherwise, and a BLPOP on the wait's reply list
         follows in the same pipeline. The script that ends the job pushes the
         news there (a succeeded job's whole record), so nothing is polled and no
-        end can slip between the read and the wait.
+        end can slip between the look and the wait. A live job's record is not
+        sent (a lone job's wait is the producer's second call, while the job
+        runs: the read cost the server and the producer work on its path); it
+        is read once at the end if the wait runs out.
         """
         if timeout_s <= 0:
             return self._read(job_id)  # no time to wait: a read, and nothing registered
@@ -487,21 +492,22 @@ class RedisEngine(Engine):
                 in_turn = False
                 if job is None:
                     return None  # gone (deleted): an earlier turn's registration is dropped below
-                if job.status.is_final:
-                    registered = False  # the script that ended it dropped the registration
+                if job is not _LIVE:
+                    registered = False  # final: the script that ended it dropped the registration
                     return job
-                if news is not None:  # it ended after the read, and dropped the registration
+                if news is not None:  # it ended during the turn, and dropped the registration
                     registered = False
                     return _told(job_id, news) or self.get(job_id)
                 registered = True
                 if time.monotonic() >= deadline:
-                    return job
+                    return self._read(job_id)  # a live job is read only when time runs out
         finally:
             if registered or in_turn:
                 self._unwait(job_id, token)
 
-    def _wait_turn(self, job_id: str, token: str, block_s: float) -> tuple[Job | None, str | None]:
-        """One turn of :meth:`wait_for_final`: the job as read, and the news popped (None if none came)."""
+    def _wait_turn(self, job_id: str, token: str, block_s: float) -> tuple[Job | _Live | None, str | None]:
+        """One turn of :meth:`wait_for_final`: the job as read (:data:`_LIVE` when live: the wait
+        registered, nothing read), and the news popped (None if none came)."""
         k = self.keys
         reply = k.reply(token)
         keys = [k.jobs, k.state, k.done(job_id), k.errors(job_id), k.succeeded, k.expiry, k.waiters, reply]
@@ -512,15 +518,45 @@ class RedisEngine(Engine):
                 read = self._scripts["wait"](keys, args)
                 popped = self.client.blpop([reply], timeout=block_s)
             else:
-                # EVAL, not EVALSHA: a server that lost its scripts (restart, SCRIPT
-                # FLUSH) would refuse the script and still run the BLPOP, which would
-                # then block in vain. The text costs the server a hash of 2 kB.
-                commands = [("EVAL", _lua("wait"), len(keys), *keys, *args), ("BLPOP", reply, block_s)]
-                read, popped = _raised(self._commands(2, commands.__getitem__, resume=True))
+                read, popped = self._wait_pipelined(keys, args, reply, block_s)
+                if isinstance(read, redis.exceptions.NoScriptError):
+                    # The server lost its scripts (SCRIPT FLUSH) on a connection that stayed up,
+                    # and the BLPOP ran (maybe waiting in vain). The next turn sends the text.
+                    self._wait_by_sha = False
+                    job = self._read(job_id)
+                    return (_LIVE if job is not None and not job.status.is_final else job), _news(popped)
+        if not isinstance(read, list):
+            return _LIVE, _news(popped)
         payload, state, done, errors, succeeded, expiry = read
         job = _found(job_id, payload, state, _pairs(done), errors, succeeded, expiry)
-        news = None if popped is None or popped[1] == "" else str(popped[1])
-        return job, news
+        return job, _news(popped)
+
+    def _wait_pipelined(
+        self, keys: list[str], args: list[str | int], reply: str, block_s: float
+    ) -> list[Any]:
+        """``wait.lua`` and the BLPOP on its reply list down one pipeline: their replies (the
+        BLPOP's error raised; the script's NoScriptError given back, any other raised).
+
+        By EVALSHA once the script is known to be on the server: EVAL makes the server
+        hash the 2 kB text twice per call, about 70,000 instructions, a tenth of a lone
+        job's server work (callgrind). The text goes instead on an engine's first wait,
+        once the server was seen without its scripts, and whenever the pipeline is sent
+        again on a new connection (the server may have restarted): a server without the
+        script would refuse it and still run the BLPOP, which would block in vain.
+        """
+        evalsha = self._wait_by_sha
+        by_text: list[_Command] = [("EVAL", _lua("wait"), len(keys), *keys, *args), ("BLPOP", reply, block_s)]
+        first = (
+            by_text if not evalsha else [("EVALSHA", self._scripts["wait"].sha, *by_text[0][2:]), by_text[1]]
+        )
+        read, popped = self._commands(2, first.__getitem__, resume=True, again=by_text.__getitem__)
+        if isinstance(popped, Exception) or (
+            isinstance(read, Exception) and not isinstance(read, redis.exceptions.NoScriptError)
+        ):
+            _raised([read, popped])
+        if not isinstance(read, Exception):
+            self._wait_by_sha = True  # run: the server has the script now (EVAL cached it)
+        return [read, popped]
 
     def _unwait(self, job_id: str, token: str) -> None:
         """Drop a wait's registration and reply list (see ``unwait.lua``); best effort."""
@@ -1480,6 +1516,20 @@ class RedisEngine(Engine):
         """Delete one final job's record (see :func:`.browse.delete_final`)."""
         with self._talking():
             return browse.delete_final(self.client, self.keys, job_id)
+
+
+class _Live(enum.Enum):
+    """What a wait's turn read of a job still live: nothing (see ``wait.lua``)."""
+
+    LIVE = "live"
+
+
+_LIVE: Final = _Live.LIVE
+
+
+def _news(popped: Any) -> str | None:
+    """The news a wait's BLPOP popped (see ``tell``); None if it timed out or popped the empty marker."""
+    return None if popped is None or popped[1] == "" else str(popped[1])
 
 
 def _raised(replies: list[Any]) -> list[Any]:

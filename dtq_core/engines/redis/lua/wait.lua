@@ -1,6 +1,6 @@
---[[ wait: read one job for a producer that waits for its end, and register
-the wait if the job is still live, in one atomic step (an end cannot fall
-between the read and the registration).
+--[[ wait: register the wait of a producer for a job's end if the job is still
+live, or else read the job, in one atomic step (an end cannot fall between the
+look and the registration).
 
 A live job's id gets the waiter's token in `waiters`; the script that ends the
 job (complete, release, cancel, bury) pushes the news onto the waiter's reply
@@ -20,25 +20,24 @@ KEYS[8] reply      list    this waiter's reply list
 ARGV[1] id
 ARGV[2] token: this waiter's, unique per wait (no spaces)
 
-Returns what a read of the job returns: {payload, state, done record as a flat
-field-value array, errors, succeeded record, its expiry}, each absent part nil.
+Returns 1 when the job is live (the wait registered): the job's live record is
+not sent, as the producer only waits on (it reads the job itself if its wait
+runs out first). Otherwise what a read of a job no longer live returns:
+{false, false, done record as a flat field-value array, errors, succeeded
+record, its expiry}, each absent part nil.
 ]]
 --#include tell
 local id, token = ARGV[1], ARGV[2]
-local payload = redis.call('HGET', KEYS[1], id)
-local state = redis.call('HGET', KEYS[2], id)
-local read = {payload, state, redis.call('HGETALL', KEYS[3]), redis.call('LRANGE', KEYS[4], 0, -1),
-  redis.call('HGET', KEYS[5], id), redis.call('ZSCORE', KEYS[6], id)}
-
-if payload or state then
+if redis.call('HEXISTS', KEYS[2], id) == 1 or redis.call('HEXISTS', KEYS[1], id) == 1 then
   local waiting = redis.call('HGET', KEYS[7], id)
   if not waiting then
     redis.call('HSET', KEYS[7], id, token)
   elseif not string.find(' ' .. waiting .. ' ', ' ' .. token .. ' ', 1, true) then
     redis.call('HSET', KEYS[7], id, waiting .. ' ' .. token)
   end
-else
-  redis.call('RPUSH', KEYS[8], '')
-  redis.call('PEXPIRE', KEYS[8], REPLY_MS)
+  return 1
 end
-return read
+redis.call('RPUSH', KEYS[8], '')
+redis.call('PEXPIRE', KEYS[8], REPLY_MS)
+return {false, false, redis.call('HGETALL', KEYS[3]), redis.call('LRANGE', KEYS[4], 0, -1),
+  redis.call('HGET', KEYS[5], id), redis.call('ZSCORE', KEYS[6], id)}
