@@ -102,6 +102,10 @@ class Channel:
                 return
             del self._out[:written]
 
+    def ready(self) -> bool:
+        """Whether a message has arrived, or part of one (never waits)."""
+        return bool(self._lines) or bool(self._poll.poll(0))
+
     def take(self) -> Any:
         """The next message already read, or None when no whole one has arrived."""
         if not self._lines:

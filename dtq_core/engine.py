@@ -15,7 +15,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -423,6 +423,11 @@ class Engine(abc.ABC):
     that workers with skewed clocks agree. ``ttl_s`` arguments are how long a
     final record is kept.
     """
+
+    #: Whether an engine opened from the same URL and options in another process works on the
+    #: same jobs (a server's: yes; one in the process's memory: no). A process-mode worker whose
+    #: engine was chosen by its URL then lets its job processes record their successes.
+    shared_by_processes: ClassVar[bool] = False
 
     @classmethod
     @abc.abstractmethod

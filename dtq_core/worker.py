@@ -39,7 +39,7 @@ from typing import Any
 import attrs
 
 from dtq_core.caller import Control
-from dtq_core.config import Settings, mask_url
+from dtq_core.config import Settings, mask_url, url_from_env
 from dtq_core.engine import (
     Batch,
     Completion,
@@ -197,6 +197,7 @@ class Worker:
         self.registry = PluginRegistry(s.plugins, config=s.plugin)
         self.plugins = self._loadable_plugins()
         self.engine = resolve_engine(engine, s.url, prefix=s.prefix, namespace=s.namespace, **s.engine)
+        self._recorder = _recorder_spec(s) if engine is None and self.engine.shared_by_processes else None
         # An engine from before complete_and_fetch took wait_s overrides it without one.
         self._refill_can_wait = "wait_s" in inspect.signature(self.engine.complete_and_fetch).parameters
         self.concurrency = s.concurrency
@@ -476,7 +477,7 @@ class Worker:
         options: dict[str, float] = {"wait_s": _REFILL_WAIT_S} if waits else {}
         try:
             stored, batch = self.engine.complete_and_fetch(
-                [e.completion for e in ended],
+                _to_record(ended),
                 self.plugins,
                 count=self.prefetch,
                 lease_s=self.lease_s,
@@ -499,7 +500,7 @@ class Worker:
             acks.submit_all(ended)
             return []
         self._note_if_empty(batch)
-        acks.finish(self._reported(ended, stored, finished=acks.keep_finished))
+        acks.finish(self._reported(ended, _answers(ended, stored), finished=acks.keep_finished))
         return self._waiting_for_slot(batch.leases)
 
     def _waiting_for_slot(self, leases: list[Lease]) -> list[Lease]:
@@ -720,8 +721,9 @@ class Worker:
             log.warning("could not unregister worker %s: %s", self.worker_id, exc)
 
     def _make_runner(self) -> Runner:
-        kind = ProcessRunner if self.mode == "process" else ThreadRunner
-        return kind(self.registry, self.engine, self.queue)
+        if self.mode == "process":
+            return ProcessRunner(self.registry, self.engine, self.queue, self._recorder)
+        return ThreadRunner(self.registry, self.engine, self.queue)
 
     # --- one job -----------------------------------------------------------------
 
@@ -758,7 +760,9 @@ class Worker:
         if attempt is None:
             return self._lost(lease)
         attempt = self._sized(lease.job, attempt)
-        return self._ended(lease, decide(policy_for(started.plugin, lease.job), lease.job, attempt), began)
+        ended = self._ended(lease, decide(policy_for(started.plugin, lease.job), lease.job, attempt), began)
+        recorded = runner.recorded  # by the job process itself (a success: so is this outcome)
+        return ended if recorded is None else attrs.evolve(ended, recorded=recorded)
 
     def _sized(self, job: Job, attempt: Attempt) -> Attempt:
         """``attempt``, unless its result is over ``max_result_bytes``: then a failure that says so.
@@ -801,8 +805,9 @@ class Worker:
         Returns the jobs as they ended, unless ``finished`` is false (then none:
         building them costs CPU on every job, and only a burst keeps them).
         """
-        stored = self.engine.complete_many([e.completion for e in ended])
-        return self._reported(ended, stored, finished=finished)
+        completions = _to_record(ended)
+        stored = self.engine.complete_many(completions) if completions else []
+        return self._reported(ended, _answers(ended, stored), finished=finished)
 
     def _reported(self, ended: Sequence[Ended], stored: Sequence[Recorded], *, finished: bool) -> list[Job]:
         """Log and report outcomes as the engine stored them; the jobs as they ended, if ``finished``."""
@@ -979,6 +984,17 @@ def _backoff_s(failures: int) -> float:
     return min(_MAX_BACKOFF_S, 0.1 * 2.0**failures)
 
 
+def _recorder_spec(s: Settings) -> dict[str, Any]:
+    """What a job process needs to open the worker's engine and record a success as the
+    worker would (see :class:`~dtq_core.runner.ChildRecorder`)."""
+    return {
+        "url": url_from_env(s.url),
+        "options": {"prefix": s.prefix, "namespace": s.namespace, **s.engine},
+        "result_ttl_s": s.result_ttl_s,
+        "max_result_bytes": s.max_result_bytes,
+    }
+
+
 def _as_stored(outcome: Outcome, recorded: Recorded) -> Outcome:
     """``outcome`` as the engine stored it: a retry it turned into the job's cancellation
     (asked for during the attempt) is reported, counted and logged as that."""
@@ -1051,10 +1067,25 @@ def _one_lease_per_job(leases: Sequence[Lease]) -> list[list[Lease]]:
 
 @attrs.frozen
 class Ended:
-    """An attempt that ended, and its outcome still to be recorded."""
+    """An attempt that ended, and its outcome still to be recorded; or, with ``recorded``,
+    recorded by its job process already (see :class:`~dtq_core.runner.ChildRecorder`),
+    still to be logged and counted."""
 
     completion: Completion
     duration_s: float
+    recorded: Recorded | None = None
+
+
+def _to_record(ended: Sequence[Ended]) -> list[Completion]:
+    """The completions of ``ended`` still to record (not recorded by their job processes)."""
+    return [e.completion for e in ended if e.recorded is None]
+
+
+def _answers(ended: Sequence[Ended], stored: Sequence[Recorded]) -> list[Recorded]:
+    """The engine's answer for each of ``ended``: its job process's, else the next of ``stored``
+    (the answers to :func:`_to_record`'s completions, in order)."""
+    fresh = iter(stored)
+    return [e.recorded if e.recorded is not None else next(fresh) for e in ended]
 
 
 @attrs.frozen

@@ -220,6 +220,8 @@ class RedisEngine(Engine):
             never polls.
     """
 
+    shared_by_processes = True  # one server, whichever process opens it
+
     def __init__(
         self,
         client: Client,
