@@ -11,7 +11,8 @@ Worker and child talk over a socket pair in JSON messages, never pickle (see
 
 * child to worker, once, when it has started: ``{"op": "ready"}``;
 * worker to child: ``{"op": "run", "job": <Job.to_dict() without its None fields>,
-  "token": <the lease's fencing token>}``, and replies;
+  "token": <the lease's fencing token>}`` (with ``"record": true`` for a job no
+  other is expected to follow: see :meth:`ProcessRunner.last_alone`), and replies;
 * child to worker: ``{"op": "progress", ...}``, ``{"op": "poll"}``,
   ``{"op": "append", "job": ...}`` (each answered), then ``{"op": "done",
   "attempt": <Attempt.to_dict()>}``, with ``"recorded": <Recorded>`` when the
@@ -153,6 +154,9 @@ class ThreadRunner:
     generation = 0  # never replaced: nothing is sent ahead (see ProcessRunner.generation)
     recorded = None  # the worker records every outcome (see ProcessRunner.recorded)
 
+    def last_alone(self, lease: Lease | None) -> None:
+        """Nothing to do: the worker records every outcome (see ProcessRunner.last_alone)."""
+
     def __init__(self, registry: PluginRegistry, engine: Engine, queue: Queue) -> None:
         self.registry = registry
         self.engine = engine
@@ -182,9 +186,9 @@ class ThreadRunner:
 class ProcessRunner:
     """Runs plugins in a child process of its own, started on first use and after a kill.
 
-    With ``recorder`` (see :class:`ChildRecorder`), the child records a success
-    itself when it has no job after it: :attr:`recorded` then says how the engine
-    took it, and the worker must not record it again.
+    With ``recorder`` (see :class:`ChildRecorder`), the child records the success
+    of a job no other follows itself (see :meth:`last_alone`): :attr:`recorded`
+    then says how the engine took it, and the worker must not record it again.
     """
 
     def __init__(
@@ -201,6 +205,7 @@ class ProcessRunner:
         #: How the engine took the outcome of the job :meth:`run` ran last, when its child
         #: recorded it; None when the worker is to record it.
         self.recorded: Recorded | None = None
+        self._alone: tuple[str, str] | None = None  # see last_alone
         self._process: BaseProcess | None = None
         self._conn: Channel | None = None
         self._sent: deque[tuple[str, str]] = deque()  # sent ahead, not started: (job id, token)
@@ -208,6 +213,16 @@ class ProcessRunner:
         #: Counts the children stopped: jobs sent ahead to one are sent again to the next.
         self.generation = 0
         self._failed_starts = 0  # in a row
+
+    def last_alone(self, lease: Lease | None) -> None:
+        """Name the job that no other is expected to follow (the last of a share after which
+        the queue looked empty): its child may record its success (see :class:`ChildRecorder`).
+
+        Only that one: a child that ran dry between jobs of a busy queue would
+        record each of its jobs alone, a script call each, where the worker
+        records them in batches (group commit).
+        """
+        self._alone = None if lease is None else _key(lease)
 
     def run(
         self, control: Control, limit_s: float | None, plugin: Plugin, ahead: Ahead | None = None
@@ -230,8 +245,8 @@ class ProcessRunner:
             if self._sent:
                 self._sent.popleft()  # sent ahead while the previous job ran
             else:
-                _send_jobs(conn, [lease])
-            _send_jobs(conn, self._begin_ahead(ahead))
+                _send_jobs(conn, [lease], self._alone)
+            _send_jobs(conn, self._begin_ahead(ahead), self._alone)
             return self._supervise(conn, control, limit_s)
         except (OSError, ValueError):
             self.abort()  # the pipe broke: the child is gone
@@ -518,13 +533,19 @@ def _request_error(reply: Mapping[str, Any]) -> Exception:
         return DtqError(f"{name}: {message}")
 
 
-def _send_jobs(conn: Channel, leases: list[Lease]) -> None:
+def _send_jobs(conn: Channel, leases: list[Lease], alone: tuple[str, str] | None) -> None:
+    """Send ``leases`` to run; the one whose key is ``alone`` may be recorded by the child."""
     if leases:
         # A field left out is None (Job.from_dict's default for every field that may be
         # None): a leased job's message is about half as long, quicker to write and read.
-        conn.send(
-            [{"op": "run", "job": _present(lease.job.to_dict()), "token": lease.token} for lease in leases]
-        )
+        conn.send([_run_message(lease, _key(lease) == alone) for lease in leases])
+
+
+def _run_message(lease: Lease, alone: bool) -> dict[str, Any]:
+    message: dict[str, Any] = {"op": "run", "job": _present(lease.job.to_dict()), "token": lease.token}
+    if alone:
+        message["record"] = True
+    return message
 
 
 def _present(fields: dict[str, Any]) -> dict[str, Any]:
@@ -676,7 +697,7 @@ def child_main(
             attempt = unrunnable(exc)
         else:
             attempt = call_plugin(plugin, job, ChildCaller(job, channel, pending))
-            if own is not None and not pending and not channel.ready():
+            if own is not None and message.get("record") and not pending and not channel.ready():
                 recorded = own.record(job, message.get("token"), plugin, attempt)
                 if recorded is not None:
                     done["recorded"] = int(recorded)

@@ -1227,6 +1227,10 @@ class _Pool:
         try:
             while leases:
                 following = self._fetch_ahead(leases)
+                # No share follows, and the last fetch left the queue empty (or this share is not
+                # full): its last job is likely the slot's last for a while (see last_alone).
+                alone = following is None and (len(leases) < self.worker.prefetch or self.worker._left_empty)
+                runner.last_alone(leases[-1] if alone else None)
                 try:
                     last = self._run_share(runner, leases)
                 except JobProcessError as exc:

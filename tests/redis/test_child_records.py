@@ -1,9 +1,9 @@
 """A process-mode job process records a lone job's success itself (runner.ChildRecorder).
 
 The worker would otherwise be woken to record it, on the way from the job's end
-to the producer who waits for it. Only a success of a job with no time limit
-and a result within max_result_bytes is recorded there; the worker records
-every other ending, and never records one twice.
+to the producer who waits for it. Only the success of a job no other follows,
+with no time limit and a result within max_result_bytes, is recorded there; the
+worker records every other ending, in batches, and never records one twice.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def _leased(queue: Queue, data: dict[str, Any], **options: Any) -> Lease:
     return lease
 
 
-def _run(runner: ProcessRunner, registry: PluginRegistry, lease: Lease) -> Any:
+def _run(runner: ProcessRunner, registry: PluginRegistry, lease: Lease, *, alone: bool = True) -> Any:
+    runner.last_alone(lease if alone else None)
     return runner.run(Control(lease), None, registry.get("test_only"))
 
 
@@ -83,6 +84,11 @@ def test_a_job_process_records_a_lone_success_itself(
 def test_without_a_recorder_or_for_other_endings_the_worker_records(
     queue: Queue, registry: PluginRegistry, make_runner: Any, redis_url: str, namespace: str
 ) -> None:
+    runner = make_runner(_spec(redis_url, namespace))
+    lease = _leased(queue, {"action": "echo"})
+    assert _run(runner, registry, lease, alone=False) is not None  # others may follow: batched
+    assert runner.recorded is None
+    assert queue.get(lease.job.id).status is JobStatus.RUNNING
     cases: list[tuple[dict[str, Any] | None, dict[str, Any], dict[str, Any]]] = [
         (None, {"action": "echo"}, {}),  # no recorder: a worker whose engine is its own
         (_spec(redis_url, namespace), {"action": "fail", "message": "no"}, {}),
@@ -132,22 +138,17 @@ class _Counting(Observer):
 def test_a_process_worker_reports_each_outcome_once_whoever_recorded_it(
     prefetch: int, queue: Queue, make_worker: Any
 ) -> None:
-    jobs = [queue.enqueue("test_only", {"action": "echo", "n": n}) for n in range(9)]
     failing = queue.enqueue("test_only", {"action": "fail", "message": "no"}, max_retries=0)
+    jobs = [queue.enqueue("test_only", {"action": "echo", "n": n}) for n in range(9)]
     worker: Worker = make_worker(mode="process", prefetch=prefetch)
     assert worker._recorder is not None
     counting = _Counting()
     worker.observers.append(counting)
     by_worker = _recorded_by(worker)
     done = worker.get_jobs()
-    # With prefetch 1 a job process never holds a job after the one it runs, so it records
-    # every success; with 4, the last of each share. The worker records the rest, and the failure.
-    assert failing.id in by_worker
-    if prefetch == 1:
-        assert by_worker == [failing.id]
-    else:
-        assert 1 < len(by_worker) < len(jobs) + 1
-    assert len(set(by_worker)) == len(by_worker)
+    # Only the last job, after which the queue was empty, is recorded by its job process:
+    # the worker records the others in batches, and the failure.
+    assert sorted(by_worker) == sorted([failing.id, *(job.id for job in jobs[:-1])])
     assert sorted(job.id for job in done) == sorted([*(job.id for job in jobs), failing.id])
     assert sorted(counting.ended) == sorted(
         [*((job.id, JobStatus.SUCCEEDED) for job in jobs), (failing.id, JobStatus.FAILED)]
