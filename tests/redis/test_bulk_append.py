@@ -8,6 +8,7 @@ holds, which the engine contract (tests/contract) cannot see.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from dtqtest import RedisServer
 
-from dtq_core import Event, JobStatus, Queue
+from dtq_core import Event, InvalidJob, JobStatus, Queue
 from dtq_core.engines.redis.keys import Keys
 
 ECHO = {"action": "echo"}
@@ -133,3 +134,31 @@ def test_a_page_of_events_reads_not_much_more_than_it_returns(
 def test_an_event_id_within_an_entry_must_name_the_entry_whole(queue: Queue, after: str) -> None:
     with pytest.raises(ValueError, match="not an event id of the Redis engine"):
         queue.events(after=after)
+
+
+def _watching(seen: list[bool], count: int) -> Iterator[dict[str, Any]]:
+    """``count`` echo datas, noting whether the cycle collector is on as each is taken."""
+    for n in range(count):
+        seen.append(gc.isenabled())
+        yield {"action": "echo", "n": n}
+
+
+@pytest.mark.parametrize("call", ["enqueue_many", "append_many"])
+def test_a_bulk_call_pauses_the_cycle_collector_and_restores_it_as_it_was(call: str, queue: Queue) -> None:
+    def bulk(datas: Iterator[dict[str, Any]]) -> list[Any]:
+        if call == "enqueue_many":
+            return queue.enqueue_many("test_only", datas)
+        return queue.append_many({"job": {"plugin": "test_only", "data": data}} for data in datas)
+
+    seen: list[bool] = []
+    assert len(bulk(_watching(seen, 5))) == 5
+    assert seen == [False] * 5 and gc.isenabled()
+    with pytest.raises(InvalidJob):  # the call fails: the collector is on again all the same
+        bulk(iter([{"action": "echo"}, {"not json": {1, 2}}]))
+    assert gc.isenabled()
+    gc.disable()  # an application that runs with it off keeps it off
+    try:
+        assert len(bulk(_watching(seen, 1))) == 1
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
