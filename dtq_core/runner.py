@@ -250,7 +250,7 @@ class ProcessRunner:
             return self._supervise(conn, control, limit_s)
         except (OSError, ValueError):
             self.abort()  # the pipe broke: the child is gone
-            return None
+            return self._recorded_before_death(control)
         except BaseException:
             # Anything else (the engine down while serving a request, a bug): the
             # child may still be busy with this job, so it must not get the next one.
@@ -279,7 +279,7 @@ class ProcessRunner:
             message = self._receive(conn, timeout_s=max(0.0, wait_s))
             if message is _DIED:
                 self.abort()
-                return None
+                return self._recorded_before_death(control)
             if message is None:
                 continue
             if message.get("op") == "done":
@@ -308,7 +308,24 @@ class ProcessRunner:
             if message.get("op") == "done":
                 return self._done(message, control, limit_s)
         self.abort()
-        return stop
+        return self._recorded_before_death(control) or stop
+
+    def _recorded_before_death(self, control: Control) -> Attempt | None:
+        """The success of the job, if its child recorded it and then died (or was killed: past a
+        grace period, cancelled) before it could say so; else None.
+
+        Only the job named by :meth:`last_alone` may have been recorded: the
+        engine is asked then. Otherwise the worker would report the success
+        stored as cancelled, or as lost and handed back.
+        """
+        lease = control.lease
+        if self.recorder is None or self._alone != _key(lease):
+            return None
+        job = recorded_success(self.engine, lease)
+        if job is None:
+            return None
+        self.recorded = Recorded.STORED
+        return Attempt(Ending.OK, result_json=_encode_result(job.result))
 
     def holds(self, lease: Lease) -> bool:
         """Whether a live child has this job, sent ahead, to run next."""
@@ -631,11 +648,15 @@ class ChildRecorder:
     def __init__(self, spec: Mapping[str, Any]) -> None:
         self.spec = spec
         self._engine: Engine | None = None
+
+    def open(self) -> None:
+        """Open the engine (once the worker was told the process is ready: a Cluster's engine
+        asks its nodes as it opens, which must not hold up the start). On failure the worker
+        records every outcome."""
         try:
-            # Opened as the process starts (it connects on first use), not on a job's way.
-            self._engine = open_engine(str(spec["url"]), **spec["options"])
-        except Exception:  # the worker opened it alike: not expected; the worker then records all
-            log.exception("a job process could not open the engine; its worker records every outcome")
+            self._engine = open_engine(str(self.spec["url"]), **self.spec["options"])
+        except Exception as exc:  # the worker opened it alike: a passing trouble (a Cluster away)
+            log.warning("a job process could not open the engine (%s); its worker records the outcomes", exc)
 
     def record(self, job: Job, token: object, plugin: Plugin, attempt: Attempt) -> Recorded | None:
         """Record ``attempt`` if it is this kind of success; None when the worker is to record it."""
@@ -655,6 +676,28 @@ class ChildRecorder:
             # Unreachable now, or refused: the worker records it (again, if it was stored and
             # the reply lost: a repeated completion is answered as the first).
             return None
+
+
+def recorded_success(engine: Engine, lease: Lease) -> Job | None:
+    """The job as stored, if this very delivery of it ended succeeded; else None (also when the
+    engine cannot say now).
+
+    A job process may have recorded it (:class:`ChildRecorder`) without its
+    worker knowing yet. The delivery is told by its worker and attempt number:
+    a delivery handed back unstarted never ran, so it cannot have succeeded.
+    """
+    try:
+        job = engine.get(lease.job.id)
+    except DtqError:
+        return None
+    if (
+        job is not None
+        and job.status is JobStatus.SUCCEEDED
+        and job.worker == lease.job.worker
+        and job.attempts == lease.job.attempts
+    ):
+        return job
+    return None
 
 
 def _within(result: str | None, most_bytes: int) -> bool:
@@ -684,25 +727,39 @@ def child_main(
     channel = Channel(conn, blocking=True)
     pending: deque[dict[str, Any]] = deque()  # run messages read while a job asked something
     channel.send([{"op": "ready"}])
+    if own is not None:
+        own.open()
     while True:
         try:
             message = pending.popleft() if pending else channel.receive()
         except (EOFError, OSError):
             return
-        job = Job.from_dict(message["job"], check=False)  # its worker checked it as it leased it
-        done: dict[str, Any] = {"op": "done"}
-        try:
-            plugin = registry.get(job.plugin)
-        except PluginError as exc:
-            attempt = unrunnable(exc)
-        else:
-            attempt = call_plugin(plugin, job, ChildCaller(job, channel, pending))
-            if own is not None and message.get("record") and not pending and not channel.ready():
-                recorded = own.record(job, message.get("token"), plugin, attempt)
-                if recorded is not None:
-                    done["recorded"] = int(recorded)
-        done["attempt"] = attempt.to_dict()
-        channel.send([done])
+        channel.send([_ran(message, registry, channel, pending, own)])
+
+
+def _ran(
+    message: Mapping[str, Any],
+    registry: PluginRegistry,
+    channel: Channel,
+    pending: deque[dict[str, Any]],
+    own: ChildRecorder | None,
+) -> dict[str, Any]:
+    """Run the job of a ``run`` message in a job process; the ``done`` message to send."""
+    job = Job.from_dict(message["job"], check=False)  # its worker checked it as it leased it
+    done: dict[str, Any] = {"op": "done"}
+    try:
+        plugin = registry.get(job.plugin)
+    except PluginError as exc:
+        attempt = unrunnable(exc)
+    else:
+        attempt = call_plugin(plugin, job, ChildCaller(job, channel, pending))
+        # Only a job the worker named, and with none come after it: see ProcessRunner.last_alone.
+        if own is not None and message.get("record") and not pending and not channel.ready():
+            recorded = own.record(job, message.get("token"), plugin, attempt)
+            if recorded is not None:
+                done["recorded"] = int(recorded)
+    done["attempt"] = attempt.to_dict()
+    return done
 
 
 def _die_with_parent(worker_pid: int) -> None:

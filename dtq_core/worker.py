@@ -56,7 +56,7 @@ from dtq_core.periodic import Periodic, PeriodicScheduler
 from dtq_core.plugin import Plugin, PluginRegistry, scrub_settings
 from dtq_core.queue import Queue
 from dtq_core.retry import Attempt, Ending, RetryPolicy, decide, policy_for, timeout_for
-from dtq_core.runner import Ahead, ProcessRunner, Runner, ThreadRunner, unrunnable
+from dtq_core.runner import Ahead, ProcessRunner, Runner, ThreadRunner, recorded_success, unrunnable
 
 log = logging.getLogger("dtq.worker")
 
@@ -700,6 +700,9 @@ class Worker:
                 return
             if _delivery(lease) not in self._in_hand:
                 return  # the attempt ended meanwhile: its completion had the last word
+        if self._recorder is not None and recorded_success(self.engine, lease) is not None:
+            return  # its job process recorded its success, and is about to say so
+        with self._in_hand_lock:
             self._stale.add(_delivery(lease))
         log.warning(
             "job %s attempt %d: lease lost; another worker may run it, so this attempt is stopped",
@@ -1457,8 +1460,13 @@ class _Acknowledger:
                     self._changed.notify_all()
 
     def _record(self, batch: list[Ended | Job]) -> list[Job]:
-        ended = [e for e in batch if isinstance(e, Ended)]
+        ended = [e for e in batch if isinstance(e, Ended) and e.recorded is None]
+        # Recorded by their job processes: reported now, never held up by the engine's troubles.
+        recorded = [e for e in batch if isinstance(e, Ended) and e.recorded is not None]
         settled = [e for e in batch if isinstance(e, Job)]
+        if recorded:
+            answers = [e.recorded for e in recorded if e.recorded is not None]
+            settled += self.worker._reported(recorded, answers, finished=self.keep_finished)
         return settled + self._store(ended) if ended else settled
 
     def _store(self, ended: list[Ended]) -> list[Job]:

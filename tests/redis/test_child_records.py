@@ -12,16 +12,20 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 import pytest
 
 from dtq_core import JobStatus, Queue, Worker
+from dtq_core import worker as worker_module
 from dtq_core.caller import Control
-from dtq_core.engine import Lease, Recorded
+from dtq_core.engine import Completion, Lease, Outcome, Recorded
 from dtq_core.engines.memory import MemoryEngine
+from dtq_core.errors import EngineUnavailable
 from dtq_core.job import Job
 from dtq_core.plugin import PluginRegistry
-from dtq_core.runner import ProcessRunner
-from dtq_core.worker import Observer
+from dtq_core.retry import Ending
+from dtq_core.runner import ProcessRunner, recorded_success
+from dtq_core.worker import Ended, Observer, Started, _Acknowledger
 
 RESULT_TTL_S = 3600
 
@@ -189,3 +193,86 @@ def test_only_an_engine_chosen_by_the_url_of_a_server_is_opened_by_job_processes
         assert in_memory._recorder is None
     finally:
         by_url.engine.close()
+
+
+def _succeed(queue: Queue, lease: Lease) -> None:
+    """Record the lease's success as its job process would."""
+    queue.engine.complete(lease, Outcome(JobStatus.SUCCEEDED, result_json='{"done": 1}'), ttl_s=60)
+
+
+def test_the_success_of_a_delivery_is_told_from_any_other_ending(queue: Queue) -> None:
+    lease = _leased(queue, {"action": "echo"})
+    assert recorded_success(queue.engine, lease) is None  # still running
+    _succeed(queue, lease)
+    found = recorded_success(queue.engine, lease)
+    assert found is not None and found.result == {"done": 1}
+    other = Lease(attrs.evolve(lease.job, attempts=lease.job.attempts + 1), lease.token)
+    assert recorded_success(queue.engine, other) is None  # another delivery's
+    failed = _leased(queue, {"action": "echo"})
+    queue.engine.complete(failed, Outcome(JobStatus.FAILED), ttl_s=60)
+    assert recorded_success(queue.engine, failed) is None
+
+
+def test_a_child_that_recorded_and_died_before_saying_so_still_reports_the_success(
+    queue: Queue, make_runner: Any, redis_url: str, namespace: str
+) -> None:
+    # Killed past a grace period, or for a cancel, between its record and its done message.
+    runner = make_runner(_spec(redis_url, namespace))
+    lease = _leased(queue, {"action": "echo"})
+    runner.last_alone(lease)
+    assert runner._recorded_before_death(Control(lease)) is None  # not recorded: lost, as before
+    _succeed(queue, lease)
+    attempt = runner._recorded_before_death(Control(lease))
+    assert attempt is not None and attempt.ending is Ending.OK
+    assert json.loads(attempt.result_json) == {"done": 1}
+    assert runner.recorded is Recorded.STORED
+    runner.recorded = None
+    runner.last_alone(None)  # a job its child was not told to record
+    assert runner._recorded_before_death(Control(lease)) is None
+    assert runner.recorded is None
+
+
+def test_a_lease_gone_because_the_job_process_recorded_the_success_is_not_a_lost_lease(
+    queue: Queue, make_worker: Any
+) -> None:
+    worker: Worker = make_worker(mode="process")
+    recorded, lost = (_leased(queue, {"action": "echo"}) for _ in range(2))
+    for lease in (recorded, lost):
+        assert isinstance(worker.begin(lease), Started)
+    _succeed(queue, recorded)
+    queue.engine.complete(lost, Outcome(JobStatus.FAILED), ttl_s=60)  # another owner's ending, say
+    worker._lease_lost(recorded)
+    worker._lease_lost(lost)
+    assert not worker._in_hand[(recorded.job.id, recorded.token)].cancel.is_set()
+    assert worker._in_hand[(lost.job.id, lost.token)].cancel.is_set()
+
+
+def test_outcomes_recorded_by_job_processes_are_reported_whatever_the_engine_does(
+    queue: Queue, make_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The acknowledger gives up on outcomes the engine will not take at shutdown; those its
+    # job processes recorded need no engine, and are reported all the same.
+    worker: Worker = make_worker(mode="process")
+    counting = _Counting()
+    worker.observers.append(counting)
+    recorded, unrecorded = (_leased(queue, {"action": "echo"}) for _ in range(2))
+    _succeed(queue, recorded)
+    outcome = Outcome(JobStatus.SUCCEEDED, result_json="1")
+    ended = [
+        Ended(Completion(recorded, outcome, 60), 0.1, recorded=Recorded.STORED),
+        Ended(Completion(unrecorded, outcome, 60), 0.1),
+    ]
+
+    def away(completions: Any) -> Any:
+        raise EngineUnavailable("the server is away")
+
+    worker.engine.complete_many = away  # type: ignore[method-assign]
+    monkeypatch.setattr(worker_module.time, "sleep", lambda _s: None)  # its backoff between tries
+    acks = _Acknowledger(worker, keep_finished=True)
+    acks._closing = True  # a shutdown: a batch the engine refuses is given up after a few tries
+    try:
+        jobs = acks._record(list(ended))
+    finally:
+        acks.close()
+    assert [job.id for job in jobs] == [recorded.job.id]
+    assert counting.ended == [(recorded.job.id, JobStatus.SUCCEEDED)]
