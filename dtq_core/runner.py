@@ -666,7 +666,7 @@ class ChildRecorder:
             or attempt.ending is not Ending.OK
             or not isinstance(token, str)
             or timeout_for(plugin, job) is not None
-            or not _within(result, int(self.spec["max_result_bytes"]))
+            or bytes_over(result, int(self.spec["max_result_bytes"])) is not None
         ):
             return None
         outcome = Outcome(JobStatus.SUCCEEDED, result_json=result)
@@ -700,11 +700,13 @@ def recorded_success(engine: Engine, lease: Lease) -> Job | None:
     return None
 
 
-def _within(result: str | None, most_bytes: int) -> bool:
-    """Whether a result JSON is within ``most_bytes`` (UTF-8): at most four bytes a character."""
+def bytes_over(result: str | None, most_bytes: int) -> int | None:
+    """A result JSON's size in bytes (UTF-8) when it is over ``most_bytes``; None when within."""
+    # A character is at most four bytes: most results are told apart without encoding them.
     if result is None or len(result) * 4 <= most_bytes:
-        return True
-    return len(result.encode("utf-8", "surrogatepass")) <= most_bytes
+        return None
+    size = len(result.encode("utf-8", "surrogatepass"))
+    return size if size > most_bytes else None
 
 
 def child_main(

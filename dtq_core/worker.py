@@ -56,7 +56,15 @@ from dtq_core.periodic import Periodic, PeriodicScheduler
 from dtq_core.plugin import Plugin, PluginRegistry, scrub_settings
 from dtq_core.queue import Queue
 from dtq_core.retry import Attempt, Ending, RetryPolicy, decide, policy_for, timeout_for
-from dtq_core.runner import Ahead, ProcessRunner, Runner, ThreadRunner, recorded_success, unrunnable
+from dtq_core.runner import (
+    Ahead,
+    ProcessRunner,
+    Runner,
+    ThreadRunner,
+    bytes_over,
+    recorded_success,
+    unrunnable,
+)
 
 log = logging.getLogger("dtq.worker")
 
@@ -774,12 +782,8 @@ class Worker:
         which may close the connection as it reads it: that looks like an unreachable
         server, and the outcome would be retried until the job's lease ran out.
         """
-        result = attempt.result_json
-        # A character is at most four bytes: most results are told apart without encoding them.
-        if result is None or len(result) * 4 <= self.max_result_bytes:
-            return attempt
-        size = len(result.encode("utf-8", "surrogatepass"))
-        if size <= self.max_result_bytes:
+        size = bytes_over(attempt.result_json, self.max_result_bytes)
+        if size is None:
             return attempt
         message = (
             f"plugin {job.plugin!r} returned a result of {size} bytes as JSON, over the worker's "
@@ -1465,8 +1469,7 @@ class _Acknowledger:
         recorded = [e for e in batch if isinstance(e, Ended) and e.recorded is not None]
         settled = [e for e in batch if isinstance(e, Job)]
         if recorded:
-            answers = [e.recorded for e in recorded if e.recorded is not None]
-            settled += self.worker._reported(recorded, answers, finished=self.keep_finished)
+            settled += self.worker.record(recorded, finished=self.keep_finished)  # asks no engine
         return settled + self._store(ended) if ended else settled
 
     def _store(self, ended: list[Ended]) -> list[Job]:
